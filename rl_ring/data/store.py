@@ -1,0 +1,304 @@
+"""EpisodeStore: the one in-memory format every reader produces and every sampler consumes.
+
+Episodes are stored back to back in flat per-step arrays; ``episode_starts`` holds the
+``num_episodes + 1`` offsets, so episode ``i`` is rows ``episode_starts[i]:episode_starts[i+1]``.
+Row ``t`` of an episode is one transition: the agent saw ``observations[t]``, took
+``actions[t]``, received ``rewards[t]``; ``terminals[t]`` / ``timeouts[t]`` say whether the
+episode ended after that step by termination or by time limit.
+
+Saved to a directory of ``.npy`` files plus ``store.json``; loaded with memory-mapping, so a
+dataset larger than RAM is not read whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+STORE_FORMAT = "rl_ring.EpisodeStore"
+STORE_VERSION = 1
+_CORE = ("observations", "actions", "rewards", "terminals", "timeouts")
+
+
+@dataclass
+class EpisodeStore:
+    """Episodes as flat numpy arrays with episode boundaries.
+
+    Attributes:
+        observations: ``[N, *obs_shape]`` float32.
+        actions: ``[N, act_dim]`` float32 for continuous actions, ``[N]`` int64 for discrete.
+        rewards: ``[N]`` float32.
+        terminals: ``[N]`` bool, the episode terminated after this step.
+        timeouts: ``[N]`` bool, the episode was cut by a time limit after this step.
+        episode_starts: ``[E + 1]`` int64 offsets, starting at 0 and ending at N.
+        extras: per-step arrays ``[N, ...]`` (e.g. ``physics``, ``next_observations``,
+            ``infos/qpos``).
+        episode_extras: per-episode arrays ``[E, ...]`` (e.g. ``task_id``, ``history_id``,
+            ``truncated``: the episode ended with neither terminal nor timeout).
+        metadata: JSON-serialisable facts (``env_id``, ``source_format``, ``action_space``
+            as ``{"type": "discrete", "n": 5}`` or ``{"type": "box", "low": [...],
+            "high": [...]}``, ``observation_space`` likewise, the reader's notes).
+    """
+
+    observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminals: np.ndarray
+    timeouts: np.ndarray
+    episode_starts: np.ndarray
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+    episode_extras: dict[str, np.ndarray] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_episodes(
+        cls,
+        episodes: list[dict[str, np.ndarray]],
+        *,
+        episode_extras: dict[str, np.ndarray | list] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> EpisodeStore:
+        """Builds a store from a list of per-episode dicts.
+
+        Each dict holds ``observations``, ``actions``, ``rewards`` and optionally
+        ``terminals`` / ``timeouts`` (default: all False) and any per-step extras, all with the
+        same leading length. Every episode must carry the same keys.
+        """
+        if not episodes:
+            raise ValueError("from_episodes: got no episodes")
+        keys = set(episodes[0])
+        for i, ep in enumerate(episodes):
+            if set(ep) != keys:
+                raise ValueError(
+                    f"from_episodes: episode {i} has keys {sorted(ep)}, episode 0 has {sorted(keys)}"
+                )
+        lengths = [len(ep["rewards"]) for ep in episodes]
+        starts = np.zeros(len(episodes) + 1, dtype=np.int64)
+        starts[1:] = np.cumsum(lengths)
+
+        def cat(key, default_dtype=None):
+            if key in keys:
+                return np.concatenate([np.asarray(ep[key]) for ep in episodes], axis=0)
+            return np.zeros(int(starts[-1]), dtype=default_dtype)
+
+        extras = {k: cat(k) for k in sorted(keys - set(_CORE))}
+        ep_extras = {k: np.asarray(v) for k, v in (episode_extras or {}).items()}
+        return cls(
+            observations=cat("observations").astype(np.float32, copy=False),
+            actions=_as_actions(cat("actions")),
+            rewards=cat("rewards").astype(np.float32, copy=False).reshape(-1),
+            terminals=cat("terminals", bool).astype(bool, copy=False).reshape(-1),
+            timeouts=cat("timeouts", bool).astype(bool, copy=False).reshape(-1),
+            episode_starts=starts,
+            extras=extras,
+            episode_extras=ep_extras,
+            metadata=dict(metadata or {}),
+        )
+
+    # ------------------------------------------------------------------ views
+    @property
+    def num_episodes(self) -> int:
+        return len(self.episode_starts) - 1
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.episode_starts[-1])
+
+    @property
+    def episode_lengths(self) -> np.ndarray:
+        return np.diff(self.episode_starts)
+
+    @property
+    def episode_returns(self) -> np.ndarray:
+        """Undiscounted return of each episode, ``[E]`` float64."""
+        csum = np.concatenate([[0.0], np.cumsum(self.rewards, dtype=np.float64)])
+        return csum[self.episode_starts[1:]] - csum[self.episode_starts[:-1]]
+
+    @property
+    def discrete_actions(self) -> bool:
+        return self.actions.ndim == 1
+
+    @property
+    def obs_dim(self) -> int:
+        return int(np.prod(self.observations.shape[1:]))
+
+    @property
+    def act_dim(self) -> int:
+        """Action vector size, or the number of discrete actions."""
+        if self.discrete_actions:
+            space = self.metadata.get("action_space", {})
+            if "n" in space:
+                return int(space["n"])
+            return int(self.actions.max()) + 1 if len(self.actions) else 0
+        return int(self.actions.shape[1])
+
+    def episode(self, i: int) -> dict[str, np.ndarray]:
+        """Per-step arrays of episode ``i`` (views, not copies)."""
+        if not -self.num_episodes <= i < self.num_episodes:
+            raise IndexError(f"episode {i} out of range for a store of {self.num_episodes}")
+        i %= self.num_episodes
+        s, e = int(self.episode_starts[i]), int(self.episode_starts[i + 1])
+        out = {k: getattr(self, k)[s:e] for k in _CORE}
+        out.update({k: v[s:e] for k, v in self.extras.items()})
+        return out
+
+    def select(self, indices: np.ndarray | list[int]) -> EpisodeStore:
+        """A new store holding the given episodes, in the given order (copies)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size == 0:
+            raise ValueError("select: no episodes selected")
+        eps = [self.episode(int(i)) for i in idx]
+        return EpisodeStore.from_episodes(
+            eps,
+            episode_extras={k: v[idx] for k, v in self.episode_extras.items()},
+            metadata=self.metadata,
+        )
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        """Checks shapes and boundaries; raises ValueError naming the array."""
+        starts = np.asarray(self.episode_starts)
+        if starts.ndim != 1 or len(starts) < 1 or starts[0] != 0:
+            raise ValueError(
+                f"EpisodeStore: episode_starts must be 1-D starting at 0, got {starts[:5]}"
+            )
+        if len(starts) > 1 and np.any(np.diff(starts) < 0):
+            raise ValueError("EpisodeStore: episode_starts must be non-decreasing")
+        n = int(starts[-1])
+        for name in _CORE:
+            arr = getattr(self, name)
+            if len(arr) != n:
+                raise ValueError(
+                    f"EpisodeStore: {name} has {len(arr)} rows but episode_starts ends at {n}"
+                )
+        for name, arr in self.extras.items():
+            if len(arr) != n:
+                raise ValueError(f"EpisodeStore: extras[{name!r}] has {len(arr)} rows, expected {n}")
+        e = len(starts) - 1
+        for name, arr in self.episode_extras.items():
+            if len(arr) != e:
+                raise ValueError(
+                    f"EpisodeStore: episode_extras[{name!r}] has {len(arr)} rows, expected {e} episodes"
+                )
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> Path:
+        """Writes the store to directory ``path`` atomically (temporary dir, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        try:
+            arrays: dict[str, str] = {}
+
+            def put(key: str, arr: np.ndarray) -> None:
+                fname = key.replace("/", "__") + ".npy"
+                np.save(tmp / fname, np.ascontiguousarray(arr), allow_pickle=False)
+                arrays[key] = fname
+
+            for name in (*_CORE, "episode_starts"):
+                put(name, getattr(self, name))
+            for k, v in self.extras.items():
+                put(f"extras/{k}", v)
+            for k, v in self.episode_extras.items():
+                put(f"episode_extras/{k}", v)
+            manifest = {
+                "format": STORE_FORMAT,
+                "version": STORE_VERSION,
+                "num_episodes": self.num_episodes,
+                "num_steps": self.num_steps,
+                "arrays": arrays,
+                "metadata": self.metadata,
+            }
+            (tmp / "store.json").write_text(json.dumps(manifest, indent=1, default=_json_default))
+            if path.exists():
+                old = path.with_name(f".{path.name}.old-{os.getpid()}")
+                path.rename(old)
+                tmp.rename(path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, mmap: bool = True) -> EpisodeStore:
+        """Loads a store saved by :meth:`save`; arrays are memory-mapped unless ``mmap=False``."""
+        path = Path(path)
+        manifest_path = path / "store.json"
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"{path}: not an EpisodeStore directory (no store.json)")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{manifest_path}: corrupt manifest ({err})") from None
+        if manifest.get("format") != STORE_FORMAT:
+            raise ValueError(
+                f"{manifest_path}: format is {manifest.get('format')!r}, expected {STORE_FORMAT!r}"
+            )
+        mode = "r" if mmap else None
+        fields: dict[str, Any] = {"extras": {}, "episode_extras": {}}
+        for key, fname in manifest["arrays"].items():
+            fpath = path / fname
+            try:
+                arr = np.load(fpath, mmap_mode=mode, allow_pickle=False)
+            except (OSError, ValueError) as err:
+                raise ValueError(f"{fpath}: cannot read array {key!r} ({err})") from None
+            if key.startswith("extras/"):
+                fields["extras"][key[len("extras/") :]] = arr
+            elif key.startswith("episode_extras/"):
+                fields["episode_extras"][key[len("episode_extras/") :]] = arr
+            else:
+                fields[key] = arr
+        missing = [k for k in (*_CORE, "episode_starts") if k not in fields]
+        if missing:
+            raise ValueError(f"{manifest_path}: missing arrays {missing}")
+        fields["episode_starts"] = np.asarray(fields["episode_starts"])
+        return cls(metadata=manifest.get("metadata", {}), **fields)
+
+    def __repr__(self) -> str:
+        return (
+            f"EpisodeStore(episodes={self.num_episodes}, steps={self.num_steps}, "
+            f"obs={tuple(self.observations.shape[1:])}, actions="
+            f"{'discrete' if self.discrete_actions else tuple(self.actions.shape[1:])}, "
+            f"extras={sorted(self.extras)}, episode_extras={sorted(self.episode_extras)})"
+        )
+
+
+def _as_actions(a: np.ndarray) -> np.ndarray:
+    if np.issubdtype(a.dtype, np.integer):
+        return a.astype(np.int64, copy=False).reshape(len(a))
+    return a.astype(np.float32, copy=False).reshape(len(a), -1)
+
+
+def _json_default(o):
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def returns_to_go(rewards: np.ndarray, discount: float = 1.0) -> np.ndarray:
+    """Return-to-go of one episode: ``rtg[t] = sum_{u >= t} discount**(u-t) * rewards[u]``."""
+    r = np.asarray(rewards, dtype=np.float64)
+    if discount == 1.0:
+        return np.cumsum(r[::-1])[::-1].copy()
+    out = np.empty_like(r)
+    acc = 0.0
+    for t in range(len(r) - 1, -1, -1):
+        acc = r[t] + discount * acc
+        out[t] = acc
+    return out

@@ -139,6 +139,28 @@ Rule = tuple[str, PartitionSpec]
 
 P = PartitionSpec
 
+# The trajectory transformer (rl_ring.models). Weight matrices split their input features
+# over fsdp and their output features (heads, FFN hidden) over tensor; the second matmul of
+# each pair is transposed so activations between the two stay tensor-sharded. Vectors and the
+# small per-kind input maps stay replicated. Scanned layers carry a leading layer axis that
+# match_partition_rules leaves unsharded.
+MODEL_RULES: tuple[Rule, ...] = (
+    (r"(^|/)embed/inputs/\w+/kernel(/|$)", P(None, FSDP)),
+    (r"(^|/)embed/inputs/\w+/bias(/|$)", P(None)),
+    (r"(^|/)embed/(kind_table|time_table)/embedding(/|$)", P(None, FSDP)),
+    (r"(^|/)attn/(wq|wk|wv)/kernel(/|$)", P(FSDP, TENSOR)),
+    (r"(^|/)attn/(wq|wk|wv)/bias(/|$)", P(TENSOR)),
+    (r"(^|/)attn/wo/kernel(/|$)", P(TENSOR, FSDP)),
+    (r"(^|/)attn/wo/bias(/|$)", P(None)),
+    (r"(^|/)ffn/w_in(/|$)", P(FSDP, TENSOR)),
+    (r"(^|/)ffn/b_in(/|$)", P(TENSOR)),
+    (r"(^|/)ffn/w_out(/|$)", P(TENSOR, FSDP)),
+    (r"(^|/)ffn/b_out(/|$)", P(None)),
+    (r"(^|/)\w*norm/(scale|bias)(/|$)", P(None)),
+    (r"(^|/)head/kernel(/|$)", P(FSDP, None)),
+    (r"(^|/)head/bias(/|$)", P(None)),
+)
+
 
 def match_partition_rules(
     rules: Sequence[Rule], params: dict | object, *, mesh: Mesh | None = None

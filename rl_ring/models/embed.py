@@ -1,0 +1,71 @@
+"""Token embedding: one linear map per token kind, a kind embedding and a timestep embedding.
+
+A token of kind ``k`` carries its features in the first ``width_k`` columns of
+``TokenBatch.values`` (the rest is zero padding). Its embedding is
+``linear_k(values[:width_k]) + kind_table[k] + time_table[min(timestep, max_timestep)]``.
+Position information is not added here: the attention block rotates queries and keys by the
+token's global position instead.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rl_ring.data.batch import NUM_KINDS, Kind
+from rl_ring.models.config import ModelConfig
+
+
+class TokenEmbedding(nnx.Module):
+    """Embeds ``(kind, values, timesteps)`` token fields into ``[batch, seq, width]``."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        pdt = jnp.dtype(cfg.param_dtype)
+        init = nnx.initializers.normal(cfg.init_std)
+        self.inputs = nnx.Dict(
+            {
+                name.lower(): nnx.Linear(
+                    width,
+                    cfg.width,
+                    dtype=cfg.compute_dtype,
+                    param_dtype=pdt,
+                    kernel_init=nnx.initializers.lecun_normal(),
+                    rngs=rngs,
+                )
+                for name, width in cfg.kind_features.items()
+            }
+        )
+        self.kind_table = nnx.Embed(
+            NUM_KINDS, cfg.width, dtype=cfg.compute_dtype, param_dtype=pdt,
+            embedding_init=init, rngs=rngs,
+        )
+        self.time_table = nnx.Embed(
+            cfg.max_timestep + 1, cfg.width, dtype=cfg.compute_dtype, param_dtype=pdt,
+            embedding_init=init, rngs=rngs,
+        )
+
+    def __call__(self, kind_bt: jax.Array, values_btf: jax.Array, timesteps_bt: jax.Array):
+        """Returns ``[batch, seq, width]`` token embeddings.
+
+        Raises:
+            ValueError: ``values`` is narrower than the widest embedded kind.
+        """
+        features = self.cfg.kind_features
+        need = max(features.values())
+        if values_btf.shape[-1] < need:
+            widest = max(features, key=features.get)
+            raise ValueError(
+                f"tokens['values'] has {values_btf.shape[-1]} features but token kind {widest} "
+                f"needs {need} (model config: obs_dim={self.cfg.obs_dim}, "
+                f"act_dim={self.cfg.act_dim}, token_features={features})"
+            )
+        kind_bt = kind_bt.astype(jnp.int32)
+        x = self.kind_table(kind_bt)
+        values = values_btf.astype(self.cfg.compute_dtype)
+        for name, width in features.items():
+            e = self.inputs[name.lower()](values[..., :width])
+            x = x + jnp.where((kind_bt == int(Kind[name]))[..., None], e, 0.0)
+        t = jnp.clip(timesteps_bt.astype(jnp.int32), 0, self.cfg.max_timestep)
+        return x + self.time_table(t)

@@ -1,0 +1,236 @@
+"""``evaluate(cfg)``: seeds x rows x trials of in-context evaluation, written to a report.
+
+For each seed the same backend (in-process or worker processes) is rebuilt with that seed's
+environments, and :func:`rl_ring.eval.rollout.run_seed` plays every row's trials. The
+report (``report.json``), the return-against-trial plot (``returns.png``) and optionally a
+video of one episode (``episode.gif``) go to ``cfg.out``. If anything stops the evaluation
+half way (an exception, Ctrl-C), the seeds already finished are still written, with
+``"complete": false``, before the error propagates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from rl_ring.eval.env_spec import EnvSpec, assign_tasks, env_tasks
+from rl_ring.eval.policies import policy_factory
+from rl_ring.eval.policy import Policy
+from rl_ring.eval.report import build_report, plot_report, validate_report, write_json
+from rl_ring.eval.rollout import SeedResult, run_seed
+from rl_ring.eval.workers import Workers, make_workers
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Options of ``rl-ring eval``."""
+
+    env: str
+    """Environment id (rl_ring registry, or Gymnasium such as CartPole-v1)."""
+    out: str
+    """Output directory for report.json, returns.png and episode.gif."""
+    checkpoint: str | None = None
+    """Trained agent to evaluate (a training workdir); overrides --policy."""
+    policy: str = "random"
+    """Policy without a checkpoint: 'random' or 'scripted:<name>'."""
+    trials: int = 4
+    """Episodes per row, played one after another in the same context."""
+    envs: int = 16
+    """Environment rows evaluated side by side (batch rows of the policy)."""
+    seeds: int = 3
+    """Number of evaluation seeds."""
+    first_seed: int = 0
+    """Seeds are first_seed .. first_seed + seeds - 1."""
+    task_split: Literal["train", "test", "none"] = "test"
+    """Tasks of multi-task envs to evaluate on ('none' for single-task envs)."""
+    mode: Literal["inprocess", "subprocess"] = "inprocess"
+    """Where environments run: in this process, or in worker processes."""
+    workers: int = 0
+    """Worker processes in subprocess mode (0: one per CPU core)."""
+    max_steps: int = 0
+    """Cut episodes after this many steps (0: the environment's own time limit)."""
+    score_name: str | None = None
+    """Name for normalised scores (default: the env id)."""
+    video: bool = False
+    """Record one episode (row 0 of the first seed) to episode.gif."""
+    video_trial: int = -1
+    """Which trial of that row to record (-1: the last)."""
+    x_label: str = "trial"
+    """X axis label of the plot ('in-context episode' for AD)."""
+    progress: bool = True
+    """Show a progress bar with env steps/s."""
+
+
+def _specs(cfg: EvalConfig, tasks: list[Any], seed_index: int) -> list[EnvSpec]:
+    row_tasks = assign_tasks(tasks, seed_index, cfg.envs)
+    specs = [EnvSpec(cfg.env, task=t) for t in row_tasks]
+    if cfg.video and seed_index == 0:
+        specs[0] = dataclasses.replace(specs[0], kwargs=_render_kwargs(cfg.env))
+    return specs
+
+
+def _render_kwargs(env_id: str) -> dict[str, Any]:
+    """Constructor arguments that make ``env.render()`` return RGB frames."""
+    import gymnasium
+
+    # Gymnasium envs render only when built with a render mode; the rl_ring registry's
+    # envs render RGB frames by default.
+    return {"render_mode": "rgb_array"} if env_id in gymnasium.registry else {}
+
+
+def evaluate(
+    cfg: EvalConfig,
+    *,
+    policy: Policy | Callable[[Any], Policy] | None = None,
+    workers: Workers | None = None,
+) -> dict[str, Any]:
+    """Runs the evaluation described by ``cfg`` and writes its files to ``cfg.out``.
+
+    Args:
+        cfg: the options.
+        policy: a policy or ``(action_space) -> Policy`` to use instead of
+            ``cfg.policy`` / ``cfg.checkpoint`` (tests, notebooks).
+        workers: a backend to use instead of building one from ``cfg.mode`` (not closed here).
+
+    Returns:
+        The report (also in ``cfg.out/report.json``).
+    """
+    for name in ("trials", "envs", "seeds"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
+    if policy is None:
+        policy = policy_factory(cfg.policy, cfg.checkpoint)
+    tasks = env_tasks(cfg.env, None if cfg.task_split == "none" else cfg.task_split)
+    own_workers = workers is None
+    if workers is None:
+        workers = make_workers(cfg.envs, cfg.mode, num_workers=cfg.workers or None)
+    out_dir = Path(cfg.out)
+    results: list[SeedResult] = []
+    frames: list[np.ndarray] | None = None
+    video_error: str | None = None
+    bar = _progress(cfg)
+    complete = False
+    report: dict[str, Any] = {}
+    try:
+        for s in range(cfg.seeds):
+            res = run_seed(
+                workers, policy, _specs(cfg, tasks, s), seed=cfg.first_seed + s,
+                trials=cfg.trials, max_steps=cfg.max_steps or None,
+                record_row=0 if cfg.video and s == 0 else None, record_trial=cfg.video_trial,
+                on_steps=bar.step if bar is not None else None,
+            )
+            results.append(res)
+            if s == 0:
+                frames, video_error = res.frames, res.video_error
+        complete = True
+    finally:
+        if bar is not None:
+            bar.close()
+        if own_workers:
+            workers.close()
+        if results:
+            report = _write(cfg, results, complete, out_dir, frames, video_error)
+    return report
+
+
+def _write(cfg, results, complete, out_dir, frames, video_error) -> dict[str, Any]:
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "progress"}
+    config["env_id"] = cfg.env
+    config["policy"] = f"checkpoint:{cfg.checkpoint}" if cfg.checkpoint else cfg.policy
+    report = build_report(
+        results, config=config, num_envs=cfg.envs, trials=cfg.trials,
+        score_name=cfg.score_name or cfg.env, complete=complete,
+    )
+    report["files"]["plot"] = plot_report(report, out_dir / "returns.png",
+                                          x_label=cfg.x_label).name
+    if cfg.video:
+        if frames:
+            report["files"]["video"] = write_video(frames, out_dir / "episode.gif").name
+        else:
+            report["files"]["video_error"] = video_error or "no frames were recorded"
+    validate_report(report)
+    write_json(report, out_dir / "report.json")
+    return report
+
+
+def write_video(frames: list[np.ndarray], path: Path, *, max_frames: int = 300,
+                fps: int = 30) -> Path:
+    """Writes frames as an animated GIF (evenly subsampled to at most ``max_frames``)."""
+    import imageio.v3 as iio
+
+    idx = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), max_frames)).astype(int))
+    stack = np.stack([np.asarray(frames[i], dtype=np.uint8) for i in idx])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".gif", dir=path.parent)
+    os.close(fd)
+    try:
+        iio.imwrite(tmp, stack, duration=1000 / fps, loop=0)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+class _Progress:
+    """tqdm bar counting env steps (its rate is env steps/s) and finished episodes."""
+
+    def __init__(self, cfg: EvalConfig):
+        from tqdm import tqdm
+
+        self.total_episodes = cfg.seeds * cfg.envs * cfg.trials
+        self.episodes = 0
+        self.bar = tqdm(desc=f"eval {cfg.env}", unit=" steps", unit_scale=True,
+                        dynamic_ncols=True)
+        self.bar.set_postfix_str(f"episodes 0/{self.total_episodes}")
+
+    def step(self, steps: int, finished: int) -> None:
+        self.bar.update(steps)
+        if finished:
+            self.episodes += finished
+            self.bar.set_postfix_str(f"episodes {self.episodes}/{self.total_episodes}",
+                                     refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _progress(cfg: EvalConfig) -> _Progress | None:
+    return _Progress(cfg) if cfg.progress else None
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """A few human-readable lines: last trial and best-of-n side by side."""
+    lines = []
+    for key in ("return", "normalized_score"):
+        summ = report["summary"][key]
+        if summ is None:
+            continue
+        per_trial = ", ".join("n/a" if v is None else f"{v:.4g}"
+                              for v in summ["per_trial"]["mean"])
+        lines.append(f"{key}: per trial [{per_trial}]")
+        lines.append(
+            f"{key}: last trial {_stat(summ['last'])} | best of {report['trials']} "
+            f"{_stat(summ['best_of_n'])}  (mean +- std over {report['summary']['seeds_used']} "
+            "seed means, ddof=1)"
+        )
+    t = report["timing"]
+    lines.append(f"{t['env_steps']} env steps in {t['wall_s']:.1f} s "
+                 f"({t['steps_per_s']:.0f} steps/s; policy {t['policy_s']:.1f} s, "
+                 f"envs {t['env_s']:.1f} s)")
+    if report["failures"]:
+        lines.append(f"{len(report['failures'])} failed episode(s); see 'failures' in the report")
+    return lines
+
+
+def _stat(stat: dict[str, float | None]) -> str:
+    if stat["mean"] is None:
+        return "n/a"
+    return f"{stat['mean']:.4g}" + ("" if stat["std"] is None else f" +- {stat['std']:.3g}")

@@ -1,0 +1,387 @@
+"""The env registry: one id per environment, one ``make`` for all of them.
+
+Id families:
+
+* ``dmc:<domain>-<task>``: every dm_control suite task (``dmc:walker-run``,
+  ``dmc:cartpole-swingup``, ...) plus ExoRL's own domains ``dmc:point_mass_maze-reach_*``
+  (:mod:`envs.point_mass_maze`) and ``dmc:jaco-reach_*`` (:mod:`envs.jaco`), imported only
+  when used. Observations in ExoRL's flat layout (:mod:`envs.dmc`).
+* ``gym:<id>``: any Gymnasium id (``gym:HalfCheetah-v5``), built by ``gymnasium.make``.
+* in-context task families: ``darkroom``, ``darkroom-hard``, ``keydoor``, ``bandit``,
+  ``bandit-10``, whose ``task`` argument picks the goal / key and door / arm means.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.envs.registration import EnvSpec
+
+from envs import bandit, darkroom, keydoor
+
+#: ExoRL domains defined in this package (module, tasks).
+CUSTOM_DMC: dict[str, tuple[str, tuple[str, ...]]] = {
+    "point_mass_maze": (
+        "envs.point_mass_maze",
+        ("reach_top_left", "reach_top_right", "reach_bottom_left", "reach_bottom_right"),
+    ),
+    "jaco": (
+        "envs.jaco",
+        ("reach_top_left", "reach_top_right", "reach_bottom_left", "reach_bottom_right"),
+    ),
+}
+
+#: The ids documented in the README; ``list_envs`` returns these and every other valid id.
+FEATURED = (
+    "dmc:walker-stand",
+    "dmc:walker-walk",
+    "dmc:walker-run",
+    "dmc:cheetah-run",
+    "dmc:cartpole-balance",
+    "dmc:cartpole-swingup",
+    "dmc:quadruped-walk",
+    "dmc:quadruped-run",
+    "dmc:point_mass-easy",
+    "dmc:pendulum-swingup",
+    "dmc:point_mass_maze-reach_top_left",
+    "dmc:jaco-reach_top_left",
+    "gym:HalfCheetah-v5",
+    "gym:Hopper-v5",
+    "gym:Walker2d-v5",
+    "darkroom",
+    "darkroom-hard",
+    "keydoor",
+    "bandit",
+    "bandit-10",
+)
+
+#: D4RL reference-score names (``rl_ring.data.scores``) of the Gymnasium MuJoCo envs.
+_GYM_SCORE_NAMES = {"HalfCheetah": "halfcheetah", "Hopper": "hopper", "Walker2d": "walker2d"}
+
+
+class UnknownEnvError(KeyError, ValueError):
+    """An env id that is not in the registry; the message lists close matches and the ids."""
+
+    def __str__(self) -> str:  # KeyError would print the message with quotes around it
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True)
+class InContextFamily:
+    """How to build and describe one in-context task family."""
+
+    cls: type
+    """The env class (:class:`envs.darkroom.DarkRoom`, ...)."""
+    kwargs: dict[str, Any]
+    """Constructor arguments that define the variant (room size, arm count, ...)."""
+    split: Callable[[str], list[int]]
+    """``split(name) -> task ids`` for "train" / "test" / "all"."""
+    optimal: Callable[[int], float]
+    """``optimal(task) -> optimal (expected) return``."""
+    description: str
+    """One line for ``env_info``."""
+
+
+IN_CONTEXT: dict[str, InContextFamily] = {
+    "darkroom": InContextFamily(
+        darkroom.DarkRoom,
+        {},
+        lambda s: darkroom.task_split(s),
+        lambda t: darkroom.optimal_return(t),
+        "9x9 Dark Room, 20 steps, reward 1 per step on the goal; task = goal cell id",
+    ),
+    "darkroom-hard": InContextFamily(
+        darkroom.DarkRoom,
+        {"size": 17, "hard": True},
+        lambda s: darkroom.task_split(s, size=17),
+        lambda t: darkroom.optimal_return(t, size=17, hard=True),
+        "17x17 Dark Room, 20 steps, reward 1 only on first reaching the goal",
+    ),
+    "keydoor": InContextFamily(
+        keydoor.KeyDoor,
+        {},
+        lambda s: keydoor.task_split(s),
+        lambda t: keydoor.optimal_return(t),
+        "9x9 Key-to-Door, 50 steps, reward 1 for the key then 1 for the door (ends the episode)",
+    ),
+    "bandit": InContextFamily(
+        bandit.Bandit,
+        {"arms": 5},
+        lambda s: bandit.task_split(s),
+        lambda t: bandit.optimal_return(t, arms=5),
+        "5-armed Bernoulli bandit, one pull per episode; task = seeded arm means",
+    ),
+    "bandit-10": InContextFamily(
+        bandit.Bandit,
+        {"arms": 10},
+        lambda s: bandit.task_split(s),
+        lambda t: bandit.optimal_return(t, arms=10),
+        "10-armed Bernoulli bandit, one pull per episode; task = seeded arm means",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class EnvInfo:
+    """What an env looks like, without having to step it."""
+
+    env_id: str
+    """The registry id."""
+    family: str
+    """"dmc", "gym" or "in-context"."""
+    observation_shape: tuple[int, ...]
+    """Shape of one observation (float32)."""
+    action_space: dict[str, Any]
+    """``{"type": "discrete", "n": 5}`` or ``{"type": "box", "low": [...], "high": [...]}``."""
+    max_episode_steps: int | None
+    """Episode length cap (time limit); episodes may end earlier by termination."""
+    in_context: bool
+    """Whether ``task`` picks one of many tasks (``task_split`` applies)."""
+    num_tasks: int | None
+    """Number of task ids of an in-context family."""
+    reference_scores: str | None
+    """Name for ``rl_ring.data.scores`` normalisation ("halfcheetah", ...), or
+    "optimal_return" for in-context families (normalise by ``optimal_return``)."""
+    description: str
+    """One line about the env."""
+
+
+# ---------------------------------------------------------------------- id parsing
+def _suite_tasks() -> list[tuple[str, str]]:
+    from dm_control import suite
+
+    return list(suite.ALL_TASKS)
+
+
+def _dmc_ids() -> list[str]:
+    ids = [f"dmc:{d}-{t}" for d, t in _suite_tasks()]
+    ids += [f"dmc:{d}-{t}" for d, (_, tasks) in CUSTOM_DMC.items() for t in tasks]
+    return ids
+
+
+def _gym_ids() -> list[str]:
+    return [f"gym:{i}" for i in gym.registry]
+
+
+def list_envs() -> list[str]:
+    """Every valid id: the featured ones first, then the rest, sorted."""
+    rest = sorted(set(_dmc_ids()) | set(_gym_ids()) | set(IN_CONTEXT) - set(FEATURED))
+    return list(FEATURED) + rest
+
+
+def _unknown(env_id: str, candidates: list[str], what: str) -> UnknownEnvError:
+    close = difflib.get_close_matches(env_id, candidates, n=5, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return UnknownEnvError(
+        f"unknown {what} {env_id!r}.{hint} Known ids include: {', '.join(FEATURED)}; "
+        "in general 'dmc:<domain>-<task>' for any dm_control suite task, 'gym:<id>' for any "
+        "Gymnasium id, and the in-context families "
+        f"{', '.join(IN_CONTEXT)} (envs.list_envs() lists them all)."
+    )
+
+
+def _parse(env_id: str) -> tuple[str, Any]:
+    """Returns (family, detail) or raises UnknownEnvError."""
+    if not isinstance(env_id, str):
+        raise TypeError(f"env id must be a string, got {type(env_id).__name__}")
+    if env_id in IN_CONTEXT:
+        return "in-context", IN_CONTEXT[env_id]
+    if env_id.startswith("dmc:"):
+        domain, sep, task = env_id[4:].partition("-")
+        if sep and domain in CUSTOM_DMC and task in CUSTOM_DMC[domain][1]:
+            return "dmc", (domain, task)
+        if sep and (domain, task) in set(_suite_tasks()):
+            return "dmc", (domain, task)
+        raise _unknown(env_id, _dmc_ids(), "dm_control env id")
+    if env_id.startswith("gym:"):
+        name = env_id[4:]
+        if name in gym.registry:
+            return "gym", name
+        raise _unknown(env_id, _gym_ids(), "Gymnasium env id")
+    raise _unknown(env_id, list_envs(), "env id")
+
+
+# ---------------------------------------------------------------------- construction
+def _dmc_loader(domain: str, task: str, kwargs: dict[str, Any]) -> Callable[[int | None], Any]:
+    task_kwargs = dict(kwargs.pop("task_kwargs", {}) or {})
+    env_kwargs = dict(kwargs.pop("environment_kwargs", {}) or {})
+    if domain in CUSTOM_DMC:
+        module_name = CUSTOM_DMC[domain][0]
+
+        def load_custom(seed):
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as err:
+                raise ImportError(
+                    f"dmc:{domain}-{task} needs {module_name}, which cannot be imported ({err})"
+                ) from err
+            return _load_from_module(module, domain, task, seed, task_kwargs, env_kwargs)
+
+        return load_custom
+
+    def load_suite(seed):
+        from dm_control import suite
+
+        return suite.load(
+            domain,
+            task,
+            task_kwargs={**task_kwargs, "random": seed},
+            environment_kwargs=env_kwargs or None,
+        )
+
+    return load_suite
+
+
+def _load_from_module(module, domain, task, seed, task_kwargs, env_kwargs):
+    """Builds a task of a custom domain module: a suite-style ``SUITE`` or a ``make``/``load``."""
+    suite_tasks = getattr(module, "SUITE", None)
+    if suite_tasks is not None and task in suite_tasks:
+        kwargs = {**task_kwargs, "random": seed}
+        if env_kwargs:
+            kwargs["environment_kwargs"] = env_kwargs
+        return suite_tasks[task](**kwargs)
+    for name in ("make", "load"):
+        fn = getattr(module, name, None)
+        if callable(fn):
+            return fn(task, seed=seed, **task_kwargs)
+    raise ImportError(
+        f"{module.__name__}: expected a SUITE of tasks (holding {task!r}) or a "
+        f"make(task, seed=...) function to build dmc:{domain}-{task}"
+    )
+
+
+class _SeedFirstReset(gym.Wrapper):
+    """Seeds the first ``reset()`` (and the action space) with the seed given to ``make``."""
+
+    def __init__(self, env: gym.Env, seed: int) -> None:
+        super().__init__(env)
+        self._pending_seed: int | None = int(seed)
+        env.action_space.seed(int(seed))
+
+    def reset(self, *, seed=None, options=None):
+        if seed is None:
+            seed = self._pending_seed
+        self._pending_seed = None
+        return self.env.reset(seed=seed, options=options)
+
+
+def make(env_id: str, *, task: int | None = None, seed: int | None = None, **kwargs) -> gym.Env:
+    """Builds an environment.
+
+    Args:
+        env_id: a registry id (see :func:`list_envs`).
+        task: task id of an in-context family (:func:`task_split`); None draws a task at
+            each reset. Must be None for other envs (their task is part of the id).
+        seed: seeds the env; the first ``reset()`` without a seed uses it, so
+            ``make(id, seed=s).reset()`` is reproducible.
+        **kwargs: passed to the env: ``render_mode="rgb_array"`` for any env;
+            ``render_size=(h, w)``, ``camera_id``, ``task_kwargs``, ``environment_kwargs``
+            for dm_control; Gymnasium keyword arguments for ``gym:`` ids; ``size``,
+            ``episode_length``, ... for the in-context families.
+
+    Raises:
+        UnknownEnvError: (a KeyError and a ValueError) for an unknown id.
+        ValueError: a task for an env that has none, or an invalid task id.
+    """
+    family, detail = _parse(env_id)
+    if family != "in-context" and task is not None:
+        raise ValueError(
+            f"{env_id}: task={task!r} given, but only in-context families take a task "
+            f"({', '.join(IN_CONTEXT)}); a dm_control or Gymnasium task is part of the id"
+        )
+    if family == "in-context":
+        env = detail.cls(task, seed=seed, **{**detail.kwargs, **kwargs})
+        max_steps = env.episode_length
+    elif family == "dmc":
+        domain, dmc_task = detail
+        from envs.dmc import DMCEnv
+
+        loader = _dmc_loader(domain, dmc_task, kwargs)
+        env = DMCEnv(loader, env_id=env_id, seed=seed, **kwargs)
+        limit = getattr(env.dm_env, "_step_limit", None)
+        max_steps = int(limit) if limit is not None and np.isfinite(limit) else None
+    else:
+        env = gym.make(detail, **kwargs)
+        if seed is not None:
+            env = _SeedFirstReset(env, seed)
+        return env
+    env.spec = EnvSpec(id=env_id, entry_point=None, max_episode_steps=max_steps)
+    return env
+
+
+# ---------------------------------------------------------------------- descriptions
+def space_dict(space: gym.Space) -> dict[str, Any]:
+    """An action/observation space as the JSON dict EpisodeStore metadata uses."""
+    if isinstance(space, gym.spaces.Discrete):
+        return {"type": "discrete", "n": int(space.n)}
+    if isinstance(space, gym.spaces.Box):
+        return {
+            "type": "box",
+            "low": np.asarray(space.low, dtype=np.float64).tolist(),
+            "high": np.asarray(space.high, dtype=np.float64).tolist(),
+        }
+    raise ValueError(f"unsupported space {space!r}: expected Discrete or Box")
+
+
+@functools.lru_cache(maxsize=None)
+def env_info(env_id: str) -> EnvInfo:
+    """Spaces, episode length, task family facts and score reference of an env."""
+    family, detail = _parse(env_id)
+    env = make(env_id)
+    try:
+        spec = getattr(env, "spec", None)
+        max_steps = spec.max_episode_steps if spec is not None else None
+        in_context = family == "in-context"
+        if in_context:
+            ref, desc, ntasks = "optimal_return", detail.description, len(detail.split("all"))
+        elif family == "dmc":
+            ref, ntasks = None, None
+            desc = f"dm_control {detail[0]} {detail[1]}, ExoRL flat observations"
+        else:
+            base = detail.split("-v")[0]
+            ref, ntasks = _GYM_SCORE_NAMES.get(base), None
+            desc = f"Gymnasium {detail}"
+        return EnvInfo(
+            env_id=env_id,
+            family=family,
+            observation_shape=tuple(int(n) for n in env.observation_space.shape),
+            action_space=space_dict(env.action_space),
+            max_episode_steps=max_steps,
+            in_context=in_context,
+            num_tasks=ntasks,
+            reference_scores=ref,
+            description=desc,
+        )
+    finally:
+        env.close()
+
+
+def task_split(env_id: str, split: str) -> list[int]:
+    """The fixed task ids of ``split`` ("train", "test" = held out, or "all").
+
+    Raises:
+        ValueError: ``env_id`` is not an in-context family, or ``split`` is unknown.
+    """
+    family, detail = _parse(env_id)
+    if family != "in-context":
+        raise ValueError(
+            f"{env_id}: task_split applies to the in-context families {', '.join(IN_CONTEXT)}"
+        )
+    return detail.split(split)
+
+
+def optimal_return(env_id: str, task: int) -> float:
+    """Optimal (expected, for bandits) return of ``task`` of an in-context family."""
+    family, detail = _parse(env_id)
+    if family != "in-context":
+        raise ValueError(f"{env_id}: optimal_return applies to the in-context families")
+    if int(task) not in set(detail.split("all")):
+        raise ValueError(f"{env_id}: {task} is not a task id (see task_split({env_id!r}, 'all'))")
+    return detail.optimal(int(task))

@@ -1,0 +1,388 @@
+"""What every sampler shares: seeded draws per batch, host shards, assembly into a TokenBatch.
+
+A sampler's batch number ``step`` is a pure function of ``(seed, step)``: the *global*
+batch's row specifications (which episodes, which windows) are drawn from
+``np.random.default_rng([seed, step])``, which is cheap, and each host then materialises
+only its own contiguous slice of rows, which is the expensive part. So
+
+- the same seed gives the same stream of batches, on any machine;
+- hosts ``0..num_hosts-1`` receive disjoint row slices whose concatenation, in host order,
+  is exactly the batch a single-host sampler produces for the same global batch size;
+- the sampler's state is one integer (the next ``step``), so a resumed run continues the
+  same stream, even with a different number of hosts.
+
+Rows are drawn independently, with replacement across rows and batches (no epochs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rl_ring.data.batch import TokenBatch, pad_to_multiple
+from rl_ring.data.store import EpisodeStore, returns_to_go
+from rl_ring.data.tokens import TokenLayout
+
+STATE_FORMAT = "rl_ring.SamplerState"
+
+
+@dataclass
+class StepPlan:
+    """The steps of the rows one host materialises, flattened row after row.
+
+    Attributes:
+        row_steps: ``[R]`` number of steps in each row (the rest of the row is padding).
+        idx: ``[S]`` store row of each step.
+        timesteps: ``[S]`` environment step within the episode.
+        segment: ``[S]`` segment id (1-based) of each step within its row.
+        loss: ``[S]`` bool, the step's action is a training target.
+        rtg: ``[S]`` float64 raw return-to-go token input, or None when the layout has none.
+        done: ``[S]`` float32 completion flag, or None.
+        prev_idx: ``[S]`` store row of the previous step of the stream (-1: none), or None.
+        new_episode: ``[S]`` bool, first step of an episode, or None.
+    """
+
+    row_steps: np.ndarray
+    idx: np.ndarray
+    timesteps: np.ndarray
+    segment: np.ndarray
+    loss: np.ndarray
+    rtg: np.ndarray | None = None
+    done: np.ndarray | None = None
+    prev_idx: np.ndarray | None = None
+    new_episode: np.ndarray | None = None
+
+
+def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(s, s + n)`` for each pair, without a Python loop."""
+    starts = np.asarray(starts, np.int64)
+    lengths = np.asarray(lengths, np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    # Each run starts at its own offset; subtract the run's first flat index.
+    first = np.cumsum(lengths) - lengths
+    return np.arange(total, dtype=np.int64) + np.repeat(starts - first, lengths)
+
+
+def episode_returns_to_go(store: EpisodeStore) -> np.ndarray:
+    """Undiscounted return-to-go of every store row, ``[N]`` float64, via :func:`returns_to_go`."""
+    out = np.empty(store.num_steps, np.float64)
+    starts = store.episode_starts
+    for e in range(store.num_episodes):
+        s, t = int(starts[e]), int(starts[e + 1])
+        if t > s:
+            out[s:t] = returns_to_go(store.rewards[s:t])
+    return out
+
+
+def check_positive(name: str, value: int, minimum: int = 1) -> None:
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+class Sampler:
+    """Base class: subclasses define ``_draw`` (global row specs) and ``_plan`` (host rows).
+
+    Attributes:
+        store: the episodes.
+        config: the sampler's frozen config dataclass.
+        layout: the token layout batches are encoded with.
+        seq_len: tokens per row (a multiple of ``pad_multiple``).
+        batch_size: rows of the global batch.
+        rows_per_host: rows this host materialises.
+        step: number of the next batch :meth:`next_batch` returns.
+    """
+
+    name = "sampler"
+
+    def __init__(
+        self,
+        store: EpisodeStore,
+        config: Any,
+        layout: TokenLayout,
+        *,
+        raw_steps: int,
+        host_id: int = 0,
+        num_hosts: int = 1,
+    ) -> None:
+        check_positive("batch_size", config.batch_size)
+        check_positive("pad_multiple", config.pad_multiple)
+        check_positive("num_hosts", num_hosts)
+        if not isinstance(host_id, int | np.integer) or not 0 <= host_id < num_hosts:
+            raise ValueError(f"host_id must be in [0, num_hosts={num_hosts}), got {host_id!r}")
+        if config.batch_size % num_hosts:
+            raise ValueError(
+                f"batch_size={config.batch_size} is not divisible by num_hosts={num_hosts}: "
+                "every host must draw the same number of rows"
+            )
+        if layout.obs_dim != store.obs_dim or layout.act_dim != store.act_dim:
+            raise ValueError(
+                f"{self.name}: layout has obs_dim={layout.obs_dim}, act_dim={layout.act_dim}; "
+                f"the store has {store.obs_dim}, {store.act_dim}"
+            )
+        if layout.discrete_actions != store.discrete_actions:
+            raise ValueError(
+                f"{self.name}: layout discrete_actions={layout.discrete_actions} but the store's "
+                f"actions are {'discrete' if store.discrete_actions else 'continuous'}"
+            )
+        self.store = store
+        self.config = config
+        self.layout = layout
+        self.host_id = int(host_id)
+        self.num_hosts = int(num_hosts)
+        self.batch_size = int(config.batch_size)
+        self.rows_per_host = self.batch_size // self.num_hosts
+        self.seed = int(config.seed)
+        self.seq_len = pad_to_multiple(raw_steps * layout.tokens_per_step, config.pad_multiple)
+        self.step = 0
+
+    @property
+    def norm(self):
+        return self.layout.norm
+
+    @property
+    def host_rows(self) -> np.ndarray:
+        """Global row numbers this host materialises."""
+        lo = self.host_id * self.rows_per_host
+        return np.arange(lo, lo + self.rows_per_host)
+
+    # ------------------------------------------------------------------ to override
+    def _draw(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Specs of every row of the global batch (arrays with leading axis batch_size)."""
+        raise NotImplementedError
+
+    def _plan(self, specs: dict[str, np.ndarray], rows: np.ndarray) -> StepPlan:
+        """The steps of the given global rows."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ batches
+    def specs_at(self, step: int) -> dict[str, np.ndarray]:
+        """Row specs of global batch number ``step`` (same on every host)."""
+        return self._draw(np.random.default_rng([self.seed, int(step)]))
+
+    def plan_at(self, step: int) -> StepPlan:
+        return self._plan(self.specs_at(step), self.host_rows)
+
+    def batch_at(self, step: int) -> TokenBatch:
+        """This host's rows of global batch number ``step`` (does not move the stream)."""
+        return self.assemble(self.plan_at(step))
+
+    def next_batch(self) -> TokenBatch:
+        batch = self.batch_at(self.step)
+        self.step += 1
+        return batch
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> TokenBatch:
+        return self.next_batch()
+
+    def prefetch(self, depth: int = 2) -> Prefetcher:
+        """An iterator computing the next ``depth`` batches in a background thread."""
+        return Prefetcher(self, depth)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self, step: int | None = None) -> dict[str, Any]:
+        """JSON-serialisable position in the stream (plus what must match on resume)."""
+        return {
+            "format": STATE_FORMAT,
+            "sampler": self.name,
+            "step": int(self.step if step is None else step),
+            "config": _jsonable(dataclasses.asdict(self.config)),
+            "store": {"num_episodes": self.store.num_episodes, "num_steps": self.store.num_steps},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continues the stream saved by :meth:`state_dict` (on any number of hosts)."""
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(
+                f"load_state_dict: format is {state.get('format')!r}, expected {STATE_FORMAT!r}"
+            )
+        mine = self.state_dict()
+        for key in ("sampler", "config", "store"):
+            if state.get(key) != mine[key]:
+                raise ValueError(
+                    f"load_state_dict: saved {key} {state.get(key)!r} differs from this sampler's "
+                    f"{mine[key]!r}; resuming would give a different stream"
+                )
+        step = state.get("step")
+        if not isinstance(step, int) or step < 0:
+            raise ValueError(f"load_state_dict: step must be an integer >= 0, got {step!r}")
+        self.step = step
+
+    # ------------------------------------------------------------------ assembly
+    def assemble(self, plan: StepPlan) -> TokenBatch:
+        """Gathers the planned steps from the store and lays them out as a TokenBatch."""
+        layout, store = self.layout, self.store
+        k, t_len, feat = layout.tokens_per_step, self.seq_len, layout.feature_dim
+        idx = plan.idx
+        need = set(layout.required_fields())
+        actions = store.actions[idx]
+        fields: dict[str, Any] = {
+            "rtg": plan.rtg,
+            "done": plan.done,
+            "new_episode": plan.new_episode,
+            "action": actions,
+        }
+        if "obs" in need:
+            fields["obs"] = np.asarray(store.observations[idx], np.float32).reshape(len(idx), -1)
+        if "reward" in need:
+            fields["reward"] = store.rewards[idx]
+        if "prev_action" in need:
+            prev = plan.prev_idx
+            has_prev = prev >= 0
+            prev_action = store.actions[prev]
+            if layout.discrete_actions:
+                prev_action = np.where(has_prev, prev_action, -1)
+            else:
+                prev_action = prev_action * has_prev[:, None]
+            fields["prev_action"] = prev_action
+            fields["prev_reward"] = np.where(has_prev, store.rewards[prev], 0.0)
+        flat_values = layout.encode_steps(**fields).reshape(-1, feat)
+
+        pi = layout.predict_index
+        num_steps = len(idx)
+        loss_tok = np.zeros((num_steps, k), np.float32)
+        loss_tok[:, pi] = plan.loss
+        flat = {
+            "kind": np.tile(np.asarray(layout.kinds, np.int32), num_steps),
+            "values": flat_values,
+            "timesteps": np.repeat(plan.timesteps.astype(np.int32), k),
+            "segment_ids": np.repeat(plan.segment.astype(np.int32), k),
+            "loss_mask": loss_tok.reshape(-1),
+        }
+        if layout.discrete_actions:
+            tid = np.zeros((num_steps, k), np.int32)
+            tid[:, pi] = np.where(plan.loss, actions, 0)
+            flat["target_ids"] = tid.reshape(-1)
+            act_w = 0
+        else:
+            act_w = layout.act_dim
+            tgt = np.zeros((num_steps, k, act_w), np.float32)
+            tgt[:, pi] = actions * plan.loss[:, None]
+            flat["target"] = tgt.reshape(-1, act_w)
+
+        rows = len(plan.row_steps)
+        out = {
+            "kind": np.zeros((rows, t_len), np.int32),
+            "values": np.zeros((rows, t_len, feat), np.float32),
+            "timesteps": np.zeros((rows, t_len), np.int32),
+            "segment_ids": np.zeros((rows, t_len), np.int32),
+            "loss_mask": np.zeros((rows, t_len), np.float32),
+            "target_ids": np.zeros((rows, t_len), np.int32),
+            "target": np.zeros((rows, t_len, act_w), np.float32),
+        }
+        valid = np.zeros((rows, t_len), bool)
+        tok_counts = np.asarray(plan.row_steps, np.int64) * k
+        if tok_counts.max(initial=0) > t_len:
+            raise AssertionError(f"{self.name}: a row of {tok_counts.max()} tokens exceeds {t_len}")
+        offsets = np.concatenate([[0], np.cumsum(tok_counts)])
+        # One contiguous copy per row and field: rows are few, tokens many.
+        for r in range(rows):
+            lo, n = offsets[r], tok_counts[r]
+            valid[r, :n] = True
+            for name, arr in flat.items():
+                out[name][r, :n] = arr[lo : lo + n]
+        positions = np.tile(np.arange(t_len, dtype=np.int32), (rows, 1))
+        return TokenBatch(
+            kind=out["kind"],
+            values=out["values"],
+            positions=positions,
+            timesteps=out["timesteps"],
+            segment_ids=out["segment_ids"],
+            valid=valid,
+            target=out["target"],
+            target_ids=out["target_ids"],
+            loss_mask=out["loss_mask"],
+            tokens_per_step=k,
+            discrete_actions=layout.discrete_actions,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.layout!r}, batch={self.rows_per_host}x{self.seq_len}, "
+            f"host {self.host_id}/{self.num_hosts}, step={self.step})"
+        )
+
+
+class Prefetcher:
+    """Iterates a sampler's batches, computing the next ``depth`` in a background thread.
+
+    Its :meth:`state_dict` is the sampler's state at the next batch *to be returned*, not
+    the next one computed, so saving it in a checkpoint loses nothing in flight.
+    """
+
+    def __init__(self, sampler: Sampler, depth: int = 2) -> None:
+        check_positive("depth", depth)
+        self.sampler = sampler
+        self.step = sampler.step
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, args=(sampler.step,), daemon=True)
+        self._thread.start()
+
+    def _work(self, step: int) -> None:
+        while not self._stop.is_set():
+            try:
+                item: Any = self.sampler.batch_at(step)
+            except BaseException as err:  # handed to the consumer, who re-raises it
+                item = err
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, BaseException):
+                return
+            step += 1
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> TokenBatch:
+        if self._stop.is_set():
+            raise StopIteration
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        self.step += 1
+        self.sampler.step = self.step
+        return item
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sampler.state_dict(self.step)
+
+    def close(self) -> None:
+        """Stops the worker thread (batches already computed are dropped)."""
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+
+    def __enter__(self) -> Prefetcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x

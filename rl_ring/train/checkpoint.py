@@ -1,0 +1,165 @@
+"""Checkpoints: orbax ``CheckpointManager`` over ``<workdir>/checkpoints``.
+
+Each checkpoint step holds two items:
+
+- ``state``: the train state (parameters, optimiser state, step, training PRNG, other model
+  variables) as sharded arrays, restored straight into the mesh layout;
+- ``meta``: JSON with the step, the sampler state, the run configuration, the agent's model
+  spec and the data normalisation statistics that evaluation needs.
+
+orbax writes a step into a temporary directory and renames it when every item is complete,
+so a step directory that exists is a finished checkpoint; a run killed mid-save leaves only
+a temporary directory that is ignored (and cleaned up by the next manager).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from rl_ring.train.state import TrainState
+
+CKPT_SUBDIR = "checkpoints"
+
+
+def _to_tree(state: TrainState) -> dict[str, Any]:
+    # A plain dict on disk keeps checkpoints readable without rl_ring's TrainState class.
+    return {
+        "step": state.step,
+        "params": state.params,
+        "rest": state.rest,
+        "opt_state": state.opt_state,
+        "rng": state.rng,
+    }
+
+
+def _from_tree(tree: dict[str, Any]) -> TrainState:
+    return TrainState(**tree)
+
+
+class Checkpointer:
+    """Saves and restores train states under ``<workdir>/checkpoints``.
+
+    Args:
+        workdir: the run's work directory.
+        keep: how many of the most recent checkpoints to keep.
+        async_save: write in a background thread (the device-to-host copy still happens
+            before :meth:`save` returns, so the saved state may be donated right after).
+        read_only: open an existing directory without creating or deleting anything.
+    """
+
+    def __init__(
+        self, workdir: str | os.PathLike, *, keep: int = 3, async_save: bool = True,
+        read_only: bool = False,
+    ):
+        if keep < 1:
+            raise ValueError(f"keep_checkpoints={keep}: expected >= 1")
+        self.directory = Path(workdir).absolute() / CKPT_SUBDIR
+        if read_only and not self.directory.is_dir():
+            raise FileNotFoundError(f"{workdir}: no checkpoints directory ({self.directory})")
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=None if read_only else keep,
+            create=not read_only,
+            read_only=read_only,
+            enable_async_checkpointing=async_save and not read_only,
+            cleanup_tmp_directories=not read_only,
+        )
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "meta")
+        )
+
+    def steps(self) -> list[int]:
+        """Steps of the finished checkpoints, ascending."""
+        return sorted(self.manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: TrainState, meta: dict[str, Any]) -> None:
+        """Starts saving ``state`` and ``meta`` as checkpoint ``step``."""
+        json.dumps(meta)  # fail here, naming nothing half-written, if meta is not JSON
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(_to_tree(state)), meta=ocp.args.JsonSave(meta)
+            ),
+            force=True,
+        )
+
+    def restore(
+        self, abstract_state: TrainState, step: int | None = None
+    ) -> tuple[TrainState, dict[str, Any], int]:
+        """Restores checkpoint ``step`` (default latest) into ``abstract_state``'s shardings.
+
+        Args:
+            abstract_state: a TrainState of ``jax.ShapeDtypeStruct`` with shardings.
+            step: the step to restore; None for the latest.
+
+        Returns:
+            (state, meta, step).
+        """
+        step = self._resolve(step)
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(_to_tree(abstract_state)),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+        return _from_tree(restored.state), dict(restored.meta), step
+
+    def read_meta(self, step: int | None = None) -> tuple[dict[str, Any], int]:
+        """The JSON item of checkpoint ``step`` (default latest), and the step."""
+        step = self._resolve(step)
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+        )
+        return dict(restored.meta), step
+
+    def restore_params(self, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
+        """Restores only the parameters of checkpoint ``step`` (what evaluation needs)."""
+        step = self._resolve(step)
+        meta_tree = self.manager.item_metadata(step)["state"]
+        # Partial restore: every item of the stored tree except the parameters is skipped.
+        target = jax.tree.map(lambda _: None, dict(meta_tree.tree))
+        target["params"] = abstract_params
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item=target,
+                    restore_args=jax.tree.map(
+                        lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding)
+                        if a is not None else None,
+                        target,
+                    ),
+                    partial_restore=True,
+                )
+            ),
+        )
+        return restored.state["params"], step
+
+    def _resolve(self, step: int | None) -> int:
+        steps = self.steps()
+        if not steps:
+            raise FileNotFoundError(f"{self.directory}: no finished checkpoint")
+        if step is None:
+            return steps[-1]
+        if step not in steps:
+            raise FileNotFoundError(
+                f"{self.directory}: no checkpoint for step {step}; have {steps}"
+            )
+        return step
+
+    def wait(self) -> None:
+        """Blocks until every pending save is on disk."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

@@ -1,0 +1,264 @@
+"""The training loop: sharded steps, metrics, NaN stop, checkpoints, automatic resume.
+
+``run(recipe, cfg)`` trains any model/loss/sampler bundle; ``rl_ring.train.train(cfg)``
+builds the recipe for an agent and a dataset and calls it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rl_ring import sharding
+from rl_ring.train.checkpoint import Checkpointer
+from rl_ring.train.config import RESUME_MUST_MATCH, TrainConfig, config_diff, to_dict
+from rl_ring.train.loader import MeshLoader, pad_multiple
+from rl_ring.train.metrics import MetricsWriter, Progress
+from rl_ring.train.optim import make_optimizer
+from rl_ring.train.recipe import Recipe
+from rl_ring.train.state import PyTree, TrainState, build_state
+from rl_ring.train.step import jit_step, make_step_fn
+
+EvalFn = Callable[[nnx.Module, int], dict[str, Any]]
+CONFIG_FILE = "config.json"
+
+
+class NonFiniteError(FloatingPointError):
+    """Training stopped because a metric or the parameters became NaN or infinite."""
+
+    def __init__(self, message: str, *, step: int, metric: str, last_checkpoint: int | None):
+        super().__init__(message)
+        self.step = step
+        self.metric = metric
+        self.last_checkpoint = last_checkpoint
+
+
+@dataclass
+class TrainResult:
+    """What a finished run returns.
+
+    Attributes:
+        workdir: the run's work directory.
+        step: the step the run ended at (== cfg.steps).
+        start_step: the step it started from (> 0 when resumed).
+        state: the final train state (sharded device arrays).
+        model: the final model (its variables are the final state's arrays).
+        losses: ``[step - start_step]`` float64, the loss of every step this call ran.
+        history: the metric rows this call wrote to ``metrics.jsonl``.
+        compile_s: seconds of the first step (compilation included).
+        tokens_per_s: tokens per second over this call's steps after the first.
+    """
+
+    workdir: Path
+    step: int
+    start_step: int
+    state: TrainState
+    model: nnx.Module
+    losses: np.ndarray
+    history: list[dict[str, Any]] = field(default_factory=list)
+    compile_s: float = 0.0
+    tokens_per_s: float = 0.0
+
+    @property
+    def params(self) -> PyTree:
+        return self.state.params
+
+
+def make_run_mesh(cfg: TrainConfig):
+    """The mesh of ``cfg`` over the first ``cfg.devices`` devices (all when 0)."""
+    devices = jax.devices()
+    if cfg.devices:
+        if cfg.devices > len(devices):
+            raise ValueError(
+                f"TrainConfig.devices={cfg.devices} but only {len(devices)} devices are available"
+            )
+        devices = devices[: cfg.devices]
+    return sharding.make_mesh(cfg.mesh or None, devices=devices)
+
+
+def _first_non_finite(metrics: dict[str, float]) -> str | None:
+    # The loss first: a NaN loss is the cause, a NaN gradient norm its consequence.
+    for name in ("loss", "grad_norm", *sorted(metrics)):
+        if name in metrics and not np.isfinite(metrics[name]):
+            return name
+    return None
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def _write_config(workdir: Path, cfg_dict: dict[str, Any], meta: dict[str, Any]) -> None:
+    # Written to a temporary name and renamed: a reader never sees half a file.
+    path = workdir / CONFIG_FILE
+    tmp = workdir / f".{CONFIG_FILE}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps({"config": cfg_dict, **meta}, indent=1, default=str))
+    tmp.replace(path)
+
+
+def run(recipe: Recipe, cfg: TrainConfig, *, eval_fn: EvalFn | None = None) -> TrainResult:
+    """Trains ``recipe`` for ``cfg.steps`` steps, resuming from ``cfg.workdir`` if possible.
+
+    Every configuration error (mesh, batch split, sequence length, options) is raised before
+    the model is built or anything is compiled.
+
+    Raises:
+        ValueError: a bad configuration, naming the option.
+        NonFiniteError: a loss, gradient norm or parameter became NaN/inf; the checkpoint
+            directory keeps only finite states.
+    """
+    cfg.validate()
+    mesh = make_run_mesh(cfg)
+    tx, schedule = make_optimizer(cfg.optim, cfg.steps)
+    loader = MeshLoader(mesh, cfg.batch_size, recipe.layout)
+    share = loader.share
+    sampler = recipe.make_sampler(
+        batch_size=share.rows,
+        seed=cfg.seed,
+        host_id=share.host_id,
+        num_hosts=share.num_hosts,
+        pad_multiple=pad_multiple(mesh, recipe.layout),
+    )
+    fresh_sampler_state = sampler.state_dict()
+    example = sampler.next_batch()
+    loader.check(example)  # sequence/batch mismatches fail here, before any compute
+
+    workdir = Path(cfg.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg_dict = to_dict(cfg)
+    lead = jax.process_index() == 0
+    ckpt = Checkpointer(workdir, keep=cfg.keep_checkpoints, async_save=cfg.async_checkpoint)
+    abstract_state, shardings, parts = build_state(
+        recipe.make_model, tx, cfg.seed, mesh, recipe.param_specs, materialize=False
+    )
+    start = ckpt.latest_step() if cfg.resume else None
+    if start is not None:
+        old_meta, _ = ckpt.read_meta(start)
+        diff = config_diff(old_meta.get("config", {}), cfg_dict, RESUME_MUST_MATCH)
+        if diff:
+            ckpt.close()
+            raise ValueError(
+                f"{ckpt.directory}: cannot resume from step {start}, the configuration differs "
+                f"({'; '.join(diff)}); use another workdir or resume=False"
+            )
+        state, meta, start = ckpt.restore(abstract_state, start)
+        sampler.load_state_dict(meta["sampler"])
+        wall_offset = float(meta.get("wall_time", 0.0))
+    else:
+        start = 0
+        state, _, _ = build_state(recipe.make_model, tx, cfg.seed, mesh, recipe.param_specs)
+        sampler.load_state_dict(fresh_sampler_state)
+        wall_offset = 0.0
+    if lead:
+        _write_config(workdir, cfg_dict, recipe.meta)
+
+    step_fn = jit_step(
+        make_step_fn(parts, recipe.loss_fn, tx, schedule, mesh=mesh, dtype=cfg.compute_dtype),
+        shardings,
+        loader.shardings(example),
+        mesh,
+    )
+    tokens_per_step = cfg.batch_size * example.shape[1]
+    writer = MetricsWriter(workdir, tensorboard=cfg.tensorboard, enabled=lead)
+    progress = Progress(cfg.steps, start, enabled=cfg.progress and lead)
+    losses: list[float] = []
+    history: list[dict[str, Any]] = []
+    pending: list[tuple[int, dict[str, jax.Array]]] = []
+    t_run = time.perf_counter()
+    clock = {"mark": t_run, "steady_from": None}
+
+    def wall() -> float:
+        return wall_offset + time.perf_counter() - t_run
+
+    def stop(step: int, metric: str, value: float) -> None:
+        ckpt.wait()
+        kept = ckpt.latest_step()
+        where = (f"the last good checkpoint is step {kept} in {ckpt.directory}" if kept is not None
+                 else "no checkpoint was saved before it")
+        raise NonFiniteError(
+            f"training stopped at step {step}: {metric} is {value} (not finite); {where}",
+            step=step, metric=metric, last_checkpoint=kept,
+        )
+
+    def flush(step: int) -> None:
+        """Fetches pending metrics, checks them, and writes one row for ``step``."""
+        if not pending:
+            return
+        fetched = jax.device_get([m for _, m in pending])
+        fetched = [{k: float(v) for k, v in m.items()} for m in fetched]
+        now = time.perf_counter()
+        tok_s = tokens_per_step * len(pending) / max(now - clock["mark"], 1e-9)
+        for (s, _), m in zip(pending, fetched, strict=True):
+            bad = _first_non_finite(m)
+            if bad is not None:
+                writer.write(s, {**m, "wall_time": wall()})
+                stop(s, bad, m[bad])
+            losses.append(m["loss"])
+        row = {**fetched[-1], "tokens_per_s": tok_s, "wall_time": wall()}
+        writer.write(step, row)
+        history.append({"step": step, **row})
+        progress.update(len(pending), row["loss"], tok_s)
+        pending.clear()
+        clock["mark"] = now
+
+    step = start
+    try:
+        batch_np = sampler.next_batch()
+        while step < cfg.steps:
+            save_now = (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps
+            eval_now = cfg.eval_every > 0 and (step + 1) % cfg.eval_every == 0
+            # The sampler state to save is the one right after drawing this step's batch.
+            sampler_state = sampler.state_dict() if save_now else None
+            state, metrics = step_fn(state, loader.place(batch_np))
+            step += 1
+            pending.append((step, metrics))
+            if step == start + 1:
+                # The first step compiles: log it apart so tokens/s measures steady state.
+                flush(step)
+                clock["steady_from"] = clock["mark"]
+            if step < cfg.steps:
+                batch_np = sampler.next_batch()  # overlaps with the step running on device
+            if step % cfg.log_every == 0 or save_now or eval_now:
+                flush(step)
+            if save_now:
+                if not bool(_all_finite(state.params)):
+                    stop(step, "params", float("nan"))
+                meta = {**recipe.meta, "step": step, "config": cfg_dict,
+                        "sampler": sampler_state, "wall_time": wall()}
+                ckpt.save(step, state, meta)
+            if eval_now and eval_fn is not None:
+                results = eval_fn(parts.merge(state.params, state.rest), step)
+                writer.write(step, results, prefix="eval/")
+                history.append({"step": step, **{f"eval/{k}": v for k, v in results.items()}})
+        flush(step)
+    finally:
+        # Also on a crash or interrupt: pending saves finish (or stay invisible), files close.
+        ckpt.close()
+        writer.close()
+        progress.close()
+    steady_s = clock["mark"] - clock["steady_from"] if clock["steady_from"] else 0.0
+    steady_steps = step - start - 1
+    return TrainResult(
+        workdir=workdir,
+        step=step,
+        start_step=start,
+        state=state,
+        model=parts.merge(state.params, state.rest),
+        losses=np.asarray(losses, np.float64),
+        history=history,
+        compile_s=history[0]["wall_time"] - wall_offset if history else 0.0,
+        tokens_per_s=tokens_per_step * steady_steps / steady_s if steady_s > 0 else 0.0,
+    )

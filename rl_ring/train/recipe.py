@@ -1,0 +1,61 @@
+"""What the generic training loop needs from an agent: a model, a loss and a sampler.
+
+The loop knows nothing of agents. :class:`Recipe` bundles a model factory, a loss function,
+a sampler factory and the JSON facts that a checkpoint must carry for evaluation;
+:func:`agent_recipe` builds one for a registered agent (``agents.get(name)``) and a dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from flax import nnx
+from jax.sharding import Mesh
+
+from rl_ring import sharding
+from rl_ring.data.batch import TokenBatch
+from rl_ring.train.state import ParamSpecsFn, PyTree, replicate_all
+from rl_ring.train.step import LossFn
+
+
+class Sampler(Protocol):
+    """A stream of host-local TokenBatches whose position can be saved and restored."""
+
+    def next_batch(self) -> TokenBatch: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+SamplerFactory = Callable[..., Sampler]
+"""Called as ``make_sampler(batch_size=, seed=, host_id=, num_hosts=, pad_multiple=)``."""
+
+
+@dataclass
+class Recipe:
+    """Everything the training loop needs to train one model on one data stream.
+
+    Attributes:
+        make_model: builds the NNX model from ``nnx.Rngs`` (called under ``jax.jit``).
+        loss_fn: ``loss_fn(model, tokens, *, mesh, rngs) -> (loss, metrics)``.
+        make_sampler: builds this process's sampler (see :data:`SamplerFactory`).
+        layout: attention token layout; the loader permutes batches to match.
+        param_specs: ``(abstract params, mesh) -> PartitionSpec tree`` (default: replicate).
+        meta: JSON saved in every checkpoint (agent name and config, model spec,
+            normalisation statistics) so evaluation can rebuild the model.
+    """
+
+    make_model: Callable[[nnx.Rngs], nnx.Module]
+    loss_fn: LossFn
+    make_sampler: SamplerFactory
+    layout: str = "contiguous"
+    param_specs: ParamSpecsFn = replicate_all
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def rule_specs(params: PyTree, mesh: Mesh) -> PyTree:
+    """PartitionSpecs of a pure parameter dict from ``rl_ring.sharding.MODEL_RULES``."""
+    return sharding.match_partition_rules(sharding.MODEL_RULES, params, mesh=mesh)

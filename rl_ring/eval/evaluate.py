@@ -56,6 +56,9 @@ class EvalConfig:
     """Worker processes in subprocess mode (0: one per CPU core)."""
     max_steps: int = 0
     """Cut episodes after this many steps (0: the environment's own time limit)."""
+    env_factory: str | None = None
+    """Build environments with this 'module:callable' (called with task=, seed=) instead of
+    the registries: custom environments."""
     score_name: str | None = None
     """Name for normalised scores (default: the env id)."""
     video: bool = False
@@ -70,9 +73,10 @@ class EvalConfig:
 
 def _specs(cfg: EvalConfig, tasks: list[Any], seed_index: int) -> list[EnvSpec]:
     row_tasks = assign_tasks(tasks, seed_index, cfg.envs)
-    specs = [EnvSpec(cfg.env, task=t) for t in row_tasks]
+    specs = [EnvSpec(cfg.env, task=t, factory=cfg.env_factory) for t in row_tasks]
     if cfg.video and seed_index == 0:
-        specs[0] = dataclasses.replace(specs[0], kwargs=_render_kwargs(cfg.env))
+        kwargs = _render_kwargs(cfg.env) if cfg.env_factory is None else {}
+        specs[0] = dataclasses.replace(specs[0], kwargs=kwargs)
     return specs
 
 

@@ -155,8 +155,8 @@ def run_seed(
         fail_row(i, 0, f"environment could not be built: {err}")
         active[i] = False
     if workers.spaces is None:
-        raise RuntimeError(f"seed {seed}: no environment could be built; first error:\n"
-                           f"{next(iter(make_errors.values()), '?')}")
+        first = next(iter(make_errors.values()), "?").strip().splitlines()[-1]
+        raise ValueError(f"seed {seed}: no environment could be built ({first})")
     obs_space, act_space = workers.spaces
     rows = np.flatnonzero(active)
     resets = workers.reset(rows, [episode_seed(seed, i, 0) for i in rows])

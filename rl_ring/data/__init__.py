@@ -1,6 +1,10 @@
 """Offline data: EpisodeStore, readers and writers (D4RL, ExoRL, Minari), samplers."""
 
 from rl_ring.data.batch import Kind, TokenBatch
+from rl_ring.data.d4rl import read_d4rl, write_d4rl
+from rl_ring.data.exorl import read_exorl, write_exorl
+from rl_ring.data.formats import DatasetError, detect_format, load
+from rl_ring.data.minari import read_minari, write_minari
 from rl_ring.data.normalize import Normalization
 from rl_ring.data.samplers import (
     BCConfig,
@@ -9,6 +13,7 @@ from rl_ring.data.samplers import (
     HistoryConfig,
     make_sampler,
 )
+from rl_ring.data.scores import has_reference, normalized_score
 from rl_ring.data.store import EpisodeStore, returns_to_go
 from rl_ring.data.tokens import TokenLayout
 
@@ -21,4 +26,17 @@ __all__ += [
     "Normalization",
     "TokenLayout",
     "make_sampler",
+]
+__all__ += [
+    "DatasetError",
+    "detect_format",
+    "has_reference",
+    "load",
+    "normalized_score",
+    "read_d4rl",
+    "read_exorl",
+    "read_minari",
+    "write_d4rl",
+    "write_exorl",
+    "write_minari",
 ]

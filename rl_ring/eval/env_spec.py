@@ -4,9 +4,10 @@ An :class:`EnvSpec` is a small picklable description (an id, an optional task, k
 arguments, an optional ``"module:callable"`` factory) so that worker processes can build
 their own environments. :func:`make_env` turns it into a Gymnasium-style environment:
 
-- a registered rl_ring id goes to ``envs.make(env_id, task=..., seed=..., **kwargs)``;
 - an explicit ``factory`` is imported and called with ``(task=..., seed=..., **kwargs)``;
-- any other id is handed to ``gymnasium.make`` (``CartPole-v1``, ``Pendulum-v1``, ...).
+- an rl_ring id goes to ``envs.make(env_id, task=..., seed=..., **kwargs)``
+  (``dmc:cartpole-swingup``, ``gym:Hopper-v5``, ``darkroom``, ...);
+- an id the registry does not know is handed to ``gymnasium.make`` (``CartPole-v1``).
 
 Seeds are derived, never chosen by position in a worker: row ``i`` of evaluation seed ``s``
 is built with ``env_seed(s, i)`` and its trial ``k`` starts with
@@ -87,14 +88,14 @@ def _registry():
     return mod if hasattr(mod, "make") else None
 
 
-def _registered(env_id: str) -> bool:
+def _unknown_id_error() -> type[BaseException]:
     reg = _registry()
-    if reg is None:
-        return False
-    list_envs = getattr(reg, "list_envs", None)
-    if list_envs is None:
-        return False
-    return env_id in set(list_envs())
+    err = getattr(reg, "UnknownEnvError", None) if reg is not None else None
+    return err if isinstance(err, type) else _NeverRaised
+
+
+class _NeverRaised(Exception):
+    """Stands in for the registry's unknown-id error while there is no registry."""
 
 
 def import_callable(path: str):
@@ -113,13 +114,19 @@ def make_env(spec: EnvSpec, seed: int) -> Env:
     """Builds the environment described by ``spec`` (see module docstring for the order)."""
     if spec.factory is not None:
         return import_callable(spec.factory)(task=spec.task, seed=seed, **spec.kwargs)
-    if _registered(spec.env_id):
-        return _registry().make(spec.env_id, task=spec.task, seed=seed, **spec.kwargs)
+    reg = _registry()
+    if reg is not None:
+        try:
+            return reg.make(spec.env_id, task=spec.task, seed=seed, **spec.kwargs)
+        except _unknown_id_error() as err:
+            registry_error = str(err)
+    else:
+        registry_error = "the rl_ring env registry (envs.make) is not available"
     import gymnasium
 
     if spec.env_id not in gymnasium.registry:
         raise ValueError(
-            f"env {spec.env_id!r}: not in the rl_ring registry (envs.list_envs()) "
+            f"env {spec.env_id!r}: not in the rl_ring registry ({registry_error}) "
             "nor in gymnasium.registry"
         )
     if spec.task is not None:
@@ -142,9 +149,12 @@ def env_tasks(env_id: str, split: str | None) -> list[Any]:
         raise ValueError(f"task split must be 'train', 'test' or None, got {split!r}")
     reg = _registry()
     task_split = getattr(reg, "task_split", None) if reg is not None else None
-    if task_split is None or not _registered(env_id):
+    if task_split is None:
         return [None]
-    tasks = list(task_split(env_id, split))
+    try:
+        tasks = list(task_split(env_id, split))
+    except ValueError:  # single-task env (or unknown id, which make_env reports clearly)
+        return [None]
     return tasks or [None]
 
 

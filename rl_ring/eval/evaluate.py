@@ -23,7 +23,13 @@ import numpy as np
 from rl_ring.eval.env_spec import EnvSpec, assign_tasks, env_tasks
 from rl_ring.eval.policies import policy_factory
 from rl_ring.eval.policy import Policy
-from rl_ring.eval.report import build_report, plot_report, validate_report, write_json
+from rl_ring.eval.report import (
+    build_report,
+    plot_report,
+    publish,
+    validate_report,
+    write_json,
+)
 from rl_ring.eval.rollout import SeedResult, run_seed
 from rl_ring.eval.workers import Workers, make_workers
 
@@ -39,7 +45,10 @@ class EvalConfig:
     checkpoint: str | None = None
     """Trained agent to evaluate (a training workdir); overrides --policy."""
     policy: str = "random"
-    """Policy without a checkpoint: 'random' or 'scripted:<name>'."""
+    """Policy without a checkpoint: 'random', 'scripted' (the env's scripted controller)
+    or 'scripted:<env id>'."""
+    policy_noise: float = 0.0
+    """Action noise of a scripted policy (Gaussian std, or random-action probability)."""
     trials: int = 4
     """Episodes per row, played one after another in the same context."""
     envs: int = 16
@@ -82,11 +91,8 @@ def _specs(cfg: EvalConfig, tasks: list[Any], seed_index: int) -> list[EnvSpec]:
 
 def _render_kwargs(env_id: str) -> dict[str, Any]:
     """Constructor arguments that make ``env.render()`` return RGB frames."""
-    import gymnasium
-
-    # Gymnasium envs render only when built with a render mode; the rl_ring registry's
-    # envs render RGB frames by default.
-    return {"render_mode": "rgb_array"} if env_id in gymnasium.registry else {}
+    del env_id  # the registry's envs and Gymnasium's take the same argument
+    return {"render_mode": "rgb_array"}
 
 
 def evaluate(
@@ -110,7 +116,8 @@ def evaluate(
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
     if policy is None:
-        policy = policy_factory(cfg.policy, cfg.checkpoint)
+        policy = policy_factory(cfg.policy, cfg.checkpoint, env_id=cfg.env,
+                                noise=cfg.policy_noise)
     tasks = env_tasks(cfg.env, None if cfg.task_split == "none" else cfg.task_split)
     own_workers = workers is None
     if workers is None:
@@ -176,7 +183,7 @@ def write_video(frames: list[np.ndarray], path: Path, *, max_frames: int = 300,
     os.close(fd)
     try:
         iio.imwrite(tmp, stack, duration=1000 / fps, loop=0)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -226,9 +233,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             "seed means, ddof=1)"
         )
     t = report["timing"]
+    render = f", rendering {t['render_s']:.1f} s" if t["render_s"] else ""
     lines.append(f"{t['env_steps']} env steps in {t['wall_s']:.1f} s "
                  f"({t['steps_per_s']:.0f} steps/s; policy {t['policy_s']:.1f} s, "
-                 f"envs {t['env_s']:.1f} s)")
+                 f"envs {t['env_s']:.1f} s{render})")
     if report["failures"]:
         lines.append(f"{len(report['failures'])} failed episode(s); see 'failures' in the report")
     return lines

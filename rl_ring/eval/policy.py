@@ -17,6 +17,10 @@ mask hold stale values, their outputs are ignored, and the policy must not advan
 state. A fixed batch shape suits a KV-cached transformer (row ``i`` of the cache is row ``i``
 of the evaluation, and the shapes never change, so nothing recompiles); rows only fall idle
 once they have played all their trials or their environment failed.
+
+A privileged baseline (a scripted oracle that knows each row's goal) may also define
+``set_tasks(tasks)``; the evaluator then passes each row's task before ``reset``. Learned
+agents must not define it: inferring the task from rewards is what in-context RL measures.
 """
 
 from __future__ import annotations

@@ -231,6 +231,7 @@ def _timing(results: Sequence[SeedResult]) -> dict[str, float]:
         "steps_per_s": steps / wall if wall > 0 else 0.0,
         "policy_s": sum(r.policy_s for r in results),
         "env_s": sum(r.env_s for r in results),
+        "render_s": sum(r.render_s for r in results),
     }
 
 
@@ -330,11 +331,20 @@ def write_json(report: dict[str, Any], path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(report, f, indent=1, allow_nan=False)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Renames a finished temporary file into place with the usual permissions (mkstemp
+    creates files readable by their owner only)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
+    os.replace(tmp, path)
 
 
 def plot_report(report: dict[str, Any], path: str | os.PathLike, *,
@@ -373,7 +383,7 @@ def plot_report(report: dict[str, Any], path: str | os.PathLike, *,
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
+    publish(tmp, path)
     return path
 
 

@@ -74,6 +74,8 @@ class SeedResult:
     """Seconds inside ``policy.act`` / ``observe`` / ``begin_trial``."""
     env_s: float = 0.0
     """Seconds waiting for the workers (stepping, resetting)."""
+    render_s: float = 0.0
+    """Seconds spent rendering video frames."""
     wall_s: float = 0.0
     frames: list[np.ndarray] | None = None
     """Rendered frames of the recorded episode (``record_row``), if any."""
@@ -191,6 +193,8 @@ def run_seed(
     tp = time.perf_counter()
     if isinstance(policy, type) or not hasattr(policy, "act"):  # a factory, not a policy
         policy = policy(act_space)
+    if hasattr(policy, "set_tasks"):  # privileged baselines (oracles) only
+        policy.set_tasks([spec.task for spec in specs])
     policy.reset(n, seeds=[policy_seed(seed, i) for i in range(n)])
     policy.begin_trial(active.copy())
     out.policy_s += time.perf_counter() - tp
@@ -198,12 +202,18 @@ def run_seed(
 
     def grab(row: int) -> None:
         nonlocal frames, record_row
+        tr = time.perf_counter()
         try:
-            frame = workers.render(row)
+            frame = np.asarray(workers.render(row))
+            if frame.ndim != 3 or frame.dtype == object:
+                raise ValueError(f"render() gave {frame.dtype} {frame.shape}, expected an "
+                                 "RGB [height, width, 3] frame")
         except Exception as err:  # a video is optional, the scores are not
             out.video_error = f"rendering row {row} failed: {type(err).__name__}: {err}"
             record_row = None
             return
+        finally:
+            out.render_s += time.perf_counter() - tr
         frames = [] if frames is None else frames
         frames.append(frame)
 

@@ -57,3 +57,20 @@ def test_rows_get_their_own_tasks_and_trials_their_own_seeds():
     assert episode_seed(2, 5, 1) == episode_seed(2, 5, 1)
     with pytest.raises(ValueError, match="env_index must be >= 0"):
         episode_seed(0, -1, 0)
+
+
+def test_registry_darkroom_oracle_scores_optimal_on_held_out_goals(tmp_path):
+    """The scripted Dark Room oracle (noise 0) earns each row's optimal return; rows of
+    successive seeds walk through the held-out goals."""
+    envs = pytest.importorskip("envs")
+    from rl_ring.eval.evaluate import EvalConfig, evaluate
+
+    cfg = EvalConfig(env="darkroom", policy="scripted", out=str(tmp_path), trials=2, envs=3,
+                     seeds=2, progress=False)
+    report = evaluate(cfg)
+    goals = envs.task_split("darkroom", "test")
+    for e in report["episodes"]:
+        task = assign_tasks(goals, e["seed"], 3)[e["env_index"]]
+        assert e["task"] == task
+        assert e["return"] == envs.optimal_return("darkroom", task)
+        assert e["length"] == 20 and e["truncated"]

@@ -178,3 +178,19 @@ def test_killed_worker_fails_its_rows_others_complete_and_restart():
         assert workers.pids[1] != victim
     finally:
         workers.close()
+
+
+@pytest.mark.parametrize("env_id, task", [("darkroom", 10), ("dmc:cartpole-swingup", None)])
+def test_registry_envs_match_plain_loop_in_worker_processes(env_id, task):
+    pytest.importorskip("envs")
+    n, trials, seed, cap = 2, 2, 4, 25
+    spec = EnvSpec(env_id, task=task)
+    with SubprocessWorkers(n, 2) as workers:
+        res = run_seed(workers, RandomPolicy, [spec] * n, seed=seed, trials=trials, max_steps=cap)
+    got = returns_of(res)
+    space = make_env(spec, 0).action_space
+    for i in range(n):
+        rng = np.random.default_rng(policy_seed(seed, i))
+        want = plain_loop(spec, seed, i, trials, lambda obs, g=rng: RandomPolicy(space).sample(g),
+                          max_steps=cap)
+        assert [got[(i, k)] for k in range(trials)] == want

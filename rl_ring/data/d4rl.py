@@ -155,10 +155,10 @@ def _read_raw(f: h5py.File, path: Path):
     raw["rewards"] = rewards
     obs = _dataset(f, "observations", path)
     check_kind(obs, "fiub", path, "observations")
-    check_rows(obs, n, path, "observations")
+    check_rows(obs, n, path, "observations", like="rewards")
     raw["observations"] = obs
     act = _dataset(f, "actions", path)
-    check_rows(act, n, path, "actions", ndim=(1, 2))
+    check_rows(act, n, path, "actions", ndim=(1, 2), like="rewards")
     if act.dtype.kind in "iu":
         if act.ndim != 1:
             raise DatasetError(
@@ -172,7 +172,7 @@ def _read_raw(f: h5py.File, path: Path):
     for key in ("terminals", "timeouts"):
         if key in f:
             flags = as_flags(_dataset(f, key, path), path, key)
-            check_rows(flags, n, path, key)
+            check_rows(flags, n, path, key, like="rewards")
             raw[key] = flags
     if "next_observations" in f:
         nxt = _dataset(f, "next_observations", path)
@@ -211,7 +211,9 @@ def _read_raw(f: h5py.File, path: Path):
         arr = _dataset(f, name, path)
         if arr.ndim == 0 or arr.shape[0] != n:
             if name.startswith("infos/"):
-                raise DatasetError(path, f"has shape {arr.shape}, expected {n} rows", name)
+                raise DatasetError(
+                    path, f"has shape {arr.shape}, expected {n} rows like 'rewards'", name
+                )
             meta[name] = _json_safe(arr)  # a stray non-per-step array: keep as metadata
             continue
         if arr.dtype.kind not in "fiub":

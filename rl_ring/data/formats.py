@@ -51,10 +51,14 @@ def check_kind(arr: np.ndarray, kinds: str, path, key: str) -> None:
         raise DatasetError(path, f"dtype {arr.dtype} is not {want}", key)
 
 
-def check_rows(arr: np.ndarray, rows: int, path, key: str, ndim: tuple[int, ...] | None = None):
+def check_rows(
+    arr: np.ndarray, rows: int, path, key: str, ndim: tuple[int, ...] | None = None,
+    like: str | None = None,
+):
     """Raises unless ``arr`` has ``rows`` rows (and one of the allowed ``ndim``)."""
     if arr.ndim == 0 or arr.shape[0] != rows:
-        raise DatasetError(path, f"has shape {arr.shape}, expected {rows} rows", key)
+        ref = f" like {like!r}" if like else ""
+        raise DatasetError(path, f"has shape {arr.shape}, expected {rows} rows{ref}", key)
     if ndim is not None and arr.ndim not in ndim:
         raise DatasetError(path, f"has shape {arr.shape}, expected {ndim} dimensions", key)
 
@@ -87,7 +91,7 @@ def as_flags(arr: np.ndarray, path, key: str) -> np.ndarray:
         ok = (arr == 0) | (arr == 1)
         if not ok.all():
             row = int(np.flatnonzero(~ok)[0])
-            raise DatasetError(path, f"flag value {arr[row]!r} at row {row} is not 0/1", key)
+            raise DatasetError(path, f"flag value {arr[row].item()!r} at row {row} is not 0/1", key)
         return arr.astype(bool)
     raise DatasetError(path, f"dtype {arr.dtype} is not bool", key)
 

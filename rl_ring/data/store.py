@@ -81,7 +81,8 @@ class EpisodeStore:
         for i, ep in enumerate(episodes):
             if set(ep) != keys:
                 raise ValueError(
-                    f"from_episodes: episode {i} has keys {sorted(ep)}, episode 0 has {sorted(keys)}"
+                    f"from_episodes: episode {i} has keys {sorted(ep)}, "
+                    f"episode 0 has {sorted(keys)}"
                 )
         lengths = [len(ep["rewards"]) for ep in episodes]
         starts = np.zeros(len(episodes) + 1, dtype=np.int64)
@@ -184,12 +185,15 @@ class EpisodeStore:
                 )
         for name, arr in self.extras.items():
             if len(arr) != n:
-                raise ValueError(f"EpisodeStore: extras[{name!r}] has {len(arr)} rows, expected {n}")
+                raise ValueError(
+                    f"EpisodeStore: extras[{name!r}] has {len(arr)} rows, expected {n}"
+                )
         e = len(starts) - 1
         for name, arr in self.episode_extras.items():
             if len(arr) != e:
                 raise ValueError(
-                    f"EpisodeStore: episode_extras[{name!r}] has {len(arr)} rows, expected {e} episodes"
+                    f"EpisodeStore: episode_extras[{name!r}] has {len(arr)} rows, "
+                    f"expected {e} episodes"
                 )
 
     # ------------------------------------------------------------------ persistence
@@ -302,3 +306,55 @@ def returns_to_go(rewards: np.ndarray, discount: float = 1.0) -> np.ndarray:
         acc = r[t] + discount * acc
         out[t] = acc
     return out
+
+
+def _rss_bytes() -> int:
+    """Resident set size of this process (Linux ``/proc``; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def memory_probe(
+    path: str | os.PathLike, *, batch: int = 64, window: int = 1000, seed: int = 0
+) -> dict[str, float]:
+    """Resident memory of a memory-mapped store against the same store loaded into RAM.
+
+    Loads the store at ``path`` memory-mapped, copies ``batch`` random windows of ``window``
+    rows (observations, actions, rewards) as a sampler would, then loads it again fully
+    into memory. Reports RSS growth (MiB) at each stage, measured in this process.
+
+    Returns:
+        ``store_mib`` (bytes of all arrays), ``mmap_load_mib``, ``mmap_touch_mib`` (growth
+        after touching the batch, on top of the load), ``batch_mib`` (bytes copied), and
+        ``ram_load_mib`` (growth when loaded with ``mmap=False``).
+    """
+    mib = 1 << 20
+    r0 = _rss_bytes()
+    store = EpisodeStore.load(path, mmap=True)
+    r1 = _rss_bytes()
+    rng = np.random.default_rng(seed)
+    n = store.num_steps
+    starts = rng.integers(0, max(1, n - window), size=batch)
+    copied = 0
+    for s in starts:
+        for arr in (store.observations, store.actions, store.rewards):
+            piece = np.array(arr[s : s + window])
+            copied += piece.nbytes
+    r2 = _rss_bytes()
+    total = sum(getattr(store, k).nbytes for k in _CORE)
+    total += sum(v.nbytes for v in store.extras.values())
+    del store
+    r3 = _rss_bytes()
+    ram = EpisodeStore.load(path, mmap=False)
+    r4 = _rss_bytes()
+    del ram
+    return {
+        "store_mib": total / mib,
+        "mmap_load_mib": (r1 - r0) / mib,
+        "mmap_touch_mib": (r2 - r1) / mib,
+        "batch_mib": copied / mib,
+        "ram_load_mib": (r4 - r3) / mib,
+    }

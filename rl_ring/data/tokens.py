@@ -139,6 +139,10 @@ class TokenLayout:
     def widths(self) -> dict[Kind, int]:
         return {k: self.width(k) for k in self.kinds}
 
+    def token_features(self) -> tuple[tuple[str, int], ...]:
+        """``((kind name, width), ...)`` of this layout's kinds: a model's per-kind input widths."""
+        return tuple((k.name, self.width(k)) for k in self.kinds)
+
     @property
     def feature_dim(self) -> int:
         """Width of ``values``: the widest kind of the layout."""

@@ -90,8 +90,8 @@ class HistorySampler(Sampler):
         if same.any():
             i = sorted_eps[1:][same][0]
             raise ValueError(
-                f"HistorySampler: two episodes of history {hist[i]!r} have the same "
-                f"{cfg.order_key} {order[i]!r}"
+                f"HistorySampler: two episodes of history {hist[i].item()!r} have the same "
+                f"{cfg.order_key} {order[i].item()!r}"
             )
         lengths = store.episode_lengths[sorted_eps]
         # The stream: store rows of every history, episode after episode.

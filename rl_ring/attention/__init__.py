@@ -1,16 +1,38 @@
 """Attention for rl_ring: one signature, one mask semantics, three implementations.
 
 ``attention(q, k, v, impl=...)`` is the seam the model calls. ``impl`` picks:
-- ``"reference"``: dense softmax attention (the oracle);
-- ``"blockwise"``: single-device, memory-efficient (not yet landed);
-- ``"ring"``: sequence-parallel over a mesh axis (not yet landed).
+- ``"reference"``: dense softmax attention (the oracle; O(seq^2) memory);
+- ``"blockwise"``: single-device, memory-efficient (chunk pairs, online softmax, custom VJP);
+- ``"ring"``: sequence-parallel over the mesh's ``seq`` axis (K/V blocks travel the ring).
+
+Tensors are ``[batch, seq, heads, head_dim]``; k/v may have fewer heads (grouped K/V).
+Masks come from global token positions (see ``masks.py``); ``layout`` says how the tokens
+were permuted for causal load balance (see ``layout.py``).
 """
 
 from __future__ import annotations
 
-import jax.numpy as jnp
+import math
 
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.sharding import Mesh, PartitionSpec
+
+from rl_ring.attention.blockwise import blockwise_attention
+from rl_ring.attention.chunks import attend_chunk, chunk_backward, combine
+from rl_ring.attention.layout import (
+    LAYOUTS,
+    block_work,
+    check_layout,
+    layout_positions,
+    permute,
+    unpermute,
+)
+from rl_ring.attention.options import AttentionOptions, check_qkv, resolve_options
 from rl_ring.attention.reference import reference_attention
+from rl_ring.attention.ring import ring_attention
+from rl_ring.sharding import BATCH_AXES, TENSOR, make_mesh
 
 IMPLS = ("reference", "blockwise", "ring")
 
@@ -21,22 +43,170 @@ def attention(
     v: jnp.ndarray,
     *,
     impl: str = "reference",
-    mesh=None,
+    mesh: Mesh | None = None,
     causal: bool = False,
     segment_ids: jnp.ndarray | None = None,
     tokens_per_step: int = 1,
     layout: str = "contiguous",
     positions: jnp.ndarray | None = None,
     kv_mask: jnp.ndarray | None = None,
-    **options,
+    options: AttentionOptions | None = None,
+    **option_overrides,
 ) -> jnp.ndarray:
-    """Attention over ``[batch, seq, heads, head_dim]`` tensors (see module docstring)."""
-    if impl != "reference":
-        raise NotImplementedError(f"impl={impl!r} has not landed yet")
-    return reference_attention(
-        q, k, v, causal=causal, segment_ids=segment_ids, tokens_per_step=tokens_per_step,
-        positions=positions, kv_mask=kv_mask,
+    """Attention over ``[batch, seq, heads, head_dim]`` tensors, by the chosen implementation.
+
+    Works eagerly and inside ``jit`` (with inputs sharded or not). For ``impl="ring"`` the
+    call wraps ``jax.shard_map`` itself: batch over the mesh's (data, fsdp) axes, sequence
+    over ``seq``, heads over ``tensor`` when both head counts divide by its size (else
+    heads are replicated over it). Called inside a ``shard_map`` that is already manual over
+    ``seq``, it takes the arrays as local shards and runs the ring directly.
+
+    Args:
+        q: ``[batch, seq, heads, head_dim]``.
+        k, v: ``[batch, seq, kv_heads, head_dim]`` with ``heads % kv_heads == 0``.
+        impl: ``"reference"``, ``"blockwise"`` or ``"ring"``.
+        mesh: mesh for ``impl="ring"`` (default: every device on the ``seq`` axis); for the
+            other impls only its ``seq`` size is used, as the shard count of ``layout``.
+        causal: (block-)causal mask on global positions.
+        segment_ids: ``[batch, seq]`` int; tokens attend only within their segment.
+        tokens_per_step: tokens of one environment step that see each other under ``causal``.
+        layout: ``"contiguous"``, ``"zigzag"`` or ``"striped"``: how the sequence axis of the
+            inputs is ordered (see ``rl_ring.attention.layout``).
+        positions: ``[batch, seq]`` int global positions (original order) of the tokens as
+            laid out. Default: ``layout_positions(seq, num_shards, layout)`` where the shard
+            count is the mesh's ``seq`` size, else ``options.num_shards``; a non-contiguous
+            layout without a mesh needs one of them (or explicit ``positions``).
+        kv_mask: ``[batch, seq]`` bool, False for padding keys.
+        options: :class:`AttentionOptions` (chunk sizes, scale, shard count, ring axis).
+        **option_overrides: fields of AttentionOptions, e.g. ``q_chunk=256``.
+
+    Returns:
+        ``[batch, seq, heads, head_dim]`` in the dtype of ``q`` (float32 accumulation).
+
+    Raises:
+        ValueError: bad shapes, an unknown impl or layout, a mesh without the ring axis, or
+            a sequence length that the shard count does not divide.
+    """
+    options = resolve_options(options, option_overrides)
+    if impl not in IMPLS:
+        raise ValueError(f"attention: impl={impl!r} is not one of {IMPLS}")
+    b, t, h, hk, _ = check_qkv(
+        q, k, v, segment_ids=segment_ids, positions=positions, kv_mask=kv_mask,
+        tokens_per_step=tokens_per_step,
     )
+    semantics = dict(
+        causal=causal, segment_ids=segment_ids, tokens_per_step=tokens_per_step, kv_mask=kv_mask
+    )
+    if impl == "ring":
+        return _ring(q, k, v, mesh, layout, positions, options, semantics)
+    if positions is None:
+        positions = _default_positions(b, t, layout, _shard_count(mesh, options, layout))
+    if impl == "reference":
+        return reference_attention(q, k, v, positions=positions, scale=options.scale, **semantics)
+    return blockwise_attention(q, k, v, positions=positions, options=options, **semantics)
 
 
-__all__ = ["attention", "reference_attention", "IMPLS"]
+def _shard_count(mesh: Mesh | None, options: AttentionOptions, layout: str) -> int:
+    if layout not in LAYOUTS:
+        raise ValueError(f"attention: layout={layout!r} is not one of {LAYOUTS}")
+    if options.num_shards is not None:
+        return options.num_shards
+    if mesh is not None:
+        _check_mesh(mesh, options.axis_name)
+        return int(mesh.shape[options.axis_name])
+    if layout != "contiguous":
+        raise ValueError(
+            f"attention: layout={layout!r} without a mesh needs the shard count that defines it: "
+            f"pass positions=, mesh= or num_shards= (AttentionOptions.num_shards)"
+        )
+    return 1
+
+
+def _default_positions(b: int, t: int, layout: str, num_shards: int) -> jnp.ndarray:
+    pos = jnp.asarray(layout_positions(t, num_shards, layout))
+    return jnp.broadcast_to(pos, (b, t))
+
+
+def _check_mesh(mesh: Mesh, axis: str) -> None:
+    if axis not in mesh.axis_names:
+        raise ValueError(
+            f"attention: mesh has axes {tuple(mesh.axis_names)} but no {axis!r} axis to run the "
+            f"ring over (build it with rl_ring.sharding.make_mesh)"
+        )
+
+
+def _manual_axes() -> frozenset:
+    try:
+        return frozenset(jax.sharding.get_abstract_mesh().manual_axes)
+    except AttributeError:  # no abstract mesh API: never inside shard_map as far as we know
+        return frozenset()
+
+
+def _ring(q, k, v, mesh, layout, positions, options, semantics):
+    b, t, h, d = q.shape
+    hk = k.shape[2]
+    axis = options.axis_name
+    if axis in _manual_axes():
+        # Already inside shard_map over the ring axis: the arrays are this device's shards.
+        if positions is None:
+            n = int(lax.axis_size(axis))
+            check_layout(layout, t * n, n)
+            pos = jnp.asarray(layout_positions(t * n, n, layout))
+            pos = lax.dynamic_slice_in_dim(pos, lax.axis_index(axis) * t, t)
+            positions = jnp.broadcast_to(pos, (b, t))
+        return ring_attention(q, k, v, positions=positions, options=options, **semantics)
+
+    mesh = make_mesh() if mesh is None else mesh
+    _check_mesh(mesh, axis)
+    n = int(mesh.shape[axis])
+    if t % n != 0:
+        raise ValueError(
+            f"attention(impl='ring'): sequence length {t} of q {q.shape} is not divisible by the "
+            f"{n} devices of mesh axis {axis!r}; pad the sequence to a multiple of {n}"
+        )
+    check_layout(layout, t, n)
+    if positions is None:
+        positions = _default_positions(b, t, layout, n)
+    batch_axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names and a != axis)
+    n_batch = math.prod(int(mesh.shape[a]) for a in batch_axes)
+    if b % n_batch != 0:
+        raise ValueError(
+            f"attention(impl='ring'): batch {b} of q {q.shape} is not divisible by the {n_batch} "
+            f"devices of mesh axes {batch_axes}"
+        )
+    n_tensor = int(mesh.shape[TENSOR]) if TENSOR in mesh.axis_names and TENSOR != axis else 1
+    head_axis = TENSOR if n_tensor > 1 and h % n_tensor == 0 and hk % n_tensor == 0 else None
+    qkv_spec = PartitionSpec(batch_axes or None, axis, head_axis, None)
+    tok_spec = PartitionSpec(batch_axes or None, axis)
+
+    names = [name for name in ("segment_ids", "kv_mask") if semantics[name] is not None]
+    args = [q, k, v, positions] + [semantics[name] for name in names]
+    static = {key: val for key, val in semantics.items() if key not in names}
+
+    def local(q, k, v, positions, *masks):
+        given = dict(zip(names, masks, strict=True))
+        return ring_attention(q, k, v, positions=positions, options=options, **static, **given)
+
+    fn = jax.shard_map(
+        local, mesh=mesh, in_specs=(qkv_spec,) * 3 + (tok_spec,) * (1 + len(names)),
+        out_specs=qkv_spec, check_vma=True,
+    )
+    return fn(*args)
+
+
+__all__ = [
+    "IMPLS",
+    "LAYOUTS",
+    "AttentionOptions",
+    "attend_chunk",
+    "attention",
+    "block_work",
+    "blockwise_attention",
+    "chunk_backward",
+    "combine",
+    "layout_positions",
+    "permute",
+    "reference_attention",
+    "ring_attention",
+    "unpermute",
+]

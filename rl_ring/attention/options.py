@@ -1,0 +1,98 @@
+"""Options shared by the attention kernels, and the checks every entry point runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rl_ring.sharding import SEQ
+
+
+@dataclass(frozen=True)
+class AttentionOptions:
+    """Tuning knobs of the blockwise and ring kernels (semantics are keyword arguments)."""
+
+    q_chunk: int = 512
+    """Query tokens per chunk; clamped to the local block, a ragged last chunk is padded."""
+    k_chunk: int = 512
+    """Key tokens per chunk; clamped to the local block, a ragged last chunk is padded."""
+    scale: float | None = None
+    """Softmax scale; None means ``head_dim ** -0.5``."""
+    num_shards: int | None = None
+    """Shard count that defines a non-contiguous layout's positions when there is no mesh."""
+    axis_name: str = SEQ
+    """Mesh axis the ring runs over (the sequence axis)."""
+    skip_chunks: bool = True
+    """Skip chunk pairs the mask hides entirely (False computes them: for comparisons only)."""
+
+    def __post_init__(self):
+        for name in ("q_chunk", "k_chunk"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"AttentionOptions.{name} must be a positive int, got {value!r}")
+        if self.scale is not None and not self.scale > 0:
+            raise ValueError(f"AttentionOptions.scale must be positive, got {self.scale!r}")
+        if self.num_shards is not None and self.num_shards < 1:
+            raise ValueError(f"AttentionOptions.num_shards must be >= 1, got {self.num_shards!r}")
+
+
+def resolve_options(options: AttentionOptions | None, overrides: dict) -> AttentionOptions:
+    """``options`` (default AttentionOptions()) with keyword overrides applied.
+
+    Raises:
+        TypeError: an override that is not a field of AttentionOptions.
+    """
+    import dataclasses
+
+    options = AttentionOptions() if options is None else options
+    if not isinstance(options, AttentionOptions):
+        raise TypeError(f"options must be an AttentionOptions, got {type(options).__name__}")
+    if overrides:
+        fields = {f.name for f in dataclasses.fields(AttentionOptions)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise TypeError(
+                f"unknown attention option(s) {unknown}; AttentionOptions fields are "
+                f"{sorted(fields)}"
+            )
+        options = dataclasses.replace(options, **overrides)
+    return options
+
+
+def check_qkv(q, k, v, *, segment_ids=None, positions=None, kv_mask=None, tokens_per_step=1):
+    """Validates attention inputs; returns ``(batch, seq, heads, kv_heads, head_dim)``.
+
+    Raises:
+        ValueError: naming the argument and the shapes when ranks, shapes or head counts
+            do not fit together.
+    """
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if getattr(x, "ndim", None) != 4:
+            raise ValueError(
+                f"attention: {name} must be [batch, seq, heads, head_dim], got shape "
+                f"{getattr(x, 'shape', type(x).__name__)}"
+            )
+    b, t, h, d = q.shape
+    if k.shape != v.shape:
+        raise ValueError(
+            f"attention: k and v must have the same shape, got k {k.shape}, v {v.shape}"
+        )
+    kb, kt, hk, kd = k.shape
+    if (kb, kt, kd) != (b, t, d):
+        raise ValueError(
+            f"attention: k/v {k.shape} must match q {q.shape} in batch, seq and head_dim"
+        )
+    if hk < 1 or h % hk != 0:
+        raise ValueError(
+            f"attention: q heads ({h}) must be a multiple of k/v heads ({hk}); q {q.shape}, "
+            f"k {k.shape}"
+        )
+    for name, x in (("segment_ids", segment_ids), ("positions", positions), ("kv_mask", kv_mask)):
+        if x is not None and tuple(x.shape) != (b, t):
+            raise ValueError(
+                f"attention: {name} must be [batch, seq] = {(b, t)} like q {q.shape}, got {x.shape}"
+            )
+    if not isinstance(tokens_per_step, int) or tokens_per_step < 1:
+        raise ValueError(
+            f"attention: tokens_per_step must be a positive int, got {tokens_per_step!r}"
+        )
+    return b, t, h, hk, d

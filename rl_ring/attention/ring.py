@@ -1,0 +1,188 @@
+"""Sequence-parallel ring attention, called inside ``jax.shard_map`` over the sequence axis.
+
+Each of the ``n`` devices on the ring axis keeps its block of queries. Key/value blocks
+(with their global positions, segment ids and validity) travel the ring: at each hop a
+device sends the block it holds to its successor (``lax.ppermute``, issued before it
+computes on that block, so the transfer overlaps the compute) and folds the block into
+its online softmax with the blockwise kernel (``blockwise.block_forward``). After ``n - 1``
+sends every device has seen every block; the last block is not sent on.
+
+The backward (custom VJP) makes the same tour. Each device computes its block's
+contribution to dq in place, and to dK/dV of the block it holds; dK/dV travel one hop
+behind their K/V block (the partial sums arriving from the predecessor are added after the
+local contribution is computed, so that transfer overlaps compute too), and a final hop
+brings every dK/dV back to the device that owns the block.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from rl_ring.attention import chunks as C
+from rl_ring.attention.blockwise import (
+    block_backward,
+    block_forward,
+    chunk_len,
+    from_chunks,
+    init_state,
+    kernel_config,
+    match_varying,
+    output_delta,
+    prepare_keys,
+    prepare_queries,
+    token_info,
+    zero_count,
+)
+from rl_ring.attention.options import AttentionOptions, check_qkv, resolve_options
+
+_F32 = jnp.float32
+
+
+def _perm(n: int) -> list[tuple[int, int]]:
+    return [(i, (i + 1) % n) for i in range(n)]
+
+
+def ring_forward(q, k, v, q_info, k_info, cfg):
+    """Forward over chunked local blocks; returns ``(out, lse, computed chunk pairs)``."""
+    n, axis = cfg.axis_size, cfg.axis_name
+    state, count = init_state(q, k), zero_count(q, k)
+
+    def hop(_, carry):
+        kv, state, count = carry
+        nxt = lax.ppermute(kv, axis, _perm(n))  # in flight while this block is computed
+        state, count = block_forward(q, kv[0], kv[1], q_info, kv[2], state, count, cfg)
+        return nxt, state, count
+
+    kv = (k, v, k_info)
+    if n > 1:
+        kv, state, count = lax.fori_loop(0, n - 1, hop, (kv, state, count))
+    state, count = block_forward(q, kv[0], kv[1], q_info, kv[2], state, count, cfg)
+    out, lse = C.finalize(state)
+    return out.astype(q.dtype), lse, count
+
+
+def ring_backward(q, k, v, out, lse, do, q_info, k_info, cfg):
+    """Backward over chunked local blocks; returns ``(dq, dk, dv, computed chunk pairs)``."""
+    n, axis = cfg.axis_size, cfg.axis_name
+    lse_b, delta = C.backward_lse(lse), output_delta(out, do)
+    dq = match_varying(jnp.zeros(q.shape, _F32), q, k)
+    count = zero_count(q, k)
+
+    def contribution(kv, dq, count):
+        return block_backward(q, kv[0], kv[1], do, lse_b, delta, q_info, kv[2], dq, count, cfg)
+
+    kv = (k, v, k_info)
+    if n == 1:
+        dq, dk, dv, count = contribution(kv, dq, count)
+    else:
+        nxt = lax.ppermute(kv, axis, _perm(n))
+        dq, dk, dv, count = contribution(kv, dq, count)
+
+        def hop(_, carry):
+            kv, dk, dv, dq, count = carry
+            nxt = lax.ppermute(kv, axis, _perm(n))
+            # dK/dV of the block now here, summed over the devices it visited before.
+            dk_in, dv_in = lax.ppermute((dk, dv), axis, _perm(n))
+            dq, dk_part, dv_part, count = contribution(kv, dq, count)
+            return nxt, dk_in + dk_part, dv_in + dv_part, dq, count
+
+        kv, dk, dv, dq, count = lax.fori_loop(1, n - 1, hop, (nxt, dk, dv, dq, count))
+        dk_in, dv_in = lax.ppermute((dk, dv), axis, _perm(n))
+        dq, dk_part, dv_part, count = contribution(kv, dq, count)
+        # The block held after the last hop belongs to the successor: send its grads home.
+        dk, dv = lax.ppermute((dk_in + dk_part, dv_in + dv_part), axis, _perm(n))
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), count
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _ring_chunked(q, k, v, q_info, k_info, cfg):
+    return ring_forward(q, k, v, q_info, k_info, cfg)[0]
+
+
+def _ring_chunked_fwd(q, k, v, q_info, k_info, cfg):
+    out, lse, _ = ring_forward(q, k, v, q_info, k_info, cfg)
+    return out, (q, k, v, out, lse, q_info, k_info)
+
+
+def _ring_chunked_bwd(cfg, res, do):
+    q, k, v, out, lse, q_info, k_info = res
+    dq, dk, dv, _ = ring_backward(q, k, v, out, lse, do, q_info, k_info, cfg)
+    return dq, dk, dv, None, None
+
+
+_ring_chunked.defvjp(_ring_chunked_fwd, _ring_chunked_bwd)
+
+
+def local_positions(batch: int, block: int, axis_name: str) -> jnp.ndarray:
+    """Contiguous-layout global positions ``[batch, block]`` of this device's tokens."""
+    start = lax.axis_index(axis_name) * block
+    return jnp.broadcast_to(start + jnp.arange(block, dtype=jnp.int32), (batch, block))
+
+
+def ring_attention(
+    q: jnp.ndarray,
+    k: jnp.ndarray,
+    v: jnp.ndarray,
+    *,
+    causal: bool = False,
+    segment_ids: jnp.ndarray | None = None,
+    tokens_per_step: int = 1,
+    positions: jnp.ndarray | None = None,
+    kv_mask: jnp.ndarray | None = None,
+    options: AttentionOptions | None = None,
+    **option_overrides,
+) -> jnp.ndarray:
+    """Ring attention over this device's block; call inside ``jax.shard_map``.
+
+    All arrays are this device's shards along the sequence axis (``options.axis_name``,
+    default ``seq``). ``positions``, ``segment_ids`` and ``kv_mask`` describe the local
+    tokens with *global* values; they travel with the K/V blocks, so the mask is right
+    whatever the layout. Works under ``check_vma=True``.
+
+    Args:
+        q: ``[batch, block, heads, head_dim]`` local queries.
+        k, v: ``[batch, block, kv_heads, head_dim]`` local keys / values.
+        causal: (block-)causal mask from global positions.
+        segment_ids: ``[batch, block]`` int segment ids of the local tokens.
+        tokens_per_step: tokens of one step that see each other under ``causal``.
+        positions: ``[batch, block]`` global positions of the local tokens (default: the
+            contiguous layout, ``axis_index * block + arange(block)``).
+        kv_mask: ``[batch, block]`` bool, False for padding keys.
+        options: chunk sizes etc. (:class:`AttentionOptions`);
+        **option_overrides: fields of AttentionOptions to override.
+
+    Returns:
+        ``[batch, block, heads, head_dim]`` local output in the dtype of ``q``.
+    """
+    options = resolve_options(options, option_overrides)
+    b, t, h, hk, _ = check_qkv(
+        q, k, v, segment_ids=segment_ids, positions=positions, kv_mask=kv_mask,
+        tokens_per_step=tokens_per_step,
+    )
+    axis = options.axis_name
+    n = _axis_size(axis)
+    if positions is None:
+        positions = local_positions(b, t, axis)
+    info = token_info(b, t, segment_ids=segment_ids, positions=positions, kv_mask=kv_mask)
+    cfg = kernel_config(
+        q, k, causal=causal, tokens_per_step=tokens_per_step, options=options,
+        axis_name=axis, axis_size=n,
+    )
+    qc, q_info = prepare_queries(q, info, chunk_len(options.q_chunk, t), hk)
+    kc, vc, k_info = prepare_keys(k, v, info, chunk_len(options.k_chunk, t))
+    out = _ring_chunked(qc, kc, vc, q_info, k_info, cfg)
+    return from_chunks(out, h)[:, :t]
+
+
+def _axis_size(axis: str) -> int:
+    try:
+        return int(lax.axis_size(axis))
+    except NameError as e:  # unbound axis name: not inside shard_map over it
+        raise ValueError(
+            f"ring_attention must run inside jax.shard_map over the mesh axis {axis!r} "
+            f"(or use attention(..., impl='ring', mesh=...)): {e}"
+        ) from None

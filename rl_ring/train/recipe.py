@@ -31,7 +31,11 @@ class Sampler(Protocol):
 
 
 SamplerFactory = Callable[..., Sampler]
-"""Called as ``make_sampler(batch_size=, seed=, host_id=, num_hosts=, pad_multiple=)``."""
+"""Called as ``make_sampler(batch_size=, seed=, host_id=, num_hosts=, pad_multiple=)``.
+
+``batch_size`` is the global batch; the sampler of host ``host_id`` of ``num_hosts`` returns
+its ``batch_size // num_hosts`` rows of it, sequences padded to a multiple of ``pad_multiple``.
+"""
 
 
 @dataclass

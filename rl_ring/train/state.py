@@ -68,10 +68,10 @@ class ModelParts:
         """Splits ``model`` into (parts, pure params, pure rest with raw keys)."""
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         key_impls = jax.tree.map(
-            lambda x: jax.random.key_impl(x) if _is_key(x) else None, rest.to_pure_dict()
+            lambda x: jax.random.key_impl(x) if _is_key(x) else None, nnx.to_pure_dict(rest)
         )
         parts = cls(graphdef, _abstract(params), _abstract(rest), key_impls)
-        return parts, params.to_pure_dict(), parts.raw_rest(rest.to_pure_dict())
+        return parts, nnx.to_pure_dict(params), parts.raw_rest(nnx.to_pure_dict(rest))
 
     def raw_rest(self, rest: PyTree) -> PyTree:
         """Replaces typed PRNG keys by their raw ``uint32`` key data."""
@@ -88,14 +88,14 @@ class ModelParts:
         p = jax.tree.map(lambda x: x, self.params_template)
         nnx.replace_by_pure_dict(p, params)
         r = jax.tree.map(lambda x: x, self.rest_template)
-        if r.to_pure_dict():
+        if nnx.to_pure_dict(r):
             nnx.replace_by_pure_dict(r, self._typed_rest(rest_raw))
         return nnx.merge(self.graphdef, p, r)
 
     def rest_of(self, model: nnx.Module) -> PyTree:
         """The model's current non-parameter variables as a pure dict with raw keys."""
         _, _, rest = nnx.split(model, nnx.Param, ...)
-        return self.raw_rest(rest.to_pure_dict())
+        return self.raw_rest(nnx.to_pure_dict(rest))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -62,7 +62,7 @@ def make_step_fn(
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         out: dict[str, Any] = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
-        out.update(loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state.step))
+        out.update(loss=loss, grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
         new_state = TrainState(
             step=state.step + 1, params=params, rest=rest, opt_state=opt_state, rng=state.rng
         )

@@ -26,6 +26,7 @@ not the block-causal one, since the ACTION token sits in the same step as STATE.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,7 +144,7 @@ class TokenLayout:
         """``((kind name, width), ...)`` of this layout's kinds: a model's per-kind input widths."""
         return tuple((k.name, self.width(k)) for k in self.kinds)
 
-    @property
+    @functools.cached_property
     def feature_dim(self) -> int:
         """Width of ``values``: the widest kind of the layout."""
         return max(self.widths.values())
@@ -190,19 +191,28 @@ class TokenLayout:
         self._fill(kind, out, fields)
         return out
 
-    def encode_steps(self, **fields: Any) -> np.ndarray:
+    def encode_steps(self, out: np.ndarray | None = None, **fields: Any) -> np.ndarray:
         """Payloads of every token of a batch of steps.
 
         Args:
+            out: optional ``[..., tokens_per_step, feature_dim]`` float32 array (it may be a
+                strided view) to write into; it must be zero beforehand, since only each
+                kind's own columns are written.
             **fields: as for :meth:`encode_token`, all the fields of
                 :meth:`required_fields` (others are ignored).
 
         Returns:
-            ``[..., tokens_per_step, feature_dim]`` float32; reshape to
+            ``[..., tokens_per_step, feature_dim]`` float32 (``out`` when given); reshape to
             ``[... * tokens_per_step, feature_dim]`` for a token sequence.
         """
         lead = self._lead_shape(self.kinds[0], fields)
-        out = np.zeros((*lead, self.tokens_per_step, self.feature_dim), np.float32)
+        shape = (*lead, self.tokens_per_step, self.feature_dim)
+        if out is None:
+            out = np.zeros(shape, np.float32)
+        elif out.shape != shape or out.dtype != np.float32:
+            raise ValueError(
+                f"TokenLayout: out is {out.dtype}{list(out.shape)}, expected float32{list(shape)}"
+            )
         for i, kind in enumerate(self.kinds):
             self._fill(kind, out[..., i, :], fields)
         return out
@@ -275,8 +285,13 @@ class TokenLayout:
                     f"TokenLayout: {name} ids span [{action.min()}, {action.max()}], expected "
                     f"[0, {self.act_dim}) (or -1 for 'no previous action')"
                 )
-            # id -1 (no previous action) matches no column: an all-zero one-hot.
-            np.equal(action[..., None], np.arange(self.act_dim), out=out, casting="unsafe")
+            # Set single ones in the (zeroed) output; id -1 (no previous action) sets none.
+            if action.ndim == 0:
+                if action >= 0:
+                    out[action] = 1.0
+                return
+            hit = np.nonzero(action >= 0)
+            out[(*hit, action[hit])] = 1.0
         else:
             if action.shape != out.shape:
                 raise ValueError(

@@ -224,88 +224,95 @@ class Sampler:
 
     # ------------------------------------------------------------------ assembly
     def assemble(self, plan: StepPlan) -> TokenBatch:
-        """Gathers the planned steps from the store and lays them out as a TokenBatch."""
+        """Gathers the planned steps from the store and lays them out as a TokenBatch.
+
+        Steps are first placed on a ``[rows, steps]`` grid (row ``r`` holds its steps from
+        slot 0); every per-token output is then written through a ``[rows, steps, k, ...]``
+        view of its ``[rows, seq_len, ...]`` array, so token payloads are computed in place,
+        with no per-row copies.
+        """
         layout, store = self.layout, self.store
         k, t_len, feat = layout.tokens_per_step, self.seq_len, layout.feature_dim
-        idx = plan.idx
+        row_steps = np.asarray(plan.row_steps, np.int64)
+        rows, s_grid = len(row_steps), int(row_steps.max(initial=0))
+        if s_grid * k > t_len:
+            raise AssertionError(f"{self.name}: a row of {s_grid * k} tokens exceeds {t_len}")
+        row_of = np.repeat(np.arange(rows), row_steps)
+        slot = np.arange(len(plan.idx)) - np.repeat(np.cumsum(row_steps) - row_steps, row_steps)
+        step_valid = np.zeros((rows, s_grid), bool)
+        step_valid[row_of, slot] = True
+        full = bool(step_valid.all())
+
+        def grid(x: np.ndarray, fill=0) -> np.ndarray:
+            if full:
+                return np.asarray(x).reshape(rows, s_grid)
+            g = np.full((rows, s_grid), fill, dtype=np.asarray(x).dtype)
+            g[row_of, slot] = x
+            return g
+
+        idx = grid(plan.idx)  # padding slots read row 0 and are zeroed below
         need = set(layout.required_fields())
         actions = store.actions[idx]
-        fields: dict[str, Any] = {
-            "rtg": plan.rtg,
-            "done": plan.done,
-            "new_episode": plan.new_episode,
-            "action": actions,
-        }
+        fields: dict[str, Any] = {"action": actions}
+        for name in ("rtg", "done", "new_episode"):
+            if name in need:
+                fields[name] = grid(getattr(plan, name))
         if "obs" in need:
-            fields["obs"] = np.asarray(store.observations[idx], np.float32).reshape(len(idx), -1)
+            obs = np.asarray(store.observations[idx.reshape(-1)], np.float32)
+            fields["obs"] = obs.reshape(rows, s_grid, -1)
         if "reward" in need:
             fields["reward"] = store.rewards[idx]
         if "prev_action" in need:
-            prev = plan.prev_idx
+            prev = grid(plan.prev_idx, -1)
             has_prev = prev >= 0
             prev_action = store.actions[prev]
             if layout.discrete_actions:
                 prev_action = np.where(has_prev, prev_action, -1)
             else:
-                prev_action = prev_action * has_prev[:, None]
+                prev_action = prev_action * has_prev[..., None]
             fields["prev_action"] = prev_action
             fields["prev_reward"] = np.where(has_prev, store.rewards[prev], 0.0)
-        flat_values = layout.encode_steps(**fields).reshape(-1, feat)
 
+        def view(arr: np.ndarray) -> np.ndarray:
+            """``[rows, s_grid, k, ...]`` view of the first ``s_grid * k`` tokens of a row."""
+            return arr[:, : s_grid * k].reshape(rows, s_grid, k, *arr.shape[2:])
+
+        values = np.zeros((rows, t_len, feat), np.float32)
+        layout.encode_steps(out=view(values), **fields)
+        loss = grid(plan.loss).astype(np.float32) * step_valid
         pi = layout.predict_index
-        num_steps = len(idx)
-        loss_tok = np.zeros((num_steps, k), np.float32)
-        loss_tok[:, pi] = plan.loss
-        flat = {
-            "kind": np.tile(np.asarray(layout.kinds, np.int32), num_steps),
-            "values": flat_values,
-            "timesteps": np.repeat(plan.timesteps.astype(np.int32), k),
-            "segment_ids": np.repeat(plan.segment.astype(np.int32), k),
-            "loss_mask": loss_tok.reshape(-1),
-        }
+        kind = np.zeros((rows, t_len), np.int32)
+        view(kind)[...] = np.asarray(layout.kinds, np.int32)
+        timesteps = np.zeros((rows, t_len), np.int32)
+        view(timesteps)[...] = grid(plan.timesteps)[..., None]
+        segment_ids = np.zeros((rows, t_len), np.int32)
+        view(segment_ids)[...] = grid(plan.segment)[..., None]
+        loss_mask = np.zeros((rows, t_len), np.float32)
+        view(loss_mask)[..., pi] = loss
+        target_ids = np.zeros((rows, t_len), np.int32)
         if layout.discrete_actions:
-            tid = np.zeros((num_steps, k), np.int32)
-            tid[:, pi] = np.where(plan.loss, actions, 0)
-            flat["target_ids"] = tid.reshape(-1)
-            act_w = 0
+            target = np.zeros((rows, t_len, 0), np.float32)
+            view(target_ids)[..., pi] = np.where(loss > 0, actions, 0)
         else:
-            act_w = layout.act_dim
-            tgt = np.zeros((num_steps, k, act_w), np.float32)
-            tgt[:, pi] = actions * plan.loss[:, None]
-            flat["target"] = tgt.reshape(-1, act_w)
-
-        rows = len(plan.row_steps)
-        out = {
-            "kind": np.zeros((rows, t_len), np.int32),
-            "values": np.zeros((rows, t_len, feat), np.float32),
-            "timesteps": np.zeros((rows, t_len), np.int32),
-            "segment_ids": np.zeros((rows, t_len), np.int32),
-            "loss_mask": np.zeros((rows, t_len), np.float32),
-            "target_ids": np.zeros((rows, t_len), np.int32),
-            "target": np.zeros((rows, t_len, act_w), np.float32),
-        }
+            target = np.zeros((rows, t_len, layout.act_dim), np.float32)
+            view(target)[..., pi, :] = actions * loss[..., None]
         valid = np.zeros((rows, t_len), bool)
-        tok_counts = np.asarray(plan.row_steps, np.int64) * k
-        if tok_counts.max(initial=0) > t_len:
-            raise AssertionError(f"{self.name}: a row of {tok_counts.max()} tokens exceeds {t_len}")
-        offsets = np.concatenate([[0], np.cumsum(tok_counts)])
-        # One contiguous copy per row and field: rows are few, tokens many.
-        for r in range(rows):
-            lo, n = offsets[r], tok_counts[r]
-            valid[r, :n] = True
-            for name, arr in flat.items():
-                out[name][r, :n] = arr[lo : lo + n]
+        view(valid)[...] = step_valid[..., None]
+        if not full:
+            pad = ~step_valid
+            for arr in (values, kind, timesteps, segment_ids):
+                view(arr)[pad] = 0
         positions = np.tile(np.arange(t_len, dtype=np.int32), (rows, 1))
         return TokenBatch(
-            kind=out["kind"],
-            values=out["values"],
+            kind=kind,
+            values=values,
             positions=positions,
-            timesteps=out["timesteps"],
-            segment_ids=out["segment_ids"],
+            timesteps=timesteps,
+            segment_ids=segment_ids,
             valid=valid,
-            target=out["target"],
-            target_ids=out["target_ids"],
-            loss_mask=out["loss_mask"],
+            target=target,
+            target_ids=target_ids,
+            loss_mask=loss_mask,
             tokens_per_step=k,
             discrete_actions=layout.discrete_actions,
         )

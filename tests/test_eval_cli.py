@@ -134,3 +134,18 @@ def test_render_failure_keeps_scores():
                        seed=0, trials=2, record_row=0)
     assert res.frames is None and "rendering row 0 failed" in res.video_error
     assert [e.episode_return for e in res.episodes] == [1.0, 1.0]
+
+
+def test_bench_tiny_variant(tmp_path):
+    """The worker benchmark's tiny CPU variant: every configuration ran its episodes."""
+    pytest.importorskip("envs")
+    from rl_ring.eval import bench
+
+    assert bench.main(["--envs", "darkroom", "--rows", "1", "3", "--modes", "inprocess",
+                       "--repeats", "1", "--steps", "60", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bench_eval_workers.json").read_text())
+    got = {(r["mode"], r["num_envs"]): r["env_steps"] for r in result["rows"]}
+    # darkroom episodes last 20 steps; trials = round(60 / (20 * rows)) per row
+    assert got == {("inprocess", 1): 60, ("inprocess", 3): 60}
+    assert all(r["steps_per_s_median"] > 0 for r in result["rows"])
+    assert (tmp_path / "bench_eval_workers.png").read_bytes()[:4] == b"\x89PNG"

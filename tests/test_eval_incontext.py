@@ -63,6 +63,7 @@ def test_registry_darkroom_oracle_scores_optimal_on_held_out_goals(tmp_path):
     """The scripted Dark Room oracle (noise 0) earns each row's optimal return; rows of
     successive seeds walk through the held-out goals."""
     envs = pytest.importorskip("envs")
+    pytest.importorskip("envs.scripted")
     from rl_ring.eval.evaluate import EvalConfig, evaluate
 
     cfg = EvalConfig(env="darkroom", policy="scripted", out=str(tmp_path), trials=2, envs=3,

@@ -12,11 +12,13 @@ import sys
 
 import tyro
 
+from rl_ring.eval.env_spec import headless_gl_default
 from rl_ring.eval.evaluate import EvalConfig, evaluate, summary_lines
 
 
 def main(argv: list[str]) -> int:
     """Parses ``argv`` into an :class:`EvalConfig`, evaluates, prints the summary."""
+    headless_gl_default()
     cfg = tyro.cli(EvalConfig, args=argv, prog="rl-ring eval",
                    description="Evaluate a policy in its environment, several trials in context.")
     try:

@@ -20,6 +20,7 @@ spread over processes.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -96,6 +97,16 @@ def _unknown_id_error() -> type[BaseException]:
 
 class _NeverRaised(Exception):
     """Stands in for the registry's unknown-id error while there is no registry."""
+
+
+def headless_gl_default() -> None:
+    """Uses EGL for MuJoCo rendering when there is no display, unless MUJOCO_GL is set.
+
+    Must run before dm_control is imported (it picks its GL backend on import); without it a
+    headless machine prints GLFW display warnings and cannot render videos.
+    """
+    if "DISPLAY" not in os.environ:
+        os.environ.setdefault("MUJOCO_GL", "egl")
 
 
 def import_callable(path: str):

@@ -232,6 +232,7 @@ def _timing(results: Sequence[SeedResult]) -> dict[str, float]:
         "policy_s": sum(r.policy_s for r in results),
         "env_s": sum(r.env_s for r in results),
         "render_s": sum(r.render_s for r in results),
+        "make_s": sum(r.make_s for r in results),
     }
 
 

@@ -1,0 +1,37 @@
+"""The agents: each a token layout, a sampler, a loss and an ``act`` rule over the one
+shared trajectory transformer.
+
+``agents.get(name)`` returns the agent's module, which provides ``NAME``, ``Config`` (a
+frozen dataclass with a ``tiny()`` preset), ``make_sampler``, ``make_model``, ``loss_fn``,
+``make_layout`` and ``online_encoder``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+AGENTS: dict[str, str] = {
+    "at": "agents.at",
+    "dt": "agents.dt",
+    "bc": "agents.bc",
+    "ad": "agents.ad",
+}
+
+
+def get(name: str) -> ModuleType:
+    """The agent module registered under ``name`` (at, dt, bc, ad).
+
+    Raises:
+        ValueError: an unknown name, listing the known ones.
+    """
+    if name not in AGENTS:
+        raise ValueError(f"unknown agent {name!r}; known agents are {sorted(AGENTS)}")
+    return importlib.import_module(AGENTS[name])
+
+
+def names() -> tuple[str, ...]:
+    return tuple(AGENTS)
+
+
+__all__ = ["AGENTS", "get", "names"]

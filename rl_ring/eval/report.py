@@ -371,6 +371,9 @@ def plot_report(report: dict[str, Any], path: str | os.PathLike, *,
         label = (f"mean over {report['summary']['seeds_used']} seeds\n"
                  f"last {_fmt(last)}, best-of-{report['trials']} {_fmt(best)}")
         ax.plot(x, mean, "o-", color="C0", label=label)
+        if best["mean"] is not None:
+            ax.axhline(best["mean"], color="C1", ls="--", lw=1,
+                       label=f"best-of-{report['trials']} (max over each row's trials)")
         ax.fill_between(x, mean - np.nan_to_num(std), mean + np.nan_to_num(std),
                         color="C0", alpha=0.2)
         ax.set_xlabel(x_label)

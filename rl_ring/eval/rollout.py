@@ -229,6 +229,9 @@ def run_seed(
         tp = time.perf_counter()
         actions = policy.act(obs, active.copy())
         out.policy_s += time.perf_counter() - tp
+        if len(actions) != n:
+            raise ValueError(f"{type(policy).__name__}.act returned {len(actions)} actions "
+                             f"for {n} rows (expected one per row, masked rows included)")
         rows = np.flatnonzero(active)
         next_seeds = [ep_seeds[i][trial[i] + 1] for i in rows]
         te = time.perf_counter()

@@ -17,6 +17,7 @@ from envs.registry import (
     space_dict,
     task_split,
 )
+from envs.scripted import make_policy, scripted_envs
 
 __all__ = [
     "EnvInfo",
@@ -24,7 +25,9 @@ __all__ = [
     "env_info",
     "list_envs",
     "make",
+    "make_policy",
     "optimal_return",
+    "scripted_envs",
     "space_dict",
     "task_split",
 ]

@@ -64,7 +64,8 @@ class Bandit(InContextEnv):
         self.arms = arms
         self.horizon = horizon
         self.episode_length = horizon
-        self.observation_space = spaces.Box(0.0, 0.0, shape=(1,), dtype=np.float32)
+        # The observation is always 0; a non-degenerate box keeps space checkers quiet.
+        self.observation_space = spaces.Box(0.0, 1.0, shape=(1,), dtype=np.float32)
         self.action_space = spaces.Discrete(arms)
         self._means = np.zeros(arms)
         self._t = 0

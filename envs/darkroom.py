@@ -147,4 +147,5 @@ class DarkRoom(InContextEnv):
     def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array":
             return None
-        return gw.render_grid(self.size, [(self._goal, (40, 160, 40)), (self._pos, (230, 230, 230))])
+        marks = [(self._goal, (40, 160, 40)), (self._pos, (230, 230, 230))]
+        return gw.render_grid(self.size, marks)

@@ -172,7 +172,7 @@ def _gym_ids() -> list[str]:
 
 def list_envs() -> list[str]:
     """Every valid id: the featured ones first, then the rest, sorted."""
-    rest = sorted(set(_dmc_ids()) | set(_gym_ids()) | set(IN_CONTEXT) - set(FEATURED))
+    rest = sorted((set(_dmc_ids()) | set(_gym_ids()) | set(IN_CONTEXT)) - set(FEATURED))
     return list(FEATURED) + rest
 
 
@@ -291,6 +291,7 @@ def make(env_id: str, *, task: int | None = None, seed: int | None = None, **kwa
         ValueError: a task for an env that has none, or an invalid task id.
     """
     family, detail = _parse(env_id)
+    spec_kwargs = {"env_id": env_id, "task": task, **kwargs}
     if family != "in-context" and task is not None:
         raise ValueError(
             f"{env_id}: task={task!r} given, but only in-context families take a task "
@@ -312,7 +313,13 @@ def make(env_id: str, *, task: int | None = None, seed: int | None = None, **kwa
         if seed is not None:
             env = _SeedFirstReset(env, seed)
         return env
-    env.spec = EnvSpec(id=env_id, entry_point=None, max_episode_steps=max_steps)
+    # A spec that gymnasium.make can rebuild from (the env checker and vector envs do).
+    env.spec = EnvSpec(
+        id=env_id,
+        entry_point="envs.registry:make",
+        kwargs=spec_kwargs,
+        max_episode_steps=max_steps,
+    )
     return env
 
 
@@ -330,7 +337,7 @@ def space_dict(space: gym.Space) -> dict[str, Any]:
     raise ValueError(f"unsupported space {space!r}: expected Discrete or Box")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def env_info(env_id: str) -> EnvInfo:
     """Spaces, episode length, task family facts and score reference of an env."""
     family, detail = _parse(env_id)
@@ -374,7 +381,17 @@ def task_split(env_id: str, split: str) -> list[int]:
         raise ValueError(
             f"{env_id}: task_split applies to the in-context families {', '.join(IN_CONTEXT)}"
         )
-    return detail.split(split)
+    return list(_split(env_id, split))
+
+
+@functools.cache
+def _task_set(env_id: str) -> frozenset[int]:
+    return frozenset(_split(env_id, "all"))
+
+
+@functools.cache
+def _split(env_id: str, split: str) -> tuple[int, ...]:
+    return tuple(IN_CONTEXT[env_id].split(split))
 
 
 def optimal_return(env_id: str, task: int) -> float:
@@ -382,6 +399,6 @@ def optimal_return(env_id: str, task: int) -> float:
     family, detail = _parse(env_id)
     if family != "in-context":
         raise ValueError(f"{env_id}: optimal_return applies to the in-context families")
-    if int(task) not in set(detail.split("all")):
+    if int(task) not in _task_set(env_id):
         raise ValueError(f"{env_id}: {task} is not a task id (see task_split({env_id!r}, 'all'))")
     return detail.optimal(int(task))

@@ -1,0 +1,345 @@
+"""``rl-ring collect``: datasets of chosen quality, collected locally, seeded and reproducible.
+
+    rl-ring collect dmc:cartpole-swingup --policy scripted --noise 0 0.3 1 --episodes 30 \\
+        --format exorl --out data/cartpole_scripted
+    rl-ring collect darkroom --policy qlearning --tasks train --episodes-per-history 100 \\
+        --out data/darkroom_histories
+    rl-ring collect dmc:cartpole-swingup --policy sac --steps 50000 --format exorl --out data/sac
+
+Policies: ``random`` (any env), ``scripted`` (controllers and grid oracles of
+:mod:`envs.scripted`, with ``--noise`` levels), ``qlearning`` / ``ucb`` / ``thompson``
+(learning histories on in-context tasks, :mod:`envs.learners.history`), ``sac`` (the whole
+replay of an online SAC run, :mod:`envs.learners.sac`).
+
+Reproducibility: episode ``i`` of seed ``S`` resets with ``episode_seed(S, i)`` and draws its
+policy noise from ``episode_seed(S, i, tag=1)``, so the same command gives byte-identical
+arrays.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import gymnasium as gym
+import numpy as np
+import tyro
+from tqdm import tqdm
+
+from envs.learners.history import LEARNERS, collect_histories, learning_curve
+from envs.learners.qlearning import QLearningConfig
+from envs.learners.sac import SACConfig, train_sac
+from envs.recording import episode_seed, run_episode
+from envs.registry import IN_CONTEXT, make, space_dict, task_split
+from envs.scripted import ORACLES, make_policy, scripted_envs
+from rl_ring.data import EpisodeStore
+
+POLICIES = ("random", "scripted", *LEARNERS, "sac")
+FORMATS = ("store", "exorl", "d4rl", "minari")
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """Options of ``rl-ring collect``."""
+
+    env: Annotated[str, tyro.conf.Positional]
+    """Env id (see envs.list_envs()), e.g. dmc:cartpole-swingup, gym:Hopper-v5, darkroom."""
+    out: Path
+    """Output: a directory (store, exorl buffer, minari dataset) or a .hdf5 file (d4rl)."""
+    policy: Literal["random", "scripted", "qlearning", "ucb", "thompson", "sac"] = "random"
+    """Behaviour policy."""
+    episodes: int | None = None
+    """Episodes to collect (random, scripted); for learners, the total over all histories."""
+    format: Literal["store", "exorl", "d4rl", "minari"] = "store"
+    """Output format: EpisodeStore directory, ExoRL buffer, D4RL HDF5 or Minari dataset."""
+    seed: int = 0
+    """Seed of everything random in the run."""
+    noise: tuple[float, ...] = (0.0,)
+    """Scripted policy noise levels; episode i uses noise[i % len(noise)]."""
+    tasks: Literal["train", "test", "all"] = "train"
+    """Task split of an in-context env (tasks are used in turn)."""
+    episodes_per_history: int = 100
+    """Episodes of each learning history (qlearning, ucb, thompson)."""
+    histories: int | None = None
+    """Number of learning histories (default: episodes / episodes_per_history, else one per
+    task of the split)."""
+    steps: int = 50_000
+    """Env steps of a SAC run (rounded up to whole episodes)."""
+    sac_hidden: int = SACConfig.hidden
+    """Hidden width of the SAC networks."""
+    eval_every: int = 0
+    """SAC: evaluate the deterministic policy every this many env steps (0: never)."""
+    dataset_id: str | None = None
+    """Minari dataset id (default rl_ring/<env>/<policy>-v0)."""
+    quiet: bool = False
+    """No progress bar."""
+
+
+# ---------------------------------------------------------------------- collectors
+def _tasks_for(env_id: str, split: str) -> list[int] | None:
+    return task_split(env_id, split) if env_id in IN_CONTEXT else None
+
+
+def _episodes(
+    env_id: str,
+    episodes: int,
+    seed: int,
+    act_for: callable,
+    *,
+    tasks: list[int] | None,
+    progress=None,
+) -> tuple[list[dict[str, np.ndarray]], list[int | None]]:
+    """Runs ``episodes`` episodes; ``act_for(i, task)`` gives the policy of episode ``i``."""
+    if episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {episodes}")
+    env = make(env_id)
+    out, used_tasks = [], []
+    try:
+        for i in range(episodes):
+            task = None if tasks is None else tasks[i % len(tasks)]
+            options = None if task is None else {"task": task}
+            act = act_for(i, task, env)
+            out.append(run_episode(env, act, seed=episode_seed(seed, i), options=options))
+            used_tasks.append(task)
+            if progress is not None:
+                progress(1)
+    finally:
+        env.close()
+    return out, used_tasks
+
+
+def _base_metadata(env_id: str, policy: str, seed: int) -> dict:
+    env = make(env_id)
+    try:
+        meta = {
+            "env_id": env_id,
+            "policy": policy,
+            "seed": seed,
+            "source_format": "rl_ring.collect",
+            "action_space": space_dict(env.action_space),
+            "observation_space": space_dict(env.observation_space),
+        }
+        layout = getattr(env.unwrapped, "observation_layout", None)
+        if layout:
+            meta["observation_layout"] = {k: list(v) for k, v in layout.items()}
+        return meta
+    finally:
+        env.close()
+
+
+def collect_random(
+    env_id: str, episodes: int, *, seed: int = 0, tasks: str = "train", progress=None
+) -> EpisodeStore:
+    """Uniformly random actions; in-context envs cycle through the tasks of ``tasks``."""
+    task_ids = _tasks_for(env_id, tasks)
+
+    def act_for(i, task, env):
+        space = env.action_space
+        space.seed(episode_seed(seed, i, tag=1))
+        discrete = isinstance(space, gym.spaces.Discrete)
+        return lambda obs: int(space.sample()) if discrete else space.sample()
+
+    eps, used = _episodes(env_id, episodes, seed, act_for, tasks=task_ids, progress=progress)
+    extras = {} if task_ids is None else {"task_id": np.asarray(used, np.int64)}
+    return EpisodeStore.from_episodes(
+        eps, episode_extras=extras, metadata=_base_metadata(env_id, "random", seed)
+    )
+
+
+def collect_scripted(
+    env_id: str,
+    episodes: int,
+    *,
+    noise: Sequence[float] = (0.0,),
+    seed: int = 0,
+    tasks: str = "train",
+    progress=None,
+) -> EpisodeStore:
+    """A scripted controller (or grid oracle) with noise level ``noise[i % len(noise)]``."""
+    if env_id not in scripted_envs():
+        raise ValueError(
+            f"--policy scripted: no scripted policy for {env_id!r}; "
+            f"available for {', '.join(scripted_envs())}"
+        )
+    if not noise:
+        raise ValueError("--noise: give at least one noise level")
+    task_ids = _tasks_for(env_id, tasks) if env_id in ORACLES else None
+    levels = [float(n) for n in noise]
+
+    def act_for(i, task, env):
+        return make_policy(
+            env_id,
+            action_space=env.action_space,
+            noise=levels[i % len(levels)],
+            seed=episode_seed(seed, i, tag=1),
+            task=task,
+        )
+
+    eps, used = _episodes(env_id, episodes, seed, act_for, tasks=task_ids, progress=progress)
+    extras = {"policy_noise": np.asarray([levels[i % len(levels)] for i in range(episodes)], np.float32)}
+    if task_ids is not None:
+        extras["task_id"] = np.asarray(used, np.int64)
+    meta = _base_metadata(env_id, "scripted", seed)
+    meta["noise_levels"] = levels
+    return EpisodeStore.from_episodes(eps, episode_extras=extras, metadata=meta)
+
+
+# ---------------------------------------------------------------------- writers
+def write(store: EpisodeStore, fmt: str, out: Path, *, dataset_id: str | None = None) -> Path:
+    """Writes ``store`` in ``fmt`` ("store", "exorl", "d4rl", "minari"); returns the path."""
+    out = Path(out)
+    if fmt == "store":
+        return store.save(out)
+    if fmt == "exorl" and "physics" not in store.extras:
+        raise ValueError(
+            f"--format exorl needs dm_control physics states; {store.metadata.get('env_id')!r} "
+            "is not a dm_control env (use store, d4rl or minari)"
+        )
+    import rl_ring.data as data
+
+    name = {"exorl": "write_exorl", "d4rl": "write_d4rl", "minari": "write_minari"}[fmt]
+    writer = getattr(data, name, None)
+    if writer is None:
+        raise RuntimeError(
+            f"--format {fmt}: rl_ring.data.{name} is not available in this checkout; "
+            "use --format store"
+        )
+    if fmt == "exorl":
+        writer(store, out)
+        return out
+    if fmt == "d4rl":
+        path = out if out.suffix in (".hdf5", ".h5") else out / f"{_slug(store)}.hdf5"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer(store, path)
+        return path
+    env_slug = str(store.metadata.get("env_id", "env")).replace(":", "-")
+    ds_id = dataset_id or f"rl_ring/{env_slug}/{store.metadata.get('policy', 'data')}-v0"
+    writer(store, out, dataset_id=ds_id)
+    return out
+
+
+def _slug(store: EpisodeStore) -> str:
+    env = str(store.metadata.get("env_id", "env")).replace(":", "-")
+    return f"{env}-{store.metadata.get('policy', 'data')}"
+
+
+# ---------------------------------------------------------------------- CLI
+def run(cfg: CollectConfig) -> EpisodeStore:
+    """Collects the dataset ``cfg`` describes (without writing it)."""
+    make(cfg.env).close()  # unknown ids fail here, before any work
+    if cfg.policy == "sac":
+        bar = tqdm(total=cfg.steps, unit="step", disable=cfg.quiet, desc="sac")
+        config = SACConfig(hidden=cfg.sac_hidden)
+        result = train_sac(
+            cfg.env,
+            steps=cfg.steps,
+            seed=cfg.seed,
+            config=config,
+            eval_every=cfg.eval_every,
+            progress=bar.update,
+        )
+        bar.close()
+        store = result.store
+        store.metadata["eval_curve"] = [[int(s), float(r)] for s, r in result.eval_curve]
+        store.metadata["seconds"] = round(result.seconds, 1)
+        return store
+    if cfg.policy in LEARNERS:
+        if cfg.env not in IN_CONTEXT:
+            raise ValueError(
+                f"--policy {cfg.policy}: learning histories are for the in-context envs "
+                f"{', '.join(IN_CONTEXT)}, got {cfg.env!r}"
+            )
+        histories = cfg.histories
+        if histories is None and cfg.episodes is not None:
+            histories = max(1, cfg.episodes // cfg.episodes_per_history)
+        n_hist = histories or len(task_split(cfg.env, cfg.tasks))
+        bar = tqdm(total=n_hist * cfg.episodes_per_history, unit="ep", disable=cfg.quiet)
+        store = collect_histories(
+            cfg.env,
+            cfg.policy,
+            tasks=cfg.tasks,
+            episodes_per_history=cfg.episodes_per_history,
+            histories=histories,
+            seed=cfg.seed,
+            qlearning=QLearningConfig(),
+            progress=bar.update,
+        )
+        bar.close()
+        store.metadata["source_format"] = "rl_ring.collect"
+        return store
+    if cfg.episodes is None:
+        raise ValueError(f"--policy {cfg.policy}: give --episodes N")
+    bar = tqdm(total=cfg.episodes, unit="ep", disable=cfg.quiet, desc=cfg.policy)
+    if cfg.policy == "random":
+        store = collect_random(
+            cfg.env, cfg.episodes, seed=cfg.seed, tasks=cfg.tasks, progress=bar.update
+        )
+    else:
+        store = collect_scripted(
+            cfg.env,
+            cfg.episodes,
+            noise=cfg.noise,
+            seed=cfg.seed,
+            tasks=cfg.tasks,
+            progress=bar.update,
+        )
+    bar.close()
+    return store
+
+
+def summary(store: EpisodeStore) -> str:
+    """Human-readable facts about a collected store (returns by noise level / history)."""
+    ret = store.episode_returns
+    lines = [
+        f"{store.metadata.get('env_id')} / {store.metadata.get('policy')}: "
+        f"{store.num_episodes} episodes, {store.num_steps} steps, return mean {ret.mean():.2f} "
+        f"min {ret.min():.2f} max {ret.max():.2f}"
+    ]
+    if "episode_in_history" in store.episode_extras:
+        mean, _ = learning_curve(store)
+        k = max(1, len(mean) // 10)
+        lines.append(
+            f"learning curve (mean over histories): first {k} episodes {mean[:k].mean():.2f}, "
+            f"last {k} episodes {mean[-k:].mean():.2f}"
+        )
+    elif "policy_noise" in store.episode_extras:
+        noise = store.episode_extras["policy_noise"]
+        for level in np.unique(noise):
+            sel = ret[noise == level]
+            lines.append(
+                f"noise {level:g}: return {sel.mean():.2f} +- {sel.std():.2f} ({len(sel)} episodes)"
+            )
+    if store.metadata.get("eval_curve"):
+        pts = ", ".join(f"{s}: {r:.1f}" for s, r in store.metadata["eval_curve"])
+        lines.append(f"deterministic eval (env steps: return): {pts}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``rl-ring collect``."""
+    cfg = tyro.cli(CollectConfig, args=argv, prog="rl-ring collect", description=__doc__)
+    try:
+        store = run(cfg)
+    except (ValueError, KeyError, RuntimeError) as err:
+        print(f"rl-ring collect: {err}", file=sys.stderr)
+        return 2
+    store.metadata["collect_args"] = {k: _jsonable(v) for k, v in asdict(cfg).items()}
+    try:
+        path = write(store, cfg.format, cfg.out, dataset_id=cfg.dataset_id)
+    except (ValueError, RuntimeError) as err:
+        print(f"rl-ring collect: {err}", file=sys.stderr)
+        return 2
+    print(summary(store))
+    print(f"wrote {cfg.format} to {path}")
+    return 0
+
+
+def _jsonable(v):
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, tuple):
+        return list(v)
+    return v

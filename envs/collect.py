@@ -19,7 +19,7 @@ arrays.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -87,7 +87,7 @@ def _episodes(
     env_id: str,
     episodes: int,
     seed: int,
-    act_for: callable,
+    act_for: Callable,
     *,
     tasks: list[int] | None,
     progress=None,
@@ -179,7 +179,8 @@ def collect_scripted(
         )
 
     eps, used = _episodes(env_id, episodes, seed, act_for, tasks=task_ids, progress=progress)
-    extras = {"policy_noise": np.asarray([levels[i % len(levels)] for i in range(episodes)], np.float32)}
+    noise_of = [levels[i % len(levels)] for i in range(episodes)]
+    extras = {"policy_noise": np.asarray(noise_of, np.float32)}
     if task_ids is not None:
         extras["task_id"] = np.asarray(used, np.int64)
     meta = _base_metadata(env_id, "scripted", seed)

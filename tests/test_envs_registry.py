@@ -42,14 +42,18 @@ def test_list_envs_has_the_featured_ids_first():
 
 @pytest.mark.parametrize(
     "bad, suggestion",
-    [("darkrom", "'darkroom'"), ("dmc:walker-wlak", "'dmc:walker-walk'"), ("gym:Hoper-v5", "Hopper-v5")],
+    [
+        ("darkrom", "'darkroom'"),
+        ("dmc:walker-wlak", "'dmc:walker-walk'"),
+        ("gym:Hoper-v5", "Hopper-v5"),
+    ],
 )
 def test_unknown_id_lists_known_ids_and_close_matches(bad, suggestion):
     with pytest.raises(KeyError) as info:
         envs.make(bad)
     msg = str(info.value)
     assert isinstance(info.value, ValueError)
-    assert f"unknown" in msg and repr(bad) in msg and "Did you mean" in msg and suggestion in msg
+    assert "unknown" in msg and repr(bad) in msg and "Did you mean" in msg and suggestion in msg
     for known in ("dmc:walker-run", "gym:Hopper-v5", "darkroom", "keydoor", "bandit"):
         assert known in msg
     with pytest.raises(KeyError):

@@ -123,7 +123,8 @@ def prepare_keys(k: jnp.ndarray, v: jnp.ndarray, info: TokenInfo, chunk: int):
     tp = -(-t // chunk) * chunk
     valid = info.valid
     if tp != t:
-        valid = jnp.ones(info.pos.shape, bool) if valid is None else valid.astype(bool)
+        if valid is None:
+            valid = match_varying(jnp.ones(info.pos.shape, bool), info.pos)
         valid = _pad_seq(valid, tp)  # pads with False
     info = TokenInfo(
         _pad_seq(info.pos, tp, "edge"),

@@ -10,9 +10,10 @@ back after) fixes that:
   ``d`` and ``2n-1-d`` (one early, one late chunk), so every device does the same causal
   work and each of its two halves is still a contiguous run of positions (chunk skipping
   keeps working);
-- ``striped``: device ``d`` holds tokens ``d, d+n, d+2n, ...``; balanced too, but every
-  chunk spans the whole sequence, so no chunk pair can be skipped and causal attention
-  costs as much as non-causal on CPU and GPU kernels that skip by chunk.
+- ``striped``: device ``d`` holds tokens ``d, d+n, d+2n, ...``; balanced too, but each of
+  a device's ``c`` chunks spans ``1/c`` of the whole sequence, so few chunk pairs can be
+  skipped (with 2 chunks per device, 1 in 4) and causal attention costs close to
+  non-causal in kernels that skip by chunk, as these do.
 
 Masks are always evaluated on the original positions (``layout_positions``), so a layout
 changes where tokens live, never what they see. ``permute`` works on any

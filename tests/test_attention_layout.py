@@ -1,0 +1,73 @@
+"""Token layouts for causal load balance: hand-computed orders, round trips, work counts."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rl_ring.attention import block_work, layout_positions, permute, unpermute
+
+
+def test_layout_positions_by_hand():
+    np.testing.assert_array_equal(layout_positions(8, 2, "contiguous"), np.arange(8))
+    # zigzag: 4 chunks of 2; device 0 holds chunks 0 and 3, device 1 chunks 1 and 2.
+    np.testing.assert_array_equal(layout_positions(8, 2, "zigzag"), [0, 1, 6, 7, 2, 3, 4, 5])
+    # striped: device d holds d, d+2, d+4, ...
+    np.testing.assert_array_equal(layout_positions(8, 2, "striped"), [0, 2, 4, 6, 1, 3, 5, 7])
+    np.testing.assert_array_equal(
+        layout_positions(12, 3, "zigzag"), [0, 1, 10, 11, 2, 3, 8, 9, 4, 5, 6, 7]
+    )
+    for layout in ("contiguous", "zigzag", "striped"):
+        np.testing.assert_array_equal(layout_positions(6, 1, layout), np.arange(6))
+        assert layout_positions(6, 1, layout).dtype == np.int32
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "zigzag", "striped"])
+def test_permute_round_trip_numpy_and_jax(layout):
+    x = np.arange(2 * 16 * 3).reshape(2, 16, 3)
+    p = permute(x, 4, layout)
+    assert isinstance(p, np.ndarray)
+    pos = np.broadcast_to(layout_positions(16, 4, layout), (2, 16))
+    np.testing.assert_array_equal(p[:, :, 0] // 3 % 16, pos)
+    np.testing.assert_array_equal(unpermute(p, 4, layout), x)
+    pj = permute(jnp.asarray(x), 4, layout)
+    np.testing.assert_array_equal(np.asarray(pj), p)
+    np.testing.assert_array_equal(np.asarray(unpermute(pj, 4, layout)), x)
+    # Any axis: the sequence as axis 0 of a 1-D array.
+    np.testing.assert_array_equal(permute(np.arange(16), 4, layout, axis=0), pos[0])
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((10, 4, "striped"), "multiple of 4, got seq_len=10"),
+        ((12, 4, "zigzag"), "multiple of 8, got seq_len=12"),
+        ((8, 2, "diagonal"), "layout='diagonal' is not one of"),
+        ((8, 0, "contiguous"), "num_shards must be >= 1"),
+    ],
+)
+def test_layout_errors(args, match):
+    with pytest.raises(ValueError, match=match):
+        layout_positions(*args)
+
+
+def test_permute_axis_error():
+    with pytest.raises(ValueError, match="axis=2 is out of range"):
+        permute(np.zeros((2, 8)), 2, "zigzag", axis=2)
+
+
+def test_block_work_balance_at_8_devices():
+    t, n, chunk = 8192, 8, 512  # 16 chunks, 2 per device
+    contiguous = block_work(t, n, "contiguous", chunk)
+    np.testing.assert_array_equal(contiguous, 4 * np.arange(8) + 3)  # 3, 7, ..., 31
+    assert contiguous.max() / contiguous.mean() == pytest.approx(31 / 17)
+    np.testing.assert_array_equal(block_work(t, n, "zigzag", chunk), np.full(8, 17))
+    # Striped: a device's first chunk holds positions [d, 4088 + d], its second chunk
+    # [4096 + d, 8184 + d]. Only (first-half query chunk, second-half key chunk) pairs can be
+    # skipped: 8 of 32 per device.
+    np.testing.assert_array_equal(block_work(t, n, "striped", chunk), np.full(8, 24))
+    non_causal = block_work(t, n, "contiguous", chunk, causal=False)
+    np.testing.assert_array_equal(non_causal, np.full(8, 32))
+    # Block-causal steps of 1024 tokens (two chunks): diagonal 2x2 blocks are all computed.
+    np.testing.assert_array_equal(
+        block_work(t, n, "contiguous", chunk, tokens_per_step=1024), 4 * np.arange(8) + 4
+    )

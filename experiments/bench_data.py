@@ -16,6 +16,8 @@ Measured:
   ``rl_ring.data.relabel.benchmark_relabel`` when it is importable;
 - resident memory of a memory-mapped store while a sampler draws from it, against the same
   store loaded into RAM, each in a fresh process;
+- for AD windows, the share of tokens in a leading partial episode with ``align="step"``
+  and ``align="episode"`` (a data-level measure of what alignment changes);
 - the ratio of sampler tokens/s to what a training step consumes, read from
   ``results/train.json`` when it exists (written by ``experiments/bench_train.py``).
 """
@@ -36,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from rl_ring.data.normalize import Normalization
 from rl_ring.data.samplers import (
     BCConfig,
     ChainConfig,
@@ -136,18 +139,22 @@ def time_sampler(sampler: Sampler, seconds: float, min_batches: int = 3) -> dict
     # costs busy + batch time per batch; perfect overlap costs max(busy, batch time).
     busy = max(med, 0.01)
     n_ovl = max(min_batches, min(len(per_batch) // 4, 20))
-    t0 = time.perf_counter()
+    ticks = []
     for _ in range(n_ovl):
+        t0 = time.perf_counter()
         sampler.next_batch()
         time.sleep(busy)
-    serial = (time.perf_counter() - t0) / n_ovl
+        ticks.append(time.perf_counter() - t0)
+    serial = statistics.median(ticks)
     with sampler.prefetch(depth=2) as it:
         next(it)
-        t0 = time.perf_counter()
+        ticks = []
         for _ in range(n_ovl):
+            t0 = time.perf_counter()
             next(it)
             time.sleep(busy)
-        overlapped = (time.perf_counter() - t0) / n_ovl
+            ticks.append(time.perf_counter() - t0)
+        overlapped = statistics.median(ticks)
     return {
         "batch_shape": list(batch.shape),
         "feature_dim": int(batch.values.shape[-1]),
@@ -208,6 +215,40 @@ def sampler_rows(cfg: BenchDataConfig, tmp: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def ad_alignment_rows(cfg: BenchDataConfig) -> list[dict[str, Any]]:
+    """How much of an AD window is a leading partial episode, for each ``align``.
+
+    A data-level measure only (which alignment trains better needs AD training runs): the
+    fraction of a window's tokens that precede its first episode start, i.e. belong to an
+    episode whose beginning is cut off.
+    """
+    store = darkroom_like_store(4, 200, seed=cfg.seed)
+    rows = []
+    for window in (100, 1000):
+        for align in ("step", "episode"):
+            sampler = make_sampler(store, HistoryConfig(window_steps=window, align=align))
+            flag_col = sampler.layout.obs_dim + sampler.layout.act_dim + 1
+            lead = []
+            for step in range(10 if cfg.quick else 50):
+                flags = sampler.batch_at(step).values[..., flag_col] > 0.5
+                first = np.where(flags.any(axis=1), flags.argmax(axis=1), window)
+                lead.extend((first / window).tolist())
+            rows.append(
+                {
+                    "window_steps": window,
+                    "align": align,
+                    "episode_len": 20,
+                    "leading_partial_episode_fraction": float(np.mean(lead)),
+                }
+            )
+            print(
+                f"AD window {window:5d} align={align:8s}: {np.mean(lead):.2%} of tokens in a "
+                "leading partial episode",
+                flush=True,
+            )
+    return rows
+
+
 def relabel_row(cfg: BenchDataConfig) -> dict[str, Any]:
     os.environ.setdefault("MUJOCO_GL", "disable")  # physics only, no rendering
     try:
@@ -221,23 +262,29 @@ def relabel_row(cfg: BenchDataConfig) -> dict[str, Any]:
 
 
 _MEMORY_CHILD = r"""
-import json, sys, numpy as np
-from rl_ring.data.store import EpisodeStore
+import json, sys
+from rl_ring.data.normalize import Normalization
 from rl_ring.data.samplers import ChainConfig, make_sampler
+from rl_ring.data.store import EpisodeStore
 
 def rss():
     out = {}
     for line in open("/proc/self/status"):
         k, _, v = line.partition(":")
-        if k in ("VmRSS", "RssAnon", "RssFile"):
+        if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             out[k] = int(v.split()[0]) / 1024.0
     return out
 
-path, mode, batches = sys.argv[1], sys.argv[2], int(sys.argv[3])
+path, mode, norm_from, batches = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 r = {"start": rss()}
 store = EpisodeStore.load(path, mmap=(mode == "mmap"))
 r["loaded"] = rss()
-sampler = make_sampler(store, ChainConfig(batch_size=4, num_trajectories=4))
+if norm_from == "store":
+    norm = Normalization.from_store(store)  # one pass over every observation
+else:
+    norm = Normalization.load(norm_from)  # as saved with a checkpoint
+r["norm_ready"] = rss()
+sampler = make_sampler(store, ChainConfig(batch_size=4, num_trajectories=4), norm=norm)
 r["sampler_built"] = rss()
 for _ in range(batches):
     b = sampler.next_batch()
@@ -248,9 +295,16 @@ print(json.dumps(r))
 
 
 def memory_row(cfg: BenchDataConfig, tmp: Path) -> dict[str, Any]:
+    """RSS growth (MiB, over a fresh process after imports) at each stage, per variant.
+
+    ``VmHWM`` is the peak RSS so far (it includes batches while they existed);
+    ``RssFile`` counts pages of the mapped files that were read: page cache that the kernel
+    can drop and re-read; ``RssAnon`` is the process's own memory.
+    """
     steps = 200_000 if cfg.quick else cfg.memory_steps
     store = walker_like_store(steps // 1000, seed=cfg.seed)
     path = store.save(tmp / "memory")
+    norm_path = Normalization.from_store(store).save(tmp / "memory_norm.json")
     nbytes = sum(
         getattr(store, k).nbytes
         for k in ("observations", "actions", "rewards", "terminals", "timeouts")
@@ -260,28 +314,33 @@ def memory_row(cfg: BenchDataConfig, tmp: Path) -> dict[str, Any]:
     out: dict[str, Any] = {
         "store_steps": steps,
         "store_mib": nbytes / 2**20,
-        "sampler": "AT default config (4 chains x 4 trajectories x 1000 steps)",
+        "sampler": "ChainConfig(batch_size=4, num_trajectories=4), 1000-step episodes",
         "batches": batches,
     }
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    for mode in ("mmap", "ram"):
+    variants = {
+        "mmap": ("mmap", str(norm_path)),
+        "mmap_norm_from_store": ("mmap", "store"),
+        "ram": ("ram", str(norm_path)),
+    }
+    for name, (mode, norm_from) in variants.items():
         proc = subprocess.run(
-            [sys.executable, "-c", _MEMORY_CHILD, str(path), mode, str(batches)],
+            [sys.executable, "-c", _MEMORY_CHILD, str(path), mode, norm_from, str(batches)],
             capture_output=True,
             text=True,
             env=env,
             check=True,
         )
         stages = json.loads(proc.stdout.strip().splitlines()[-1])
-        base = stages["start"]["VmRSS"]
-        out[mode] = {
-            stage: {k: v - (base if k == "VmRSS" else 0.0) for k, v in val.items()}
-            for stage, val in stages.items()
+        base = stages.pop("start")
+        out[name] = {
+            stage: {k: v - base[k] for k, v in val.items()} for stage, val in stages.items()
         }
+        last = out[name]["after_sampling"]
         print(
-            f"memory {mode}: RSS growth after load {stages['loaded']['VmRSS'] - base:.1f} MiB, "
-            f"after sampling {stages['after_sampling']['VmRSS'] - base:.1f} MiB "
-            f"(store {nbytes / 2**20:.0f} MiB)",
+            f"memory {name:21s}: RSS growth after load {out[name]['loaded']['VmRSS']:6.1f} MiB, "
+            f"after sampling {last['VmRSS']:6.1f} MiB (anon {last['RssAnon']:.1f}, file "
+            f"{last['RssFile']:.1f}); store {nbytes / 2**20:.0f} MiB",
             flush=True,
         )
     return out
@@ -324,31 +383,39 @@ def plot(result: dict[str, Any], png: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = result["samplers"]
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [2, 1]})
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [2, 1]})
     names = [r["name"] for r in rows]
     y = np.arange(len(rows))
-    ax.barh(y - 0.2, [r["tokens_per_s"] for r in rows], 0.4, label="next_batch")
-    ax.barh(y + 0.2, [r["prefetch_tokens_per_s"] for r in rows], 0.4, label="prefetch thread")
+    ax.barh(y - 0.2, [r["tokens_per_s"] for r in rows], 0.4, label="next_batch", zorder=2)
+    ax.barh(y + 0.2, [r["prefetch_tokens_per_s"] for r in rows], 0.4, label="prefetch", zorder=2)
     comp = result["train_comparison"]
     if comp.get("status") == "measured":
         ax.axvline(comp["train_tokens_per_s_max"], color="k", ls="--", label="training step")
+    else:
+        ax.axvspan(
+            1e4, 1e5, color="0.85", zorder=0, label="training step: 1e4-1e5 (estimate, pending)"
+        )
     ax.set_yticks(y, names)
     ax.set_xscale("log")
+    ax.set_xlim(left=5e3)
     ax.set_xlabel("tokens / s (2 CPU cores, shared machine)")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize=8)
     ax.set_title("Sampler throughput")
     mem = result["memory"]
-    labels, vals = [], []
-    for mode in ("mmap", "ram"):
-        for stage in ("loaded", "after_sampling"):
-            labels.append(f"{mode}\n{stage.replace('_', ' ')}")
-            vals.append(mem[mode][stage]["VmRSS"])
-    ax2.bar(range(len(vals)), vals, color=["C2", "C2", "C3", "C3"])
+    labels, anon, file_ = [], [], []
+    for mode, short in (("mmap", "mmap"), ("mmap_norm_from_store", "mmap+\nnorm"), ("ram", "RAM")):
+        for stage, tag in (("loaded", "load"), ("after_sampling", "sample")):
+            labels.append(f"{short}\n{tag}")
+            anon.append(max(mem[mode][stage]["RssAnon"], 0.0))
+            file_.append(max(mem[mode][stage]["RssFile"], 0.0))
+    x = np.arange(len(labels))
+    ax2.bar(x, anon, color="C3", label="private (anon)")
+    ax2.bar(x, file_, bottom=anon, color="C0", alpha=0.5, label="mapped file (page cache)")
     ax2.axhline(mem["store_mib"], color="k", ls="--", label="store arrays")
-    ax2.set_xticks(range(len(vals)), labels, fontsize=8)
+    ax2.set_xticks(x, labels, fontsize=8)
     ax2.set_ylabel("RSS growth (MiB)")
     ax2.set_title(f"{mem['store_steps']:,}-step store")
-    ax2.legend(fontsize=8)
+    ax2.legend(fontsize=7)
     fig.tight_layout()
     tmp = png.with_name(f".{png.name}.tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -371,6 +438,7 @@ def run(cfg: BenchDataConfig) -> dict[str, Any]:
         "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version()},
         "note": "timings on a machine shared with other jobs; compare ratios within one run",
         "samplers": samplers,
+        "ad_alignment": ad_alignment_rows(cfg),
         "relabel": relabel_row(cfg),
         "memory": memory,
     }

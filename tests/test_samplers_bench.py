@@ -83,3 +83,16 @@ def test_synthetic_stores():
     assert dark.discrete_actions and dark.act_dim == 5
     np.testing.assert_array_equal(dark.episode_extras["history_id"], [0] * 5 + [1] * 5)
     np.testing.assert_array_equal(dark.episode_extras["episode_in_history"], list(range(5)) * 2)
+
+
+def test_ad_alignment_measure(quick_result):
+    _, res = quick_result
+    by = {
+        (r["window_steps"], r["align"]): r["leading_partial_episode_fraction"]
+        for r in res["ad_alignment"]
+    }
+    assert by[(100, "episode")] == 0.0 and by[(1000, "episode")] == 0.0
+    # Uniform starts over 20-step episodes: the cut-off lead is (20 - o) steps for offset
+    # o in 1..19 and 0 for o = 0, i.e. 9.5 steps on average: 9.5% of 100, 0.95% of 1000.
+    assert abs(by[(100, "step")] - 0.095) < 0.03
+    assert abs(by[(1000, "step")] - 0.0095) < 0.003

@@ -170,12 +170,12 @@ def test_store_round_trip(tmp_path, discrete):
             "observations": o[:-1], "next_observations": o[1:],
             "actions": rng.integers(0, 4, n) if discrete else rng.uniform(-1, 1, (n, 2)),
             "rewards": rng.normal(size=n),
-            "timeouts": np.arange(n) == n - 1,
+            "timeouts": np.arange(n) == n - 1 if n == 4 else np.zeros(n, bool),
             "physics": p[:-1], "next_physics": p[1:],
             "value": rng.normal(size=(n, 2)),
         })
-    s = EpisodeStore.from_episodes(
-        eps, episode_extras={"task_id": [4, 2], "history_id": [0, 0]},
+    s = EpisodeStore.from_episodes(  # the second episode was cut short: truncated
+        eps, episode_extras={"task_id": [4, 2], "history_id": [0, 0], "truncated": [False, True]},
         metadata={"env_id": "toy"},
     )
     write_exorl(s, tmp_path / "buf")

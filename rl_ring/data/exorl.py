@@ -14,7 +14,8 @@ reward and discount are placeholders: zeros, 0 and 1), rows 1..L the steps. In t
 so the reward of row ``t`` is a function of ``next_physics[t]`` (and ``actions[t]``), which
 is what :mod:`rl_ring.data.relabel` uses to label any task of the domain. Episodes end by
 the time limit (``timeouts[-1] = True``) unless the discount drops to 0 (a termination).
-Unknown per-step keys are kept as extras (row 0 in ``episode_extras["exorl_first/<key>"]``);
+Unknown per-step keys are kept as extras (a row 0 that is not the placeholder - zeros, or a
+discount of 1 - goes to ``episode_extras["exorl_first/<key>"]``);
 keys named ``episode.<name>`` hold per-episode extras. The writer rebuilds the files
 exactly from these, so ExoRL file -> store -> file round-trips bit for bit.
 """
@@ -258,10 +259,9 @@ class _Buffers:
         }
         # Reset-row placeholders are kept only where some file deviates from the defaults.
         for k, arr in first.items():
-            default = _PLACEHOLDER.get(k)
             if k in ("observation", "physics"):
                 continue
-            if default is None or np.any(arr != default):
+            if np.any(arr != _PLACEHOLDER.get(k, 0)):
                 ep_extras[_FIRST + k] = arr
         discount = steps.pop("discount").astype(np.float32, copy=False)
         terminals = discount == 0
@@ -356,9 +356,13 @@ def write_exorl(store: EpisodeStore, buffer_dir: str | os.PathLike) -> Path:
         )
     stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
     out = Path(buffer_dir)
+    # "truncated" all False is the default and is left out, so files from ExoRL itself come
+    # back unchanged; if any episode is truncated every file carries the key.
+    truncated = np.asarray(store.episode_extras.get("truncated", False))
+    with_truncated = bool(truncated.any())
     with atomic_output(out, directory=True) as tmp:
         for i in range(store.num_episodes):
-            arrays = _episode_arrays(store, i)
+            arrays = _episode_arrays(store, i, with_truncated)
             length = int(store.episode_lengths[i])
             np.savez_compressed(tmp / f"{stamp}_{i}_{length}.npz", **arrays)
         meta = portable_metadata(store.metadata)
@@ -366,7 +370,7 @@ def write_exorl(store: EpisodeStore, buffer_dir: str | os.PathLike) -> Path:
     return out
 
 
-def _episode_arrays(store: EpisodeStore, i: int) -> dict[str, np.ndarray]:
+def _episode_arrays(store: EpisodeStore, i: int, with_truncated: bool) -> dict[str, np.ndarray]:
     ep = store.episode(i)
     ee = {k: np.asarray(v[i]) for k, v in store.episode_extras.items()}
 
@@ -410,7 +414,7 @@ def _episode_arrays(store: EpisodeStore, i: int) -> dict[str, np.ndarray]:
     for key, value in ee.items():
         if key.startswith(_FIRST):
             continue
-        if key == "truncated" and not value:
-            continue  # the default; keeps files from ExoRL itself unchanged on round trip
+        if key == "truncated" and not with_truncated:
+            continue
         arrays[_EPISODE + key] = value
     return arrays

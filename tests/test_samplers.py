@@ -472,3 +472,24 @@ def test_ranges_matches_loop():
     expect = [x for s, n in zip(starts, lengths, strict=True) for x in range(s, s + n)]
     np.testing.assert_array_equal(ranges(starts, lengths), expect)
     assert ranges(np.array([1]), np.array([0])).size == 0
+
+
+def test_prefetch_hands_over_errors_in_order():
+    store = make_store((5, 6, 4, 7))
+
+    class Failing(DTSampler):
+        def batch_at(self, step):
+            if step == 2:
+                raise RuntimeError("store went away at step 2")
+            return super().batch_at(step)
+
+    sampler = Failing(store, DTConfig(batch_size=2, context_steps=3), norm=ID)
+    plain = DTSampler(store, DTConfig(batch_size=2, context_steps=3), norm=ID)
+    it = sampler.prefetch(depth=3)
+    assert_batches_equal(next(it), plain.batch_at(0))
+    assert_batches_equal(next(it), plain.batch_at(1))
+    with pytest.raises(RuntimeError, match="store went away at step 2"):
+        next(it)
+    assert sampler.step == 2  # the failed batch was not consumed
+    with pytest.raises(StopIteration):
+        next(it)

@@ -22,7 +22,7 @@ NORM_FORMAT = "rl_ring.Normalization"
 # Features whose standard deviation is below this are left unscaled (constant features).
 _MIN_STD = 1e-6
 # Rows per chunk when reducing a (possibly memory-mapped) store: bounded memory.
-_CHUNK_ROWS = 1 << 18
+_CHUNK_ROWS = 1 << 16
 
 
 @dataclass(frozen=True, eq=False)

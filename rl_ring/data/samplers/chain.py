@@ -85,13 +85,13 @@ class ChainSampler(Sampler):
     def __init__(
         self,
         store: EpisodeStore,
-        config: ChainConfig = ChainConfig(),  # noqa: B008 - frozen, safe as a default
+        config: ChainConfig | None = None,
         *,
         norm: Normalization | None = None,
         host_id: int = 0,
         num_hosts: int = 1,
     ) -> None:
-        cfg = config
+        cfg = config or ChainConfig()
         check_positive("num_trajectories", cfg.num_trajectories)
         if cfg.max_steps is not None:
             check_positive("max_steps", cfg.max_steps)

@@ -64,13 +64,13 @@ class HistorySampler(Sampler):
     def __init__(
         self,
         store: EpisodeStore,
-        config: HistoryConfig = HistoryConfig(),  # noqa: B008 - frozen, safe as a default
+        config: HistoryConfig | None = None,
         *,
         norm: Normalization | None = None,
         host_id: int = 0,
         num_hosts: int = 1,
     ) -> None:
-        cfg = config
+        cfg = config or HistoryConfig()
         check_positive("window_steps", cfg.window_steps)
         check_choice("align", cfg.align, ("step", "episode"))
         for key in (cfg.history_key, cfg.order_key):

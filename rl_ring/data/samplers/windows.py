@@ -167,12 +167,13 @@ class DTSampler(WindowSampler):
     def __init__(
         self,
         store: EpisodeStore,
-        config: DTConfig = DTConfig(),  # noqa: B008 - frozen, safe as a default
+        config: DTConfig | None = None,
         *,
         norm: Normalization | None = None,
         host_id: int = 0,
         num_hosts: int = 1,
     ) -> None:
+        config = config or DTConfig()
         norm = norm or Normalization.from_store(store)
         layout = dt_layout(store.obs_dim, store.act_dim, store.discrete_actions, norm)
         super().__init__(
@@ -193,12 +194,13 @@ class BCSampler(WindowSampler):
     def __init__(
         self,
         store: EpisodeStore,
-        config: BCConfig = BCConfig(),  # noqa: B008 - frozen, safe as a default
+        config: BCConfig | None = None,
         *,
         norm: Normalization | None = None,
         host_id: int = 0,
         num_hosts: int = 1,
     ) -> None:
+        config = config or BCConfig()
         norm = norm or Normalization.from_store(store)
         layout = bc_layout(
             store.obs_dim, store.act_dim, store.discrete_actions, norm, state_only=config.state_only

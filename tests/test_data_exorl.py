@@ -215,6 +215,20 @@ def test_relabel_workers_and_cache(tmp_path):
     assert not list(cache.parent.glob("*.tmp"))
 
 
+def test_relabel_rejects_states_of_another_domain(tmp_path):
+    arrays, _ = _rollout("walker_run", seed=0, steps=4)
+    _save(tmp_path / "buffer", 0, arrays)
+    with (
+        pytest.warns(UserWarning, match="24 wide but cartpole_swingup's are 5"),
+        pytest.raises(DatasetError, match=r"\[physics\]: relabel cartpole_swingup: physics "
+                      r"states have shape \(4, 18\), expected \(T, 4\)"),
+    ):
+        read_exorl(tmp_path / "buffer", task="cartpole_swingup", cache=False)
+    # walker and cheetah states are both 18 wide; the observation width tells them apart
+    with pytest.warns(UserWarning, match="observations are 24 wide but cheetah_run's are 17"):
+        read_exorl(tmp_path / "buffer", task="cheetah_run", cache=False)
+
+
 def _good_buffer(tmp_path):
     buffer = tmp_path / "buffer"
     rng = np.random.default_rng(0)

@@ -317,10 +317,14 @@ def _relabelled(store, task, bdir: Path, files, workers, use_actions, cache) -> 
                 return cached
         except (OSError, ValueError):
             pass  # a broken cache is recomputed and overwritten
-    rewards = relabel(
-        task, store.extras["next_physics"], store.actions if use_actions else None,
-        store.episode_starts, workers=workers, use_actions=use_actions,
-    )
+    _check_domain(store, task, bdir)
+    try:
+        rewards = relabel(
+            task, store.extras["next_physics"], store.actions if use_actions else None,
+            store.episode_starts, workers=workers, use_actions=use_actions,
+        )
+    except ValueError as err:  # states or actions that do not fit the task's model
+        raise DatasetError(bdir, str(err), "physics") from None
     if cache:
         try:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -334,6 +338,22 @@ def _relabelled(store, task, bdir: Path, files, workers, use_actions, cache) -> 
             log.warning(msg)
             warnings.warn(msg, stacklevel=3)
     return rewards
+
+
+def _check_domain(store: EpisodeStore, task: str, bdir: Path) -> None:
+    """Warns when the observations are not as wide as ``task``'s (a dataset of another domain).
+
+    Walker and cheetah states have the same size, so the physics shape alone cannot tell them
+    apart; their observations (24 and 17 wide) can.
+    """
+    from rl_ring.data.relabel import RewardLabeller
+
+    expected = RewardLabeller(task, use_actions=False).obs_size
+    if store.obs_dim != expected:
+        msg = (f"{bdir}: observations are {store.obs_dim} wide but {task}'s are {expected}: "
+               "is this dataset of another domain?")
+        log.warning(msg)
+        warnings.warn(msg, stacklevel=4)
 
 
 # ---------------------------------------------------------------------------- writer

@@ -108,6 +108,7 @@ class RewardLabeller:
         self.physics = self.env.physics
         self.task = self.env.task
         self.state_size = int(self.physics.get_state().shape[0])
+        self.obs_size = int(sum(np.prod(v.shape) for v in self.env.observation_spec().values()))
         spec = self.env.action_spec()
         self.act_dim = int(np.prod(spec.shape))
         lo, hi = np.asarray(spec.minimum, float), np.asarray(spec.maximum, float)

@@ -133,7 +133,9 @@ class JacoReach(composer.Task):
 
     def get_reward(self, physics) -> float:
         distance = np.linalg.norm(self.tcp_position(physics) - self._target_pos)
-        return float(rewards.tolerance(distance, bounds=(0, TARGET_RADIUS), margin=TARGET_RADIUS))
+        return float(
+            rewards.tolerance(distance, bounds=(0, TARGET_RADIUS), margin=TARGET_RADIUS)
+        )
 
 
 def make(

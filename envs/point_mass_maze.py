@@ -167,8 +167,6 @@ def make(
     """
     physics = Physics.from_xml_string(model_xml(task), common.ASSETS)
     return control.Environment(
-        physics,
-        PointMassMaze(task, random=seed),
-        time_limit=time_limit,
+        physics, PointMassMaze(task, random=seed), time_limit=time_limit,
         **(environment_kwargs or {}),
     )

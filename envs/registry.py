@@ -257,6 +257,14 @@ def _load_from_module(module, domain, task, seed, task_kwargs, env_kwargs):
     )
 
 
+def _dmc_step_limit(dm: Any) -> int | None:
+    """Episode length in control steps: suite envs count steps, composer envs count seconds."""
+    limit = getattr(dm, "_step_limit", None)
+    if limit is None and getattr(dm, "_time_limit", None) is not None:
+        limit = round(dm._time_limit / dm.control_timestep(), 6)
+    return int(np.ceil(limit)) if limit is not None and np.isfinite(limit) else None
+
+
 class _SeedFirstReset(gym.Wrapper):
     """Seeds the first ``reset()`` (and the action space) with the seed given to ``make``."""
 
@@ -306,8 +314,7 @@ def make(env_id: str, *, task: int | None = None, seed: int | None = None, **kwa
 
         loader = _dmc_loader(domain, dmc_task, kwargs)
         env = DMCEnv(loader, env_id=env_id, seed=seed, **kwargs)
-        limit = getattr(env.dm_env, "_step_limit", None)
-        max_steps = int(limit) if limit is not None and np.isfinite(limit) else None
+        max_steps = _dmc_step_limit(env.dm_env)
     else:
         env = gym.make(detail, **kwargs)
         if seed is not None:

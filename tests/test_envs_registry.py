@@ -166,6 +166,7 @@ def test_dmc_bad_action_shape():
         env.step(np.zeros(5))
 
 
+@pytest.mark.filterwarnings("ignore:.*(infinity|-infinity)")
 def test_dmc_check_env():
     check_env(envs.make("dmc:cartpole-swingup", seed=0), skip_render_check=True)
 
@@ -189,5 +190,14 @@ def test_exorl_custom_domains(domain):
     obs, info = env.reset()
     assert obs.dtype == np.float32 and obs.shape == env.observation_space.shape
     assert "physics" in info
-    obs2, r, term, trunc, info = env.step(np.zeros(env.action_space.shape, np.float32))
-    assert np.isfinite(r) and obs2.shape == obs.shape
+    zero = np.zeros(env.action_space.shape, np.float32)
+    steps = 0
+    while True:
+        obs2, r, term, trunc, info = env.step(zero)
+        steps += 1
+        assert np.isfinite(r) and obs2.shape == obs.shape and "physics" in info
+        if term or trunc:
+            break
+    assert steps == env.spec.max_episode_steps and trunc and not term
+    obs3, _ = env.reset(seed=0)
+    np.testing.assert_array_equal(obs3, obs)  # reseeding reproduces the reset

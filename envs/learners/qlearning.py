@@ -1,8 +1,8 @@
 """Tabular Q-learning with decaying epsilon-greedy exploration.
 
 States are the env's observations rounded to integers (grid positions, the has-key flag),
-so any small discrete-state env works. The table starts at ``init_q`` everywhere; epsilon
-decays linearly from
+so any small discrete-state env works. The table starts mildly optimistic (``init_q``), so
+greedy steps also explore untried actions; epsilon decays linearly from
 ``eps_start`` to ``eps_end`` over the first ``eps_decay_fraction`` of a history. A time-limit
 truncation bootstraps (the state still has a future); only a termination does not.
 """
@@ -22,8 +22,10 @@ class QLearningConfig:
     """Step size of the temporal-difference update."""
     gamma: float = 0.9
     """Discount factor."""
-    init_q: float = 0.0
-    """Initial value of every table entry (> 0 makes the greedy policy search optimistically)."""
+    init_q: float = 1.0
+    """Initial value of every table entry; above the value of unrewarded moves, it makes the
+    greedy policy try untried actions (without it some far goals are never found in 100
+    episodes)."""
     eps_start: float = 1.0
     """Exploration probability at the start of a history."""
     eps_end: float = 0.05

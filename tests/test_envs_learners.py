@@ -213,3 +213,17 @@ def test_sac_solves_a_one_step_continuous_bandit():
     # The learned critic ranks actions like the true reward does.
     q = S.q_values(state.critic, np.ones((3, 1), np.float32), np.array([[-0.8], [0.6], [0.0]]))
     assert float(q[0, 1]) > float(q[0, 2]) > float(q[0, 0])
+
+
+def test_report_tiny_histories_writes_the_measured_curves(tmp_path):
+    import json
+
+    from envs import report
+
+    report.histories(tmp_path, tiny=True, seed=0)
+    saved = json.loads((tmp_path / "envs_histories.json").read_text())["curves"]
+    store = collect_histories("darkroom", "qlearning", episodes_per_history=10, histories=4)
+    mean, _ = learning_curve(store)
+    np.testing.assert_allclose(saved["darkroom/qlearning"]["mean_return"], mean, atol=1e-4)
+    assert saved["bandit/thompson"]["histories"] == 4
+    assert (tmp_path / "envs_histories.png").stat().st_size > 1000

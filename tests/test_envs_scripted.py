@@ -33,28 +33,33 @@ def test_make_policy_errors():
         make_policy("dmc:cartpole-swingup", noise=-1.0)
 
 
-# Expert thresholds sit below what was measured (docs/envs.md: seed 0, 10 episodes per level):
-# cartpole swing-up 859, cartpole balance 1000, pendulum swing-up ~910, point mass ~930.
+# Expert thresholds sit below the mean returns measured without noise (results/envs_scripted.json,
+# seed 0, 10 episodes; mean / min): cartpole swing-up 859 / 857, cartpole balance 1000 / 1000,
+# pendulum swing-up 817 / 632 (swing-up time depends on the start), point mass 892 / 820.
 EXPERT = {
     "dmc:cartpole-swingup": 800.0,
     "dmc:cartpole-balance": 950.0,
-    "dmc:pendulum-swingup": 800.0,
+    "dmc:pendulum-swingup": 700.0,
     "dmc:point_mass-easy": 800.0,
 }
-# Noise levels whose mean returns are well separated (measured: see docs/envs.md).
+# Noise levels whose mean returns are well separated (measured means: cartpole swing-up
+# 859 / 738 / 217, balance 1000 / 705 / 393, pendulum 817 / 652 / 12, point mass 892 / 742 / 161).
 LEVELS = {
     "dmc:cartpole-swingup": (0.0, 1.0, 5.0),
     "dmc:cartpole-balance": (0.0, 2.0, 5.0),
-    "dmc:pendulum-swingup": (0.0, 0.3, 1.0),
+    "dmc:pendulum-swingup": (0.0, 0.6, 1.0),
     "dmc:point_mass-easy": (0.0, 1.0, 5.0),
 }
+# Pendulum returns vary more between starts; its episodes are also the cheapest.
+EPISODES_PER_LEVEL = {"dmc:pendulum-swingup": 4}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("env_id", sorted(EXPERT))
 def test_expert_quality_and_noise_ordering(env_id):
     levels = LEVELS[env_id]
-    store = collect_scripted(env_id, 2 * len(levels), noise=levels, seed=0)
+    n = EPISODES_PER_LEVEL.get(env_id, 2)
+    store = collect_scripted(env_id, n * len(levels), noise=levels, seed=0)
     noise = store.episode_extras["policy_noise"]
     means = [store.episode_returns[noise == np.float32(lv)].mean() for lv in levels]
     assert means[0] > EXPERT[env_id]

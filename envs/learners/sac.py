@@ -37,8 +37,9 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 class SACConfig:
     """Hyperparameters of soft actor-critic."""
 
-    hidden: int = 256
-    """Width of every hidden layer (actor and critics)."""
+    hidden: int = 128
+    """Width of every hidden layer (actor and critics); 128 rather than the usual 256 keeps an
+    update at ~2 ms on two CPU cores (256: ~10 ms) and still learns cartpole swing-up."""
     depth: int = 2
     """Number of hidden layers."""
     lr: float = 3e-4

@@ -64,6 +64,7 @@ class Checkpointer:
             raise FileNotFoundError(f"{workdir}: no checkpoints directory ({self.directory})")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=None if read_only else keep,
+            save_interval_steps=0 if read_only else 1,
             create=not read_only,
             read_only=read_only,
             enable_async_checkpointing=async_save and not read_only,
@@ -121,13 +122,17 @@ class Checkpointer:
         )
         return dict(restored.meta), step
 
-    def restore_params(self, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
-        """Restores only the parameters of checkpoint ``step`` (what evaluation needs)."""
+    def restore_model(self, abstract: dict[str, Any], step: int | None = None) -> tuple[Any, int]:
+        """Restores only ``params`` and ``rest`` of checkpoint ``step`` (what evaluation needs).
+
+        Args:
+            abstract: ``{"params": ..., "rest": ...}`` of ``jax.ShapeDtypeStruct`` with
+                shardings (e.g. one device).
+            step: the step (default latest).
+        """
         step = self._resolve(step)
-        meta_tree = self.manager.item_metadata(step)["state"]
-        # Partial restore: every item of the stored tree except the parameters is skipped.
-        target = jax.tree.map(lambda _: None, dict(meta_tree.tree))
-        target["params"] = abstract_params
+        # Partial restore: the optimiser state is never read.
+        target = dict(abstract)
         restored = self.manager.restore(
             step,
             args=ocp.args.Composite(
@@ -142,7 +147,7 @@ class Checkpointer:
                 )
             ),
         )
-        return restored.state["params"], step
+        return {k: restored.state[k] for k in abstract}, step
 
     def _resolve(self, step: int | None) -> int:
         steps = self.steps()

@@ -39,6 +39,11 @@ class TrainConfig(Generic[A]):
     """Seed of parameter init, data sampling and dropout."""
     compute_dtype: str = "float32"
     """Forward/backward compute dtype: float32 or bfloat16 (parameters stay float32)."""
+    attention: str = "auto"
+    """Attention: auto (ring when the seq axis has >1 device, else the agent's), reference,
+    blockwise or ring."""
+    layout: str = ""
+    """Token layout on the seq axis: contiguous, zigzag or striped ('' = the agent's)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """AdamW, schedule and clipping."""
     log_every: int = 10
@@ -49,6 +54,8 @@ class TrainConfig(Generic[A]):
     """Number of most recent checkpoints kept."""
     eval_every: int = 0
     """Call the evaluation hook every N steps (0 = never)."""
+    eval_hook: str = ""
+    """'package.module:function' building the evaluation hook from this config ('' = none)."""
     async_checkpoint: bool = True
     """Write checkpoints in a background thread while training continues."""
     resume: bool = True

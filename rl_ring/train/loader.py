@@ -127,6 +127,10 @@ class MeshLoader:
                 f"sampler returned {rows} rows; this process feeds {self.share.rows} rows of the "
                 f"global batch of {self.global_batch}"
             )
+        self.check_seq_len(seq_len)
+
+    def check_seq_len(self, seq_len: int) -> None:
+        """ValueError unless ``seq_len`` splits over the seq axis in this layout."""
         need = pad_multiple(self.mesh, self.layout)
         if seq_len % need:
             raise ValueError(

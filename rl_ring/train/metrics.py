@@ -96,8 +96,8 @@ class Progress:
 
     def update(self, n: int, loss: float, tokens_per_s: float) -> None:
         if self._bar is not None:
-            self._bar.update(n)
             self._bar.set_postfix(loss=f"{loss:.4g}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+            self._bar.update(n)
 
     def close(self) -> None:
         if self._bar is not None:

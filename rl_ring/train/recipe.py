@@ -63,3 +63,11 @@ class Recipe:
 def rule_specs(params: PyTree, mesh: Mesh) -> PyTree:
     """PartitionSpecs of a pure parameter dict from ``rl_ring.sharding.MODEL_RULES``."""
     return sharding.match_partition_rules(sharding.MODEL_RULES, params, mesh=mesh)
+
+
+def model_loss(model, tokens, *, mesh=None, rngs=None):
+    """The action loss of a ``TrajectoryTransformer``'s predictions (dropout when ``rngs``)."""
+    from rl_ring.models import action_loss
+
+    pred = model(tokens, mesh=mesh, deterministic=rngs is None, rngs=rngs)
+    return action_loss(pred, tokens, discrete=model.cfg.discrete_actions)

@@ -15,6 +15,7 @@ ring attention (ring.py) calls exactly these for each K/V block that reaches a d
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import jax
@@ -43,10 +44,23 @@ class KernelConfig:
     """Query heads per K/V head."""
     skip_chunks: bool
     """Whether chunk pairs are classified (skip / full / partial) or all computed masked."""
+    prescale: bool = True
+    """Multiply q by ``scale`` once up front (exact: float32 inputs or a power-of-two scale)
+    instead of multiplying every score block (a full extra pass over each block)."""
     axis_name: str | None = None
     """Ring axis (ring.py only)."""
     axis_size: int = 1
     """Devices on the ring axis (ring.py only)."""
+
+    @property
+    def score_scale(self) -> float:
+        """Factor the kernels apply to q.k (1 when q is pre-scaled)."""
+        return 1.0 if self.prescale else self.scale
+
+    @property
+    def dq_scale(self) -> float:
+        """Factor from the gradient of the (pre-scaled) query operand to dq."""
+        return self.scale if self.prescale else 1.0
 
     @property
     def mask_kwargs(self) -> dict:
@@ -217,7 +231,7 @@ def block_forward(
     """Folds one key/value block into the online-softmax state of one query block.
 
     Args:
-        q: ``[nq, b, hk, q_chunk * groups, d]`` chunked queries.
+        q: ``[nq, b, hk, q_chunk * groups, d]`` chunked queries from :func:`scaled_queries`.
         k, v: ``[nk, b, hk, k_chunk, d]`` chunked keys / values.
         q_info: ``[nq, b, q_chunk]`` query positions / segments.
         k_info: ``[nk, b, k_chunk]`` key positions / segments / validity.
@@ -239,12 +253,12 @@ def block_forward(
             kj, vj = _index(k, j), _index(v, j)
 
             def full(st, n):
-                s = C.chunk_scores(qi, kj, cfg.scale)
+                s = C.chunk_scores(qi, kj, cfg.score_scale)
                 return C.online_update(st, s, vj, maybe_empty=masked), n + 1
 
             def partial(st, n):
                 mask = _chunk_visible(qi_info, _index(k_info, j), **cfg.mask_kwargs)
-                s = C.mask_scores(C.chunk_scores(qi, kj, cfg.scale), mask, cfg.groups)
+                s = C.mask_scores(C.chunk_scores(qi, kj, cfg.score_scale), mask, cfg.groups)
                 return C.online_update(st, s, vj, maybe_empty=True), n + 1
 
             return _switch(kinds, i, j, lambda st, n: (st, n), full, partial, *c)
@@ -264,54 +278,85 @@ def block_backward(
     delta: jnp.ndarray,
     q_info: TokenInfo,
     k_info: TokenInfo,
-    dq: jnp.ndarray,
+    dq_t: jnp.ndarray,
     count: jnp.ndarray,
     cfg: KernelConfig,
 ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """Gradient contributions of one key/value block to one query block.
 
     Args:
-        q, do: ``[nq, b, hk, rows, d]`` chunked queries and output cotangents.
+        q: ``[nq, b, hk, rows, d]`` chunked queries from :func:`scaled_queries`.
         k, v: ``[nk, b, hk, k_chunk, d]``.
+        do: ``[nq, b, hk, rows, d]`` chunked output cotangents.
         lse: ``[nq, b, hk, rows]`` from :func:`rl_ring.attention.chunks.backward_lse`.
         delta: ``[nq, b, hk, rows]`` float32 ``sum(do * out, -1)``.
         q_info, k_info: chunked token info as in :func:`block_forward`.
-        dq: ``[nq, b, hk, rows, d]`` float32 running query gradient (added to).
+        dq_t: ``[nq, b, hk, d, rows]`` float32 running query gradient, transposed and not
+            yet scaled (see :func:`finish_dq`); added to.
         count: int32 chunk pairs computed so far.
         cfg: static kernel configuration.
 
     Returns:
-        ``(dq, dk, dv, count)`` with ``dk``/``dv`` ``[nk, b, hk, k_chunk, d]`` float32: this
+        ``(dq_t, dk, dv, count)`` with ``dk``/``dv`` ``[nk, b, hk, k_chunk, d]`` float32: this
         block's contribution only.
     """
     kinds = block_kinds(q_info, k_info, cfg)
-    dk = match_varying(jnp.zeros(k.shape, _F32), q, k, dq)
-    dv = match_varying(jnp.zeros(v.shape, _F32), q, k, dq)
+    dk = match_varying(jnp.zeros(k.shape, _F32), q, k, dq_t)
+    dv = match_varying(jnp.zeros(v.shape, _F32), q, k, dq_t)
 
     def k_step(j, carry):
-        dq, dk, dv, count = carry
+        dq_t, dk, dv, count = carry
         kj, vj, kj_info = _index(k, j), _index(v, j), _index(k_info, j)
+        kj_t = jnp.swapaxes(kj, 2, 3)
 
         def q_step(i, c):
-            def run(mask, dq, dkj, dvj, n):
-                dqi, dkc, dvc = C.chunk_backward(
-                    _index(q, i), kj, vj, _index(do, i), _index(lse, i), _index(delta, i),
-                    mask, scale=cfg.scale, groups=cfg.groups,
+            dq_t, dkj, dvj, n = c
+
+            def run(mask_t, dqi, dkj, dvj, n):
+                dq_c, dk_c, dv_c = C.chunk_backward_t(
+                    _index(q, i), kj, kj_t, vj, _index(do, i), _index(lse, i), _index(delta, i),
+                    mask_t, scale=cfg.score_scale, groups=cfg.groups,
                 )
-                dq = lax.dynamic_update_index_in_dim(dq, _index(dq, i) + dqi, i, 0)
-                return dq, dkj + dkc, dvj + dvc, n + 1
+                return dqi + dq_c, dkj + dk_c, dvj + dv_c, n + 1
 
             def partial(*c):
                 mask = _chunk_visible(_index(q_info, i), kj_info, **cfg.mask_kwargs)
-                return run(mask, *c)
+                return run(jnp.swapaxes(mask, 2, 3), *c)
 
-            return _switch(kinds, i, j, lambda *c: c, lambda *c: run(None, *c), partial, *c)
+            # Only this chunk's slices go through the switch: a large carried buffer passed
+            # through a conditional is copied on every call.
+            dqi, dkj, dvj, n = _switch(
+                kinds, i, j, lambda *c: c, lambda *c: run(None, *c), partial,
+                _index(dq_t, i), dkj, dvj, n,
+            )
+            return lax.dynamic_update_index_in_dim(dq_t, dqi, i, 0), dkj, dvj, n
 
         zeros = _index(dk, j)
-        dq, dkj, dvj, count = lax.fori_loop(0, q.shape[0], q_step, (dq, zeros, zeros, count))
-        return dq, _update(dk, dkj, j), _update(dv, dvj, j), count
+        dq_t, dkj, dvj, count = lax.fori_loop(0, q.shape[0], q_step, (dq_t, zeros, zeros, count))
+        return dq_t, _update(dk, dkj, j), _update(dv, dvj, j), count
 
-    return lax.fori_loop(0, k.shape[0], k_step, (dq, dk, dv, count))
+    return lax.fori_loop(0, k.shape[0], k_step, (dq_t, dk, dv, count))
+
+
+def scaled_queries(q: jnp.ndarray, cfg: KernelConfig) -> jnp.ndarray:
+    """``q * scale`` when the config pre-scales queries (see ``KernelConfig.prescale``)."""
+    if not cfg.prescale or cfg.scale == 1.0:
+        return q
+    return (q.astype(_F32) * cfg.scale).astype(q.dtype)
+
+
+def zero_dq_t(q: jnp.ndarray, *refs) -> jnp.ndarray:
+    """Zero transposed query-gradient accumulator ``[nq, b, hk, d, rows]`` (float32)."""
+    shape = (*q.shape[:-2], q.shape[-1], q.shape[-2])
+    return match_varying(jnp.zeros(shape, _F32), q, *refs)
+
+
+def finish_dq(dq_t: jnp.ndarray, cfg: KernelConfig, dtype) -> jnp.ndarray:
+    """``[nq, b, hk, d, rows]`` accumulator -> dq ``[nq, b, hk, rows, d]`` in ``dtype``."""
+    dq = jnp.swapaxes(dq_t, -1, -2)
+    if cfg.dq_scale != 1.0:
+        dq = dq * cfg.dq_scale
+    return dq.astype(dtype)
 
 
 def output_delta(out: jnp.ndarray, do: jnp.ndarray) -> jnp.ndarray:
@@ -326,19 +371,18 @@ def output_delta(out: jnp.ndarray, do: jnp.ndarray) -> jnp.ndarray:
 
 def _forward(q, k, v, q_info, k_info, cfg):
     state, count = block_forward(
-        q, k, v, q_info, k_info, init_state(q, k), zero_count(q, k), cfg
+        scaled_queries(q, cfg), k, v, q_info, k_info, init_state(q, k), zero_count(q, k), cfg
     )
     out, lse = C.finalize(state)
     return out.astype(q.dtype), lse, count
 
 
 def _backward(q, k, v, out, lse, do, q_info, k_info, cfg):
-    dq = match_varying(jnp.zeros(q.shape, _F32), q, k)
-    dq, dk, dv, count = block_backward(
-        q, k, v, do, C.backward_lse(lse), output_delta(out, do), q_info, k_info, dq,
-        zero_count(q, k), cfg,
+    dq_t, dk, dv, count = block_backward(
+        scaled_queries(q, cfg), k, v, do, C.backward_lse(lse), output_delta(out, do),
+        q_info, k_info, zero_dq_t(q, k), zero_count(q, k), cfg,
     )
-    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), count
+    return finish_dq(dq_t, cfg, q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), count
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
@@ -378,10 +422,13 @@ def token_info(b, t, *, segment_ids=None, positions=None, kv_mask=None) -> Token
 def kernel_config(q, k, *, causal, tokens_per_step, options: AttentionOptions, **ring):
     """Static kernel configuration of a call (ring fields passed through)."""
     d = q.shape[-1]
-    scale = options.scale if options.scale is not None else d**-0.5
+    scale = float(options.scale if options.scale is not None else d**-0.5)
+    # Pre-scaling q rounds it once more unless it is float32 or the scale a power of two.
+    exact = jnp.dtype(q.dtype) == jnp.float32 or math.log2(scale).is_integer()
     return KernelConfig(
-        causal=bool(causal), tokens_per_step=int(tokens_per_step), scale=float(scale),
-        groups=q.shape[2] // k.shape[2], skip_chunks=options.skip_chunks, **ring,
+        causal=bool(causal), tokens_per_step=int(tokens_per_step), scale=scale,
+        groups=q.shape[2] // k.shape[2], skip_chunks=options.skip_chunks, prescale=exact,
+        **ring,
     )
 
 

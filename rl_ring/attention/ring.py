@@ -27,19 +27,19 @@ from rl_ring.attention.blockwise import (
     block_backward,
     block_forward,
     chunk_len,
+    finish_dq,
     from_chunks,
     init_state,
     kernel_config,
-    match_varying,
     output_delta,
     prepare_keys,
     prepare_queries,
+    scaled_queries,
     token_info,
     zero_count,
+    zero_dq_t,
 )
 from rl_ring.attention.options import AttentionOptions, check_qkv, resolve_options
-
-_F32 = jnp.float32
 
 
 def _perm(n: int) -> list[tuple[int, int]]:
@@ -50,6 +50,7 @@ def ring_forward(q, k, v, q_info, k_info, cfg):
     """Forward over chunked local blocks; returns ``(out, lse, computed chunk pairs)``."""
     n, axis = cfg.axis_size, cfg.axis_name
     state, count = init_state(q, k), zero_count(q, k)
+    q_in, q = q, scaled_queries(q, cfg)
 
     def hop(_, carry):
         kv, state, count = carry
@@ -62,15 +63,16 @@ def ring_forward(q, k, v, q_info, k_info, cfg):
         kv, state, count = lax.fori_loop(0, n - 1, hop, (kv, state, count))
     state, count = block_forward(q, kv[0], kv[1], q_info, kv[2], state, count, cfg)
     out, lse = C.finalize(state)
-    return out.astype(q.dtype), lse, count
+    return out.astype(q_in.dtype), lse, count
 
 
 def ring_backward(q, k, v, out, lse, do, q_info, k_info, cfg):
     """Backward over chunked local blocks; returns ``(dq, dk, dv, computed chunk pairs)``."""
     n, axis = cfg.axis_size, cfg.axis_name
     lse_b, delta = C.backward_lse(lse), output_delta(out, do)
-    dq = match_varying(jnp.zeros(q.shape, _F32), q, k)
+    dq = zero_dq_t(q, k)
     count = zero_count(q, k)
+    q_in, q = q, scaled_queries(q, cfg)
 
     def contribution(kv, dq, count):
         return block_backward(q, kv[0], kv[1], do, lse_b, delta, q_info, kv[2], dq, count, cfg)
@@ -95,7 +97,7 @@ def ring_backward(q, k, v, out, lse, do, q_info, k_info, cfg):
         dq, dk_part, dv_part, count = contribution(kv, dq, count)
         # The block held after the last hop belongs to the successor: send its grads home.
         dk, dv = lax.ppermute((dk_in + dk_part, dv_in + dv_part), axis, _perm(n))
-    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), count
+    return finish_dq(dq, cfg, q_in.dtype), dk.astype(k.dtype), dv.astype(v.dtype), count
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))

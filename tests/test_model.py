@@ -295,3 +295,33 @@ def test_sharded_parameters_give_the_same_output():
     model = shard_model(TrajectoryTransformer(cfg, rngs=nnx.Rngs(0)), mesh)
     assert model.blocks.ffn.w_in[...].sharding.spec == P(None, "fsdp", "tensor")
     assert_trees_close(nnx.jit(lambda m, t: m(t))(model, tok), expect, what="fsdp/tensor")
+
+
+# ------------------------------------------------------------------------------ memory
+def test_blockwise_ffn_never_keeps_the_whole_hidden_activation():
+    # Compiled (not run) training steps: the whole-sequence FFN keeps [T, ffn] hiddens per
+    # layer for the backward pass; the blockwise one keeps only chunk inputs, whatever the
+    # remat policy. 2048 tokens x 256 hidden x 4 bytes = 2 MiB per hidden tensor.
+    from rl_ring.models.memory import step_memory
+
+    seq, depth = 2048, 2
+    hidden = seq * 256 * 4
+    base = ModelConfig(
+        obs_dim=3,
+        act_dim=2,
+        width=64,
+        depth=depth,
+        num_heads=2,
+        ffn_mult=4,
+        dropout=0.0,
+        attn_impl="blockwise",
+        attn_options=(("q_chunk", 128), ("k_chunk", 128)),
+    )
+    temp = {}
+    for remat in ("none", "dots", "full"):
+        for chunk in (64, seq):
+            cfg = base.replace(remat=remat, ffn_chunk=chunk)
+            temp[remat, chunk] = step_memory(cfg, batch=1, seq=seq)["temp"]
+        saved = temp[remat, seq] - temp[remat, 64]
+        assert saved >= 1.5 * depth * hidden, f"remat={remat}: blockwise FFN saves {saved} bytes"
+    assert temp["full", 64] < temp["dots", 64] < temp["none", 64]

@@ -175,7 +175,8 @@ class FeedForward(nnx.Module):
         fn = self.token_fn()
         if not blockwise:
             return fn(x_btd)
-        return blockwise_apply(fn, x_btd, chunk=self.cfg.ffn_chunk, mesh=mesh)
+        y = blockwise_apply(fn, x_btd, chunk=self.cfg.ffn_chunk, mesh=mesh)
+        return checkpoint_name(y, "ffn_out")
 
 
 class Attention(nnx.Module):
@@ -200,9 +201,9 @@ class Attention(nnx.Module):
         """Queries ``[b, t, heads, hd]``, keys and values ``[b, t, kv_heads, hd]``."""
         cfg = self.cfg
         b, t, _ = x_btd.shape
-        q = self.wq(x_btd).reshape(b, t, cfg.num_heads, cfg.head_dim)
-        k = self.wk(x_btd).reshape(b, t, cfg.kv_heads, cfg.head_dim)
-        v = self.wv(x_btd).reshape(b, t, cfg.kv_heads, cfg.head_dim)
+        q = checkpoint_name(self.wq(x_btd), "q_proj").reshape(b, t, cfg.num_heads, cfg.head_dim)
+        k = checkpoint_name(self.wk(x_btd), "k_proj").reshape(b, t, cfg.kv_heads, cfg.head_dim)
+        v = checkpoint_name(self.wv(x_btd), "v_proj").reshape(b, t, cfg.kv_heads, cfg.head_dim)
         if cfg.use_rope:
             q = rotary(q, positions_bt, base=cfg.rope_base)
             k = rotary(k, positions_bt, base=cfg.rope_base)
@@ -231,7 +232,7 @@ class Attention(nnx.Module):
 
     def output(self, o_bthd: jax.Array) -> jax.Array:
         b, t, h, d = o_bthd.shape
-        return self.wo(o_bthd.reshape(b, t, h * d))
+        return checkpoint_name(self.wo(o_bthd.reshape(b, t, h * d)), "attn_out_proj")
 
     def __call__(self, x_btd: jax.Array, ctx: LayerContext) -> jax.Array:
         q, k, v = self.project(x_btd, ctx.positions)

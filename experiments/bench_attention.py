@@ -1,0 +1,460 @@
+"""Attention benchmark: speed, FLOP rate, per-device memory and causal work balance.
+
+Writes ``results/attention.json`` (self-describing: config, platform, every timing run,
+ratios, pass/fail per target) and ``results/attention.png``.
+
+    python experiments/bench_attention.py --quick      # ~1-2 minutes on 2 CPU cores
+    python experiments/bench_attention.py              # full: T=8192, memory from 2K to 64K
+
+On CPU the script fakes ``--devices`` host devices (it must set XLA_FLAGS before JAX
+starts, so run it as a script, not from a process that already imported JAX). Timings are
+medians of ``--repeats`` runs after a warm-up run; the reference rate is a jitted float32
+4096x4096 matmul timed in the same process (before, between and after the attention cases).
+
+FLOPs count only unmasked work: a forward is ``4 * batch * heads * head_dim * visible``
+where ``visible`` is the number of (query, key) pairs the mask lets through (``T^2``, or
+``T(T+1)/2`` causal); forward+backward counts 3.5x the forward (two matmuls forward, five
+backward including the recomputed scores).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# The original ringattention 0.1.2 package, causal fwd+bwd at T=8192 (REFERENCE.md §5).
+ORIGINAL_CAUSAL_FWD_BWD_MS = 1447.0
+TARGETS = {
+    "speedup_vs_original": 1.4,
+    "flop_rate_vs_matmul": 0.5,
+    "zigzag_max_over_mean": 1.1,
+    "ring_vs_blockwise_memory": 1.15,
+    "memory_growth_per_doubling": 2.2,
+}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to benchmark (defaults: the full run)."""
+
+    quick: bool = False
+    """Small preset (~1-2 min): T=4096, causal only, fewer layouts, memory up to 16K."""
+    seq_len: int = 8192
+    """Sequence length T of the timed cases."""
+    heads: int = 4
+    """Query heads (and K/V heads)."""
+    head_dim: int = 64
+    """Head dimension."""
+    batch: int = 1
+    """Batch size."""
+    devices: int = 8
+    """Devices of the ring (fake CPU devices on CPU)."""
+    dtype: str = "float32"
+    """Input dtype (float32 or bfloat16)."""
+    repeats: int = 5
+    """Timed runs per case (after one warm-up run)."""
+    q_chunk: int | None = None
+    """Query chunk (None: the library default)."""
+    k_chunk: int | None = None
+    """Key chunk (None: the library default)."""
+    layouts: tuple[str, ...] = ("contiguous", "zigzag", "striped")
+    """Ring layouts timed."""
+    causal: tuple[bool, ...] = (False, True)
+    """Mask settings timed."""
+    dense_max_seq: int = 8192
+    """Largest T at which the dense reference is timed (it holds T x T scores)."""
+    mem_seq_lens: tuple[int, ...] = (2048, 4096, 8192, 16384, 32768, 65536)
+    """Sequence lengths of the memory table (compiled only, never run)."""
+    out: str = "results/attention.json"
+    """JSON output path."""
+    png: str = "results/attention.png"
+    """Plot output path ('' for none)."""
+
+
+QUICK = {
+    "seq_len": 4096,
+    "repeats": 3,
+    "layouts": ("contiguous", "zigzag"),
+    "causal": (True,),
+    "dense_max_seq": 0,
+    "mem_seq_lens": (2048, 4096, 8192, 16384),
+}
+
+
+def resolve(cfg: BenchConfig) -> BenchConfig:
+    """Applies the quick preset to every field still at its full-run default."""
+    if not cfg.quick:
+        return cfg
+    defaults = BenchConfig()
+    changes = {k: v for k, v in QUICK.items() if getattr(cfg, k) == getattr(defaults, k)}
+    return dataclasses.replace(cfg, **changes)
+
+
+@dataclass
+class Timing:
+    """Wall-clock runs of one case, in milliseconds."""
+
+    runs_ms: list[float] = field(default_factory=list)
+
+    @property
+    def median_ms(self) -> float:
+        s = sorted(self.runs_ms)
+        n = len(s)
+        return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def _time(fn, args, repeats: int) -> Timing:
+    import jax
+
+    jax.block_until_ready(fn(*args))  # compile + warm up
+    t = Timing()
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        t.runs_ms.append(1e3 * (time.perf_counter() - start))
+    return t
+
+
+def _matmul(repeats: int) -> Timing:
+    import jax
+    import jax.numpy as jnp
+
+    x = jax.random.normal(jax.random.key(0), (4096, 4096), jnp.float32)
+    return _time(jax.jit(lambda a: a @ a), (x,), repeats)
+
+
+def attention_flops(cfg: BenchConfig, causal: bool, backward: bool) -> float:
+    """Unmasked FLOPs of one call (see module docstring)."""
+    t = cfg.seq_len
+    visible = t * (t + 1) / 2 if causal else t * t
+    fwd = 4.0 * cfg.batch * cfg.heads * cfg.head_dim * visible
+    return 3.5 * fwd if backward else fwd
+
+
+def _cases(cfg: BenchConfig):
+    """(name, impl, layout, causal) of every timed case."""
+    for causal in cfg.causal:
+        if cfg.seq_len <= cfg.dense_max_seq:
+            yield "reference", "reference", "contiguous", causal
+        yield "blockwise", "blockwise", "contiguous", causal
+        for layout in cfg.layouts if causal else cfg.layouts[:1]:
+            yield f"ring[{layout}]", "ring", layout, causal
+
+
+def _build(cfg: BenchConfig, impl: str, layout: str, causal: bool, backward: bool, mesh):
+    """A jitted attention call (forward, or forward + VJP) and its placed inputs."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from rl_ring.attention import attention, permute
+    from rl_ring.sharding import batch_sharding
+
+    opts = {}
+    if cfg.q_chunk is not None:
+        opts["q_chunk"] = cfg.q_chunk
+    if cfg.k_chunk is not None:
+        opts["k_chunk"] = cfg.k_chunk
+    kw = {"impl": impl, "causal": causal, **(opts if impl != "reference" else {})}
+    if impl == "ring":
+        kw.update(mesh=mesh, layout=layout)
+
+    keys = jax.random.split(jax.random.key(1), 4)
+    shape = (cfg.batch, cfg.seq_len, cfg.heads, cfg.head_dim)
+    arrays = [jax.random.normal(k_, shape, jnp.float32).astype(cfg.dtype) for k_ in keys]
+    if impl == "ring":
+        n = mesh.shape["seq"]
+        arrays = [jax.device_put(permute(x, n, layout), batch_sharding(mesh, 4)) for x in arrays]
+    else:
+        one = NamedSharding(jax.sharding.Mesh(jax.devices()[:1], ("x",)), PartitionSpec())
+        arrays = [jax.device_put(x, one) for x in arrays]
+
+    f = lambda q, k, v: attention(q, k, v, **kw)
+    if not backward:
+        return jax.jit(f), arrays[:3]
+
+    def fwd_bwd(q, k, v, ct):
+        out, pullback = jax.vjp(f, q, k, v)
+        return out, pullback(ct)
+
+    return jax.jit(fwd_bwd), arrays
+
+
+def run_timings(cfg: BenchConfig, mesh) -> tuple[dict, dict]:
+    """Times every case; returns (cases, matmul)."""
+    matmul_runs = _matmul(cfg.repeats).runs_ms
+    cases = {}
+    listed = list(_cases(cfg))
+    for i, (name, impl, layout, causal) in enumerate(listed):
+        for backward in (False, True):
+            mode = "fwd_bwd" if backward else "fwd"
+            key = f"{name} {'causal' if causal else 'full'} {mode}"
+            fn, args = _build(cfg, impl, layout, causal, backward, mesh)
+            t = _time(fn, args, cfg.repeats)
+            del fn, args
+            flops = attention_flops(cfg, causal, backward)
+            cases[key] = {
+                "impl": impl, "layout": layout, "causal": causal, "mode": mode,
+                "devices": mesh.shape["seq"] if impl == "ring" else 1,
+                "runs_ms": [round(x, 2) for x in t.runs_ms],
+                "median_ms": round(t.median_ms, 2),
+                "gflops": flops / 1e9,
+                "gflop_per_s": round(flops / 1e9 / (t.median_ms / 1e3), 1),
+            }
+            print(f"  {key:40s} {t.median_ms:9.1f} ms  {cases[key]['gflop_per_s']:7.1f} GFLOP/s",
+                  flush=True)
+        if i == len(listed) // 2:
+            matmul_runs += _matmul(cfg.repeats).runs_ms
+    matmul_runs += _matmul(cfg.repeats).runs_ms
+    mm = Timing(matmul_runs)
+    matmul = {
+        "shape": [4096, 4096], "dtype": "float32", "runs_ms": [round(x, 2) for x in matmul_runs],
+        "median_ms": round(mm.median_ms, 2),
+        "gflop_per_s": round(2 * 4096**3 / 1e9 / (mm.median_ms / 1e3), 1),
+    }
+    for case in cases.values():
+        case["fraction_of_matmul"] = round(case["gflop_per_s"] / matmul["gflop_per_s"], 3)
+    return cases, matmul
+
+
+def memory_table(cfg: BenchConfig, mesh) -> dict:
+    """Per-device bytes of the compiled executables (``memory_analysis``), never run."""
+    import jax
+    import jax.numpy as jnp
+
+    from rl_ring.attention import attention
+
+    n = mesh.shape["seq"]
+    table = {}
+    for t in cfg.mem_seq_lens:
+        for impl, seq, devices in (("reference", t, 1), ("blockwise", t, 1),
+                                   ("blockwise", t // n, 1), ("ring", t, n)):
+            name = f"{impl}@{seq}" if impl != "ring" else f"ring{n}@{seq}"
+            if name in table:
+                continue
+            shape = (cfg.batch, seq, cfg.heads, cfg.head_dim)
+            x = jax.ShapeDtypeStruct(shape, jnp.dtype(cfg.dtype))
+            kw = {"impl": impl, "causal": True}
+            if impl == "ring":
+                kw.update(mesh=mesh, layout="zigzag")
+            f = lambda q, k, v, kw=kw: attention(q, k, v, **kw)
+            entry = {"impl": impl, "seq_len": seq, "devices": devices}
+            for mode, fn in (
+                ("fwd", f),
+                ("fwd_bwd", lambda q, k, v, f=f: jax.vjp(f, q, k, v)[1](q)),
+            ):
+                m = jax.jit(fn).lower(x, x, x).compile().memory_analysis()
+                total = (m.argument_size_in_bytes + m.output_size_in_bytes
+                         + m.temp_size_in_bytes - m.alias_size_in_bytes)
+                entry[mode] = {
+                    "argument": m.argument_size_in_bytes, "output": m.output_size_in_bytes,
+                    "temp": m.temp_size_in_bytes, "alias": m.alias_size_in_bytes, "total": total,
+                }
+            table[name] = entry
+            print(f"  memory {name:18s} fwd {entry['fwd']['total'] / 2**20:10.1f} MiB   "
+                  f"fwd+bwd {entry['fwd_bwd']['total'] / 2**20:10.1f} MiB", flush=True)
+    return table
+
+
+def balance_table(cfg: BenchConfig, n: int) -> dict:
+    """Causal chunk pairs per device for each layout (the kernels' own skip rule)."""
+    from rl_ring.attention import AttentionOptions, block_work
+
+    chunk = cfg.q_chunk or AttentionOptions().q_chunk
+    chunk = min(chunk, cfg.seq_len // n)
+    out = {}
+    for layout in ("contiguous", "zigzag", "striped"):
+        work = block_work(cfg.seq_len, n, layout, chunk, causal=True)
+        out[layout] = {
+            "chunk": chunk, "pairs_per_device": work.tolist(), "total": int(work.sum()),
+            "max_over_mean": round(float(work.max() / work.mean()), 3),
+        }
+    return out
+
+
+def evaluate_targets(cfg, cases, matmul, memory, balance, n) -> dict:
+    """Pass/fail per target; a target that could not be measured in this run is None."""
+    res = {}
+    ring_causal = {k: c for k, c in cases.items()
+                   if c["impl"] == "ring" and c["causal"] and c["mode"] == "fwd_bwd"}
+    if ring_causal and cfg.seq_len == 8192 and cfg.dtype == "float32":
+        best = min(ring_causal.values(), key=lambda c: c["median_ms"])
+        ms = best["median_ms"]
+        res["ring_causal_fwd_bwd_ms"] = {
+            "value": ms, "layout": best["layout"],
+            "limit": round(ORIGINAL_CAUSAL_FWD_BWD_MS / TARGETS["speedup_vs_original"], 1),
+            "speedup_vs_original_1447ms": round(ORIGINAL_CAUSAL_FWD_BWD_MS / ms, 2),
+            "pass": ms <= ORIGINAL_CAUSAL_FWD_BWD_MS / TARGETS["speedup_vs_original"],
+            "note": "absolute time: only comparable on the machine the 1447 ms was measured on",
+        }
+    if ring_causal:
+        best = max(ring_causal.values(), key=lambda c: c["fraction_of_matmul"])
+        res["flop_rate_vs_matmul"] = {
+            "value": best["fraction_of_matmul"], "case": f"ring[{best['layout']}] causal fwd_bwd",
+            "matmul_gflop_per_s": matmul["gflop_per_s"], "limit": TARGETS["flop_rate_vs_matmul"],
+            "pass": best["fraction_of_matmul"] >= TARGETS["flop_rate_vs_matmul"],
+        }
+    res["zigzag_max_over_mean"] = {
+        "value": balance["zigzag"]["max_over_mean"],
+        "contiguous": balance["contiguous"]["max_over_mean"],
+        "limit": TARGETS["zigzag_max_over_mean"],
+        "pass": balance["zigzag"]["max_over_mean"] <= TARGETS["zigzag_max_over_mean"],
+    }
+    ratios = {}
+    for t in cfg.mem_seq_lens:
+        ring, block = memory.get(f"ring{n}@{t}"), memory.get(f"blockwise@{t // n}")
+        if ring and block:
+            ratios[t] = {m: round(ring[m]["total"] / block[m]["total"], 3)
+                         for m in ("fwd", "fwd_bwd")}
+    if ratios:
+        worst = {m: max(r[m] for r in ratios.values()) for m in ("fwd", "fwd_bwd")}
+        res["ring_vs_blockwise_at_T_over_n_memory"] = {
+            "ratio_by_T": ratios, "worst": worst, "limit": TARGETS["ring_vs_blockwise_memory"],
+            "pass_fwd": worst["fwd"] <= TARGETS["ring_vs_blockwise_memory"],
+            "pass_fwd_bwd": worst["fwd_bwd"] <= TARGETS["ring_vs_blockwise_memory"],
+        }
+    growth = {}
+    for impl in ("reference", "blockwise", f"ring{n}"):
+        pts = sorted((e["seq_len"], e) for name, e in memory.items()
+                     if name.startswith(f"{impl}@") and e["seq_len"] in cfg.mem_seq_lens)
+        steps = [{m: round(b[m]["total"] / a[m]["total"], 3) for m in ("fwd", "fwd_bwd")}
+                 for (ta, a), (tb, b) in zip(pts, pts[1:], strict=False) if tb == 2 * ta]
+        if steps:
+            growth[impl] = {m: max(s[m] for s in steps) for m in ("fwd", "fwd_bwd")}
+    res["memory_growth_per_doubling"] = {
+        "max_by_impl": growth, "limit": TARGETS["memory_growth_per_doubling"],
+        "pass": all(g["fwd_bwd"] <= TARGETS["memory_growth_per_doubling"]
+                    for impl, g in growth.items() if impl != "reference"),
+        "note": "the limit applies to blockwise and ring; the dense reference grows as T^2",
+    }
+    return res
+
+
+def plot(path: str, result: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
+    cases = result["timings"]
+    names = list(cases)
+    ax = axes[0]
+    ax.barh(range(len(names)), [cases[k]["median_ms"] for k in names], color=[
+        "tab:gray" if cases[k]["impl"] == "reference" else
+        "tab:blue" if cases[k]["impl"] == "blockwise" else "tab:orange" for k in names])
+    ax.set_yticks(range(len(names)), [f"{k} ({cases[k]['fraction_of_matmul']:.0%} mm)"
+                                      for k in names], fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("median wall time [ms] (log)")
+    ax.set_title(f"T={result['config']['seq_len']}, matmul "
+                 f"{result['matmul']['gflop_per_s']:.0f} GFLOP/s")
+    ax.invert_yaxis()
+
+    ax = axes[1]
+    n = result["platform"]["ring_devices"]
+    for impl, style in (("reference", "s-"), ("blockwise", "o-"), (f"ring{n}", "^-")):
+        pts = sorted((e["seq_len"], e["fwd_bwd"]["total"]) for name, e in
+                     result["memory"].items() if name.startswith(f"{impl}@")
+                     and e["seq_len"] in result["config"]["mem_seq_lens"])
+        if pts:
+            ax.plot(*zip(*pts, strict=True), style, label=f"{impl} fwd+bwd")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("sequence length T")
+    ax.set_ylabel("bytes per device (compiled)")
+    ax.set_title("per-device memory")
+    ax.legend(fontsize=8)
+
+    ax = axes[2]
+    width = 0.27
+    for i, (layout, b) in enumerate(result["balance"].items()):
+        w = b["pairs_per_device"]
+        ax.bar([d + (i - 1) * width for d in range(len(w))], w, width,
+               label=f"{layout} (max/mean {b['max_over_mean']:.2f})")
+    ax.set_xlabel("device")
+    ax.set_ylabel("chunk pairs computed (causal)")
+    ax.set_title("causal work per device")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+
+
+def _set_device_count(n: int) -> None:
+    if "jax" in sys.modules:
+        raise RuntimeError("bench_attention sets XLA_FLAGS before JAX starts: run it as a script")
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
+def run(cfg: BenchConfig) -> dict:
+    """Runs the benchmark and writes the JSON (and PNG); returns the result."""
+    cfg = resolve(cfg)
+    _set_device_count(cfg.devices)
+    import jax
+
+    from rl_ring.attention import AttentionOptions
+    from rl_ring.sharding import make_mesh
+
+    if jax.device_count() < cfg.devices:
+        raise ValueError(f"--devices {cfg.devices} but only {jax.device_count()} "
+                         f"{jax.default_backend()} devices are available")
+    mesh = make_mesh(f"seq={cfg.devices}", jax.devices()[: cfg.devices])
+    print(f"attention benchmark: {jax.default_backend()} x{cfg.devices}, T={cfg.seq_len}, "
+          f"H={cfg.heads}, D={cfg.head_dim}, B={cfg.batch}, {cfg.dtype}", flush=True)
+    started = time.time()
+    cases, matmul = run_timings(cfg, mesh)
+    memory = memory_table(cfg, mesh)
+    balance = balance_table(cfg, cfg.devices)
+    defaults = AttentionOptions()
+    result = {
+        "config": dataclasses.asdict(cfg),
+        "chunks": {"q_chunk": cfg.q_chunk or defaults.q_chunk,
+                   "k_chunk": cfg.k_chunk or defaults.k_chunk},
+        "platform": {
+            "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
+            "ring_devices": cfg.devices, "jax": jax.__version__,
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(), "machine": platform.machine(),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        },
+        "flops_convention": "fwd = 4*B*H*D*visible pairs; fwd_bwd = 3.5 x fwd",
+        "matmul": matmul,
+        "timings": cases,
+        "memory": memory,
+        "balance": balance,
+        "seconds": round(time.time() - started, 1),
+    }
+    result["targets"] = evaluate_targets(cfg, cases, matmul, memory, balance, cfg.devices)
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, out)
+    if cfg.png:
+        plot(cfg.png, result)
+    print(f"matmul {matmul['gflop_per_s']} GFLOP/s; wrote {out} {cfg.png}")
+    for name, t in result["targets"].items():
+        print(f"  target {name}: {json.dumps(t)}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    import tyro
+
+    cfg = tyro.cli(BenchConfig, args=sys.argv[1:] if argv is None else argv)
+    run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

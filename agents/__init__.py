@@ -3,7 +3,8 @@ shared trajectory transformer.
 
 ``agents.get(name)`` returns the agent's module, which provides ``NAME``, ``Config`` (a
 frozen dataclass with a ``tiny()`` preset), ``make_sampler``, ``make_model``, ``loss_fn``,
-``make_layout`` and ``online_encoder``.
+``make_layout``, ``online_encoder`` and ``context_steps``. ``agents.policy`` turns a trained
+model into the evaluator's batched policy.
 """
 
 from __future__ import annotations
@@ -34,4 +35,11 @@ def names() -> tuple[str, ...]:
     return tuple(AGENTS)
 
 
-__all__ = ["AGENTS", "get", "names"]
+def eval_policy_from_checkpoint(checkpoint_dir, *, action_space=None, **options):
+    """A training run's agent as an evaluation policy (see :mod:`agents.policy`)."""
+    from agents.policy import eval_policy_from_checkpoint as build
+
+    return build(checkpoint_dir, action_space=action_space, **options)
+
+
+__all__ = ["AGENTS", "eval_policy_from_checkpoint", "get", "names"]

@@ -108,6 +108,12 @@ def make_model(
     return base.build_model(cfg.model, spec, layout, rngs=rngs)
 
 
+def context_steps(cfg: ADConfig, spec: base.DataSpec) -> int:
+    """Environment steps of context the model was trained on: one history window."""
+    del spec
+    return cfg.window_steps
+
+
 loss_fn = base.loss_fn
 
 

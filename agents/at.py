@@ -126,6 +126,14 @@ def make_model(
     return base.build_model(cfg.model, spec, layout, rngs=rngs)
 
 
+def context_steps(cfg: ATConfig, spec: base.DataSpec) -> int:
+    """Environment steps of context the model was trained on: a whole chain."""
+    steps = spec.max_episode_len or cfg.max_steps or 1
+    if cfg.max_steps is not None:
+        steps = min(steps, cfg.max_steps)
+    return cfg.num_trajectories * steps
+
+
 loss_fn = base.loss_fn
 
 

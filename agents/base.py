@@ -45,6 +45,8 @@ class DataSpec:
     """Upper bound of the action box (continuous; () when unknown)."""
     max_episode_len: int = 0
     """Longest episode in the data (0 when unknown)."""
+    max_return: float | None = None
+    """Best episode return in the data: the default target of return-conditioned agents."""
 
     @classmethod
     def from_store(cls, store: EpisodeStore) -> DataSpec:
@@ -65,6 +67,7 @@ class DataSpec:
             if lo.size and np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)) and np.all(hi > lo):
                 low, high = tuple(float(x) for x in lo), tuple(float(x) for x in hi)
         lengths = store.episode_lengths
+        returns = store.episode_returns
         return cls(
             obs_dim=store.obs_dim,
             act_dim=store.act_dim,
@@ -72,6 +75,7 @@ class DataSpec:
             action_low=low,
             action_high=high,
             max_episode_len=int(lengths.max()) if lengths.size else 0,
+            max_return=float(returns.max()) if returns.size else None,
         )
 
     @classmethod
@@ -110,9 +114,7 @@ class DataSpec:
 
 
 # ---------------------------------------------------------------------------------- model
-def model_config(
-    base: ModelConfig, spec: DataSpec, layout: TokenLayout
-) -> ModelConfig:
+def model_config(base: ModelConfig, spec: DataSpec, layout: TokenLayout) -> ModelConfig:
     """The agent's model options completed with the data's shapes and the layout's widths.
 
     Continuous actions are squashed into the data's action box when ``base.squash_actions``

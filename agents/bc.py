@@ -104,6 +104,12 @@ def make_model(
     return base.build_model(cfg.model, spec, layout, rngs=rngs)
 
 
+def context_steps(cfg: BCConfig, spec: base.DataSpec) -> int:
+    """Environment steps of context the model was trained on: one window of K steps."""
+    del spec
+    return cfg.context_steps
+
+
 loss_fn = base.loss_fn
 
 

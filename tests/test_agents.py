@@ -87,7 +87,10 @@ def test_model_shapes_come_from_the_data_and_layout():
 def test_data_spec_from_store_and_round_trip():
     store = store_with_exact_returns()
     spec = base.DataSpec.from_store(store)
-    assert spec == base.DataSpec(3, 2, False, (-1.0, -1.0), (1.0, 1.0), max_episode_len=7)
+    best = max(float(np.sum(store.episode(i)["rewards"], dtype=np.float64)) for i in range(5))
+    assert spec == base.DataSpec(
+        3, 2, False, (-1.0, -1.0), (1.0, 1.0), max_episode_len=7, max_return=best
+    )
     assert base.DataSpec.from_dict(spec.to_dict()) == spec
     # Without a declared box the observed range is used.
     bare = EpisodeStore.from_episodes(

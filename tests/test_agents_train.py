@@ -8,6 +8,8 @@ import pytest
 from flax import nnx
 
 import agents
+from agents import base
+from agents.policy import policy_from_model
 from rl_ring.data.store import EpisodeStore
 
 W = np.array([[1.5, -1.0, 0.5], [-0.5, 2.0, 1.0]], np.float32)  # [act, obs]
@@ -61,13 +63,48 @@ def train(name: str, discrete: bool, steps: int = 250, lr: float = 3e-3):
     start = float(eval_loss(params, held_out))
     for _ in range(steps):
         params, opt_state, _ = step(params, opt_state, sampler.next_batch().tokens())
-    return start, float(eval_loss(params, held_out))
+    return start, float(eval_loss(params, held_out)), nnx.merge(graphdef, params), store
+
+
+_TRAINED: dict = {}
+
+
+def trained(name, discrete):
+    if (name, discrete) not in _TRAINED:
+        _TRAINED[name, discrete] = train(name, discrete)
+    return _TRAINED[name, discrete]
 
 
 @pytest.mark.parametrize(
     "name, discrete", [("at", False), ("dt", False), ("bc", False), ("ad", True), ("at", True)]
 )
 def test_agent_learns_a_state_to_action_map(name, discrete):
-    start, end = train(name, discrete)
+    start, end, _, _ = trained(name, discrete)
     assert np.isfinite(start) and start > (0.5 if discrete else 0.1)
     assert end < 0.02 * start, f"{name}: held-out loss {start:.4f} -> {end:.4f}"
+
+
+@pytest.mark.parametrize("name, discrete", [("bc", False), ("ad", True)])
+def test_trained_agent_acts_the_map_through_the_evaluation_policy(name, discrete):
+    # The act rule end to end: online tokens, the predict token, the action read-out.
+    _, _, model, store = trained(name, discrete)
+    agent = agents.get(name)
+    cfg = agent.Config.tiny()
+    spec = base.DataSpec.from_store(store)
+    policy = policy_from_model(name, cfg, model, spec, agent.make_layout(cfg, store))
+    n, rng = 4, np.random.default_rng(7)
+    policy.reset(n, seeds=range(n))
+    policy.begin_trial(np.ones(n, bool))
+    got, want = [], []
+    for t in range(12):
+        obs = rng.normal(size=(n, 3)).astype(np.float32)
+        got.append(policy.act(obs, np.ones(n, bool)))
+        z = obs @ W.T
+        want.append(np.argmax(np.c_[z, np.zeros(n)], axis=1) if discrete else np.tanh(z))
+        ended = np.full(n, t == 11)
+        policy.observe(rng.random(n), ended, np.zeros(n, bool), np.ones(n, bool))
+    got, want = np.stack(got), np.stack(want)
+    if discrete:
+        assert np.mean(got == want) > 0.9, np.mean(got == want)
+    else:
+        assert np.mean(np.abs(got - want)) < 0.1, np.mean(np.abs(got - want))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.collect import collect_scripted
+from envs.collect import collect_random, collect_scripted
 from envs.learners.history import collect_histories, learning_curve
 from envs.learners.sac import SACConfig, train_sac
 
@@ -80,6 +80,12 @@ def scripted(out_dir: Path, *, episodes: int, seed: int) -> dict:
             for lv in levels
         }
         rows[env_id]["seconds"] = round(time.perf_counter() - start, 1)
+        rand = collect_random(env_id, episodes, seed=seed).episode_returns
+        rows[env_id]["random"] = {
+            "mean": float(rand.mean()),
+            "std": float(rand.std()),
+            "episodes": episodes,
+        }
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     for env_id, levels in SCRIPTED_LEVELS.items():

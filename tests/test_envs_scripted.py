@@ -43,7 +43,7 @@ EXPERT = {
     "dmc:point_mass-easy": 800.0,
 }
 # Noise levels whose mean returns are well separated (measured means: cartpole swing-up
-# 859 / 738 / 217, balance 1000 / 705 / 393, pendulum 817 / 652 / 12, point mass 892 / 742 / 161).
+# 859 / 738 / 217, balance 1000 / 705 / 393, pendulum 817 / 602 / 12, point mass 892 / 742 / 161).
 LEVELS = {
     "dmc:cartpole-swingup": (0.0, 1.0, 5.0),
     "dmc:cartpole-balance": (0.0, 2.0, 5.0),

@@ -49,13 +49,14 @@ def _ref_kwargs(kw, layout, n, b, t):
 
 
 def _check_ring(spec, layout="contiguous", kw=None, heads=(4, 2), dtype=jnp.float32, b=2,
-                t=T, chunks=(12, 20), seed=0):
+                t=T, chunks=(12, 20), seed=0, **options):
     mesh = _mesh(spec)
     n = mesh.shape[SEQ]
     q, k, v, ct = make_qkv(seed, b, t, heads[0], heads[1], 16, dtype)
     kw = _masks(b, t, n) if kw is None else kw
     fn = functools.partial(
-        attention, impl="ring", mesh=mesh, layout=layout, q_chunk=chunks[0], k_chunk=chunks[1], **kw
+        attention, impl="ring", mesh=mesh, layout=layout, q_chunk=chunks[0], k_chunk=chunks[1],
+        **options, **kw,
     )
     what = f"ring[{spec}, {layout}, {sorted(kw)}]"
     check_against_reference(fn, q, k, v, ct, what, **_ref_kwargs(kw, layout, n, b, t))
@@ -82,6 +83,10 @@ def test_ring_block_causal_zigzag_grouped_heads():
 
 def test_ring_heads_sharded_over_tensor_axis():
     _check_ring("seq=4,tensor=2", "zigzag")
+
+
+def test_ring_grads_accumulated_into_received_blocks():
+    _check_ring("seq=4", "zigzag", chunks=(16, 16), overlap_grads=False)
 
 
 def test_ring_bfloat16():

@@ -51,6 +51,8 @@ class KernelConfig:
     """Ring axis (ring.py only)."""
     axis_size: int = 1
     """Devices on the ring axis (ring.py only)."""
+    overlap_grads: bool = True
+    """Ring backward: overlap the dK/dV transfer with compute (ring.py only)."""
 
     @property
     def score_scale(self) -> float:
@@ -281,6 +283,8 @@ def block_backward(
     dq_t: jnp.ndarray,
     count: jnp.ndarray,
     cfg: KernelConfig,
+    dk: jnp.ndarray | None = None,
+    dv: jnp.ndarray | None = None,
 ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """Gradient contributions of one key/value block to one query block.
 
@@ -295,14 +299,17 @@ def block_backward(
             yet scaled (see :func:`finish_dq`); added to.
         count: int32 chunk pairs computed so far.
         cfg: static kernel configuration.
+        dk, dv: ``[nk, b, hk, k_chunk, d]`` float32 gradients to add this block's
+            contribution to (default zeros).
 
     Returns:
-        ``(dq_t, dk, dv, count)`` with ``dk``/``dv`` ``[nk, b, hk, k_chunk, d]`` float32: this
-        block's contribution only.
+        ``(dq_t, dk, dv, count)`` with ``dk``/``dv`` ``[nk, b, hk, k_chunk, d]`` float32.
     """
     kinds = block_kinds(q_info, k_info, cfg)
-    dk = match_varying(jnp.zeros(k.shape, _F32), q, k, dq_t)
-    dv = match_varying(jnp.zeros(v.shape, _F32), q, k, dq_t)
+    if dk is None:
+        dk = match_varying(jnp.zeros(k.shape, _F32), q, k, dq_t)
+    if dv is None:
+        dv = match_varying(jnp.zeros(v.shape, _F32), q, k, dq_t)
 
     def k_step(j, carry):
         dq_t, dk, dv, count = carry
@@ -331,8 +338,8 @@ def block_backward(
             )
             return lax.dynamic_update_index_in_dim(dq_t, dqi, i, 0), dkj, dvj, n
 
-        zeros = _index(dk, j)
-        dq_t, dkj, dvj, count = lax.fori_loop(0, q.shape[0], q_step, (dq_t, zeros, zeros, count))
+        start = (dq_t, _index(dk, j), _index(dv, j), count)
+        dq_t, dkj, dvj, count = lax.fori_loop(0, q.shape[0], q_step, start)
         return dq_t, _update(dk, dkj, j), _update(dv, dvj, j), count
 
     return lax.fori_loop(0, k.shape[0], k_step, (dq_t, dk, dv, count))
@@ -428,7 +435,7 @@ def kernel_config(q, k, *, causal, tokens_per_step, options: AttentionOptions, *
     return KernelConfig(
         causal=bool(causal), tokens_per_step=int(tokens_per_step), scale=scale,
         groups=q.shape[2] // k.shape[2], skip_chunks=options.skip_chunks, prescale=exact,
-        **ring,
+        overlap_grads=options.overlap_grads, **ring,
     )
 
 

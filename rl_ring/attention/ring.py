@@ -9,9 +9,11 @@ sends every device has seen every block; the last block is not sent on.
 
 The backward (custom VJP) makes the same tour. Each device computes its block's
 contribution to dq in place, and to dK/dV of the block it holds; dK/dV travel one hop
-behind their K/V block (the partial sums arriving from the predecessor are added after the
-local contribution is computed, so that transfer overlaps compute too), and a final hop
-brings every dK/dV back to the device that owns the block.
+behind their K/V block, and a final hop brings every dK/dV back to the device that owns the
+block. With ``overlap_grads`` (default) the partial sums arriving from the predecessor are
+added after the local contribution is computed, so that transfer overlaps compute too;
+without it the local contribution is added straight into the received sums, which keeps
+two fewer float32 blocks alive but waits for them before computing.
 """
 
 from __future__ import annotations
@@ -74,8 +76,10 @@ def ring_backward(q, k, v, out, lse, do, q_info, k_info, cfg):
     count = zero_count(q, k)
     q_in, q = q, scaled_queries(q, cfg)
 
-    def contribution(kv, dq, count):
-        return block_backward(q, kv[0], kv[1], do, lse_b, delta, q_info, kv[2], dq, count, cfg)
+    def contribution(kv, dq, count, dk=None, dv=None):
+        return block_backward(
+            q, kv[0], kv[1], do, lse_b, delta, q_info, kv[2], dq, count, cfg, dk, dv
+        )
 
     kv = (k, v, k_info)
     if n == 1:
@@ -89,14 +93,21 @@ def ring_backward(q, k, v, out, lse, do, q_info, k_info, cfg):
             nxt = lax.ppermute(kv, axis, _perm(n))
             # dK/dV of the block now here, summed over the devices it visited before.
             dk_in, dv_in = lax.ppermute((dk, dv), axis, _perm(n))
-            dq, dk_part, dv_part, count = contribution(kv, dq, count)
-            return nxt, dk_in + dk_part, dv_in + dv_part, dq, count
+            if cfg.overlap_grads:
+                dq, dk_part, dv_part, count = contribution(kv, dq, count)
+                return nxt, dk_in + dk_part, dv_in + dv_part, dq, count
+            dq, dk, dv, count = contribution(kv, dq, count, dk_in, dv_in)
+            return nxt, dk, dv, dq, count
 
         kv, dk, dv, dq, count = lax.fori_loop(1, n - 1, hop, (nxt, dk, dv, dq, count))
         dk_in, dv_in = lax.ppermute((dk, dv), axis, _perm(n))
-        dq, dk_part, dv_part, count = contribution(kv, dq, count)
+        if cfg.overlap_grads:
+            dq, dk_part, dv_part, count = contribution(kv, dq, count)
+            dk, dv = dk_in + dk_part, dv_in + dv_part
+        else:
+            dq, dk, dv, count = contribution(kv, dq, count, dk_in, dv_in)
         # The block held after the last hop belongs to the successor: send its grads home.
-        dk, dv = lax.ppermute((dk_in + dk_part, dv_in + dv_part), axis, _perm(n))
+        dk, dv = lax.ppermute((dk, dv), axis, _perm(n))
     return finish_dq(dq, cfg, q_in.dtype), dk.astype(k.dtype), dv.astype(v.dtype), count
 
 

@@ -74,10 +74,16 @@ def make_step_fn(
 def jit_step(
     step: Callable, state_shardings: TrainState, batch_shardings: dict, mesh: Mesh
 ) -> Callable:
-    """Jits ``step`` with explicit shardings; the incoming state's buffers are donated."""
+    """Jits ``step`` with explicit shardings; the incoming state's buffers are donated.
+
+    Inputs the loss never reads (e.g. ``target_ids`` for continuous actions) stay arguments
+    of the executable: they are on the device anyway, and the compiled memory analysis then
+    accounts for every buffer of the step.
+    """
     return jax.jit(
         step,
         in_shardings=(state_shardings, batch_shardings),
         out_shardings=(state_shardings, replicated(mesh)),
         donate_argnums=(0,),
+        keep_unused=True,
     )

@@ -318,10 +318,10 @@ def test_blockwise_ffn_never_keeps_the_whole_hidden_activation():
         attn_options=(("q_chunk", 128), ("k_chunk", 128)),
     )
     temp = {}
-    for remat in ("none", "dots", "full"):
+    for remat in ("none", "dots"):
         for chunk in (64, seq):
             cfg = base.replace(remat=remat, ffn_chunk=chunk)
             temp[remat, chunk] = step_memory(cfg, batch=1, seq=seq)["temp"]
         saved = temp[remat, seq] - temp[remat, 64]
         assert saved >= 1.5 * depth * hidden, f"remat={remat}: blockwise FFN saves {saved} bytes"
-    assert temp["full", 64] < temp["dots", 64] < temp["none", 64]
+    assert temp["dots", 64] < temp["none", 64]  # remat keeps less than no remat

@@ -325,3 +325,17 @@ def test_blockwise_ffn_never_keeps_the_whole_hidden_activation():
         saved = temp[remat, seq] - temp[remat, 64]
         assert saved >= 1.5 * depth * hidden, f"remat={remat}: blockwise FFN saves {saved} bytes"
     assert temp["dots", 64] < temp["none", 64]  # remat keeps less than no remat
+
+
+def test_bfloat16_compute_stays_within_bfloat16_tolerance_of_float32():
+    tok = at_tokens(seq=32)
+    out = {}
+    for dt in ("float32", "bfloat16"):
+        model = TrajectoryTransformer(tiny_cfg(dtype=dt, init_std=0.2), rngs=nnx.Rngs(0))
+        out[dt] = nnx.jit(nnx.value_and_grad(loss_of))(model, tok)
+        assert model(tok).dtype == jnp.float32  # predictions and loss stay float32
+    assert_trees_close(out["bfloat16"][0], out["float32"][0], dtype="bfloat16", what="loss")
+    assert_trees_close(
+        nnx.state(out["bfloat16"][1]), nnx.state(out["float32"][1]), dtype="bfloat16", what="grads"
+    )
+    assert float(out["bfloat16"][0]) != float(out["float32"][0])  # bf16 really was used

@@ -154,10 +154,9 @@ def _ring_counts(n: int, layout: str, t: int, chunk: int, causal: bool = True):
         )
         qc, q_info = B.prepare_queries(q, info, chunk, 2)
         kc, vc, k_info = B.prepare_keys(k, v, info, chunk)
-        out, lse, n_fwd = ring_forward(qc, kc, vc, q_info, k_info, cfg)
-        *_, n_bwd = ring_backward(
-            qc, kc, vc, out, lse, B.to_chunks(ct, chunk, 2), q_info, k_info, cfg
-        )
+        kv = jnp.stack([kc, vc])
+        out, lse, n_fwd = ring_forward(qc, kv, q_info, k_info, cfg)
+        *_, n_bwd = ring_backward(qc, kv, out, lse, B.to_chunks(ct, chunk, 2), q_info, k_info, cfg)
         return n_fwd[None], n_bwd[None]
 
     spec = P(None, SEQ)

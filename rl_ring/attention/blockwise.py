@@ -283,9 +283,8 @@ def block_backward(
     dq_t: jnp.ndarray,
     count: jnp.ndarray,
     cfg: KernelConfig,
-    dk: jnp.ndarray | None = None,
-    dv: jnp.ndarray | None = None,
-) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    dkv: jnp.ndarray | None = None,
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """Gradient contributions of one key/value block to one query block.
 
     Args:
@@ -299,20 +298,18 @@ def block_backward(
             yet scaled (see :func:`finish_dq`); added to.
         count: int32 chunk pairs computed so far.
         cfg: static kernel configuration.
-        dk, dv: ``[nk, b, hk, k_chunk, d]`` float32 gradients to add this block's
+        dkv: ``[2, nk, b, hk, k_chunk, d]`` float32 stacked dK and dV to add this block's
             contribution to (default zeros).
 
     Returns:
-        ``(dq_t, dk, dv, count)`` with ``dk``/``dv`` ``[nk, b, hk, k_chunk, d]`` float32.
+        ``(dq_t, dkv, count)`` with ``dkv`` ``[2, nk, b, hk, k_chunk, d]`` float32.
     """
     kinds = block_kinds(q_info, k_info, cfg)
-    if dk is None:
-        dk = match_varying(jnp.zeros(k.shape, _F32), q, k, dq_t)
-    if dv is None:
-        dv = match_varying(jnp.zeros(v.shape, _F32), q, k, dq_t)
+    if dkv is None:
+        dkv = match_varying(jnp.zeros((2, *k.shape), _F32), q, k, dq_t)
 
     def k_step(j, carry):
-        dq_t, dk, dv, count = carry
+        dq_t, dkv, count = carry
         kj, vj, kj_info = _index(k, j), _index(v, j), _index(k_info, j)
         kj_t = jnp.swapaxes(kj, 2, 3)
 
@@ -338,11 +335,13 @@ def block_backward(
             )
             return lax.dynamic_update_index_in_dim(dq_t, dqi, i, 0), dkj, dvj, n
 
-        start = (dq_t, _index(dk, j), _index(dv, j), count)
+        dkv_j = lax.dynamic_index_in_dim(dkv, j, axis=1, keepdims=False)
+        start = (dq_t, dkv_j[0], dkv_j[1], count)
         dq_t, dkj, dvj, count = lax.fori_loop(0, q.shape[0], q_step, start)
-        return dq_t, _update(dk, dkj, j), _update(dv, dvj, j), count
+        dkv = lax.dynamic_update_index_in_dim(dkv, jnp.stack([dkj, dvj]), j, 1)
+        return dq_t, dkv, count
 
-    return lax.fori_loop(0, k.shape[0], k_step, (dq_t, dk, dv, count))
+    return lax.fori_loop(0, k.shape[0], k_step, (dq_t, dkv, count))
 
 
 def scaled_queries(q: jnp.ndarray, cfg: KernelConfig) -> jnp.ndarray:
@@ -385,11 +384,11 @@ def _forward(q, k, v, q_info, k_info, cfg):
 
 
 def _backward(q, k, v, out, lse, do, q_info, k_info, cfg):
-    dq_t, dk, dv, count = block_backward(
+    dq_t, dkv, count = block_backward(
         scaled_queries(q, cfg), k, v, do, C.backward_lse(lse), output_delta(out, do),
         q_info, k_info, zero_dq_t(q, k), zero_count(q, k), cfg,
     )
-    return finish_dq(dq_t, cfg, q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), count
+    return finish_dq(dq_t, cfg, q.dtype), dkv[0].astype(k.dtype), dkv[1].astype(v.dtype), count
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))

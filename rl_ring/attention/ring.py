@@ -41,6 +41,7 @@ from rl_ring.attention.blockwise import (
     zero_count,
     zero_dq_t,
 )
+from rl_ring.attention.masks import TokenInfo
 from rl_ring.attention.options import AttentionOptions, check_qkv, resolve_options
 
 
@@ -48,87 +49,114 @@ def _perm(n: int) -> list[tuple[int, int]]:
     return [(i, (i + 1) % n) for i in range(n)]
 
 
-def ring_forward(q, k, v, q_info, k_info, cfg):
-    """Forward over chunked local blocks; returns ``(out, lse, computed chunk pairs)``."""
+def pack_info(info: TokenInfo) -> jnp.ndarray:
+    """Positions, segment ids and validity stacked into one int32 array (one transfer)."""
+    fields = [f.astype(jnp.int32) for f in info if f is not None]
+    return jnp.stack(fields)
+
+
+def unpack_info(packed: jnp.ndarray, like: TokenInfo) -> TokenInfo:
+    """Inverse of :func:`pack_info`; ``like`` says which fields are present."""
+    fields, i = [], 0
+    for name, f in zip(like._fields, like, strict=True):
+        if f is None:
+            fields.append(None)
+            continue
+        x = packed[i]
+        fields.append(x.astype(bool) if name == "valid" else x)
+        i += 1
+    return TokenInfo(*fields)
+
+
+def ring_forward(q, kv, q_info, k_info, cfg):
+    """Forward over chunked local blocks; returns ``(out, lse, computed chunk pairs)``.
+
+    ``kv`` is ``[2, nk, b, hk, k_chunk, d]``: keys and values stacked so that a hop is one
+    transfer for K/V and one for their token info.
+    """
     n, axis = cfg.axis_size, cfg.axis_name
-    state, count = init_state(q, k), zero_count(q, k)
+    state, count = init_state(q, kv), zero_count(q, kv)
     q_in, q = q, scaled_queries(q, cfg)
 
-    def hop(_, carry):
-        kv, state, count = carry
-        nxt = lax.ppermute(kv, axis, _perm(n))  # in flight while this block is computed
-        state, count = block_forward(q, kv[0], kv[1], q_info, kv[2], state, count, cfg)
-        return nxt, state, count
+    def fold(kv, info, state, count):
+        k_info_here = unpack_info(info, k_info)
+        return block_forward(q, kv[0], kv[1], q_info, k_info_here, state, count, cfg)
 
-    kv = (k, v, k_info)
+    def hop(_, carry):
+        kv, info, state, count = carry
+        nxt = lax.ppermute((kv, info), axis, _perm(n))  # in flight during this block's compute
+        state, count = fold(kv, info, state, count)
+        return (*nxt, state, count)
+
+    info = pack_info(k_info)
     if n > 1:
-        kv, state, count = lax.fori_loop(0, n - 1, hop, (kv, state, count))
-    state, count = block_forward(q, kv[0], kv[1], q_info, kv[2], state, count, cfg)
+        kv, info, state, count = lax.fori_loop(0, n - 1, hop, (kv, info, state, count))
+    state, count = fold(kv, info, state, count)
     out, lse = C.finalize(state)
     return out.astype(q_in.dtype), lse, count
 
 
-def ring_backward(q, k, v, out, lse, do, q_info, k_info, cfg):
-    """Backward over chunked local blocks; returns ``(dq, dk, dv, computed chunk pairs)``."""
+def ring_backward(q, kv, out, lse, do, q_info, k_info, cfg):
+    """Backward over chunked local blocks; returns ``(dq, dkv, computed chunk pairs)``."""
     n, axis = cfg.axis_size, cfg.axis_name
     lse_b, delta = C.backward_lse(lse), output_delta(out, do)
-    dq = zero_dq_t(q, k)
-    count = zero_count(q, k)
+    dq = zero_dq_t(q, kv)
+    count = zero_count(q, kv)
     q_in, q = q, scaled_queries(q, cfg)
 
-    def contribution(kv, dq, count, dk=None, dv=None):
+    def contribution(kv, info, dq, count, dkv=None):
+        k_info_here = unpack_info(info, k_info)
         return block_backward(
-            q, kv[0], kv[1], do, lse_b, delta, q_info, kv[2], dq, count, cfg, dk, dv
+            q, kv[0], kv[1], do, lse_b, delta, q_info, k_info_here, dq, count, cfg, dkv
         )
 
-    kv = (k, v, k_info)
+    info = pack_info(k_info)
     if n == 1:
-        dq, dk, dv, count = contribution(kv, dq, count)
+        dq, dkv, count = contribution(kv, info, dq, count)
     else:
-        nxt = lax.ppermute(kv, axis, _perm(n))
-        dq, dk, dv, count = contribution(kv, dq, count)
+        nxt = lax.ppermute((kv, info), axis, _perm(n))
+        dq, dkv, count = contribution(kv, info, dq, count)
 
         def hop(_, carry):
-            kv, dk, dv, dq, count = carry
-            nxt = lax.ppermute(kv, axis, _perm(n))
-            # dK/dV of the block now here, summed over the devices it visited before.
-            dk_in, dv_in = lax.ppermute((dk, dv), axis, _perm(n))
+            (kv, info), dkv, dq, count = carry
+            nxt = lax.ppermute((kv, info), axis, _perm(n))
+            dkv_in = lax.ppermute(dkv, axis, _perm(n))
             if cfg.overlap_grads:
-                dq, dk_part, dv_part, count = contribution(kv, dq, count)
-                return nxt, dk_in + dk_part, dv_in + dv_part, dq, count
-            dq, dk, dv, count = contribution(kv, dq, count, dk_in, dv_in)
-            return nxt, dk, dv, dq, count
+                dq, dkv_part, count = contribution(kv, info, dq, count)
+                return nxt, dkv_in + dkv_part, dq, count
+            dq, dkv, count = contribution(kv, info, dq, count, dkv_in)
+            return nxt, dkv, dq, count
 
-        kv, dk, dv, dq, count = lax.fori_loop(1, n - 1, hop, (nxt, dk, dv, dq, count))
-        dk_in, dv_in = lax.ppermute((dk, dv), axis, _perm(n))
+        (kv, info), dkv, dq, count = lax.fori_loop(1, n - 1, hop, (nxt, dkv, dq, count))
+        dkv_in = lax.ppermute(dkv, axis, _perm(n))
         if cfg.overlap_grads:
-            dq, dk_part, dv_part, count = contribution(kv, dq, count)
-            dk, dv = dk_in + dk_part, dv_in + dv_part
+            dq, dkv_part, count = contribution(kv, info, dq, count)
+            dkv = dkv_in + dkv_part
         else:
-            dq, dk, dv, count = contribution(kv, dq, count, dk_in, dv_in)
+            dq, dkv, count = contribution(kv, info, dq, count, dkv_in)
         # The block held after the last hop belongs to the successor: send its grads home.
-        dk, dv = lax.ppermute((dk, dv), axis, _perm(n))
-    return finish_dq(dq, cfg, q_in.dtype), dk.astype(k.dtype), dv.astype(v.dtype), count
+        dkv = lax.ppermute(dkv, axis, _perm(n))
+    return finish_dq(dq, cfg, q_in.dtype), dkv.astype(kv.dtype), count
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _ring_chunked(q, k, v, q_info, k_info, cfg):
-    return ring_forward(q, k, v, q_info, k_info, cfg)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _ring_chunked(q, kv, q_info, k_info, cfg):
+    return ring_forward(q, kv, q_info, k_info, cfg)[0]
 
 
-def _ring_chunked_fwd(q, k, v, q_info, k_info, cfg):
+def _ring_chunked_fwd(q, kv, q_info, k_info, cfg):
     # Ties the masks' inputs to q/k/v: inside a scan over layers, JAX would otherwise hoist
     # the loop-invariant mask work out of the scan and store every chunk pair's mask at once
     # (a [T, T] buffer). The barrier is an identity; blockwise.py does the same.
-    q, k, v, q_info, k_info = lax.optimization_barrier((q, k, v, q_info, k_info))
-    out, lse, _ = ring_forward(q, k, v, q_info, k_info, cfg)
-    return out, (q, k, v, out, lse, q_info, k_info)
+    q, kv, q_info, k_info = lax.optimization_barrier((q, kv, q_info, k_info))
+    out, lse, _ = ring_forward(q, kv, q_info, k_info, cfg)
+    return out, (q, kv, out, lse, q_info, k_info)
 
 
 def _ring_chunked_bwd(cfg, res, do):
-    q, k, v, out, lse, q_info, k_info = res
-    dq, dk, dv, _ = ring_backward(q, k, v, out, lse, do, q_info, k_info, cfg)
-    return dq, dk, dv, None, None
+    q, kv, out, lse, q_info, k_info = res
+    dq, dkv, _ = ring_backward(q, kv, out, lse, do, q_info, k_info, cfg)
+    return dq, dkv, None, None
 
 
 _ring_chunked.defvjp(_ring_chunked_fwd, _ring_chunked_bwd)
@@ -191,7 +219,7 @@ def ring_attention(
     )
     qc, q_info = prepare_queries(q, info, chunk_len(options.q_chunk, t), hk)
     kc, vc, k_info = prepare_keys(k, v, info, chunk_len(options.k_chunk, t))
-    out = _ring_chunked(qc, kc, vc, q_info, k_info, cfg)
+    out = _ring_chunked(qc, jnp.stack([kc, vc]), q_info, k_info, cfg)
     return from_chunks(out, h)[:, :t]
 
 

@@ -4,17 +4,20 @@ trained model, bad configurations fail before any compute."""
 
 from __future__ import annotations
 
+import json
+
 import jax
 import numpy as np
 import pytest
 
 import agents
 from rl_ring.data.store import EpisodeStore
-from rl_ring.train import TrainConfig, load_checkpoint, train
+from rl_ring.train import TrainConfig, load_checkpoint, saved_config, train
 from rl_ring.train.checkpoint import Checkpointer
 from rl_ring.train.cli import main as cli_main
 from rl_ring.train.metrics import read_metrics
 from rl_ring.train.optim import OptimConfig
+from rl_ring.train.plan import main as plan_main
 
 W = np.array([[1.5, -1.0, 0.5], [-0.5, 2.0, 1.0]], np.float32)  # [act, obs]
 # Losses of the same f32 step on different meshes: reduction order and the online softmax
@@ -58,13 +61,19 @@ def _cfg(tmp_path, data, agent="at", name="run", **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-@pytest.mark.parametrize("agent, discrete", [("at", False), ("dt", False), ("bc", False),
-                                             ("ad", True)])
-def test_every_agent_learns_through_train(tmp_path, data_dirs, agent, discrete):
-    res = train(_cfg(tmp_path, data_dirs[discrete], agent=agent))
+@pytest.mark.parametrize("agent, discrete, dtype", [
+    ("at", False, "bfloat16"), ("dt", False, "float32"), ("bc", False, "float32"),
+    ("ad", True, "float32"),
+])
+def test_every_agent_learns_through_train(tmp_path, data_dirs, agent, discrete, dtype):
+    res = train(_cfg(tmp_path, data_dirs[discrete], agent=agent, steps=150,
+                     compute_dtype=dtype))
     start, end = res.losses[:3].mean(), res.losses[-10:].mean()
     assert np.isfinite(res.losses).all()
     assert end < 0.1 * start, f"{agent}: loss {start:.4f} -> {end:.4f}"
+    # bfloat16 compute keeps float32 parameters (and optimiser moments)
+    assert {x.dtype for x in jax.tree.leaves(res.state.params)} == {np.dtype("float32")}
+    assert res.model.cfg.dtype == dtype
 
 
 def test_ring_meshes_follow_the_single_device_reference(tmp_path, data_dirs):
@@ -76,7 +85,13 @@ def test_ring_meshes_follow_the_single_device_reference(tmp_path, data_dirs):
         "data=2,seq=4 zigzag": train(_cfg(tmp_path, data_dirs[False], name="d2s4",
                                           mesh="data=2,seq=4", devices=8, attention="ring",
                                           layout="zigzag", **kw)),
+        # parameters and Adam moments sharded by the partition rules over fsdp and tensor
+        "fsdp=2,seq=2,tensor=2": train(_cfg(tmp_path, data_dirs[False], name="fst",
+                                            mesh="fsdp=2,seq=2,tensor=2", devices=8,
+                                            attention="ring", **kw)),
     }
+    kernel = runs["fsdp=2,seq=2,tensor=2"].state.params["blocks"]["attn"]["wq"]["kernel"]
+    assert kernel.sharding.spec == (None, "fsdp", "tensor")
     assert ref.losses.shape == (4,) and ref.losses[0] > 0.05
     for name, res in runs.items():
         np.testing.assert_allclose(res.losses, ref.losses, rtol=MESH_RTOL, err_msg=name)
@@ -110,10 +125,23 @@ def test_cli_trains_and_load_checkpoint_returns_the_model(tmp_path, data_dirs, c
     batch = sampler.next_batch().tokens()
     loss, _ = agent.loss_fn(model, batch)
     assert np.isfinite(float(loss))
+    # The whole train state restored by a resumed run (nothing left to train) holds the
+    # same parameters, bit for bit.
+    again = train(saved_config(workdir))
+    assert again.start_step == again.step == 30
+    assert all(jax.tree.leaves(jax.tree.map(
+        lambda a, b: bool(np.array_equal(a, b)), loaded, again.state.params)))
     earlier, _, _, _ = load_checkpoint(workdir, step=20)
     assert not all(jax.tree.leaves(jax.tree.map(
         lambda a, b: bool(np.array_equal(a, b)), loaded,
         nnx.to_pure_dict(nnx.state(earlier, nnx.Param)))))
+    # `rl-ring plan WORKDIR` compiles this run's step: same model, same batch shape
+    out = tmp_path / "plan.json"
+    assert plan_main([str(workdir), "--json-out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["num_params"] == sum(x.size for x in jax.tree.leaves(loaded))
+    assert report["seq_len"] == meta["batch_shape"]["seq_len"] == batch["kind"].shape[1]
+    assert report["batch_size"] == 8 and report["devices"] == 1
 
 
 @pytest.mark.parametrize("argv, match", [

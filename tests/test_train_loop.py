@@ -21,6 +21,8 @@ from rl_ring.train.loader import MeshLoader, host_share
 from rl_ring.train.loop import NonFiniteError, make_run_mesh, run
 from rl_ring.train.metrics import read_metrics
 from rl_ring.train.optim import OptimConfig, make_optimizer
+from rl_ring.train.state import build_state
+from rl_ring.train.step import jit_step, make_step_fn
 
 # f32 losses of the same math on different meshes differ only by reduction order.
 F32_RTOL = 2e-5
@@ -120,7 +122,7 @@ def test_sharded_step_matches_plain_loop(tmp_path, mesh, devices):
 
 
 def test_training_lowers_loss_and_logs_metrics(tmp_path):
-    cfg = _cfg(tmp_path, steps=200, log_every=50, ckpt_every=100)
+    cfg = _cfg(tmp_path, steps=200, log_every=50, ckpt_every=100, tensorboard=True)
     res = run(standin_recipe(), cfg)
     assert res.step == 200 and res.losses.shape == (200,)
     start, end = res.losses[:5].mean(), res.losses[-20:].mean()
@@ -138,6 +140,11 @@ def test_training_lowers_loss_and_logs_metrics(tmp_path):
     assert res.tokens_per_s > 0 and res.compile_s > 0
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["config"]["steps"] == 200 and saved["agent"] == "standin"
+    assert saved["batch_shape"] == {"batch_size": 4, "seq_len": 16, "feature_dim": 3,
+                                    "target_dim": 2}
+    (events,) = (tmp_path / "run" / "tb").glob("events.out.tfevents.*")
+    blob = events.read_bytes()
+    assert b"loss" in blob and b"tokens_per_s" in blob and b"grad_norm" in blob
 
 
 # ------------------------------------------------------------------ resume, checkpoints
@@ -164,6 +171,9 @@ def test_resume_after_crash_is_bitwise_identical(tmp_path):
     assert resumed.start_step == 20 and resumed.step == 30
     assert _tree_equal(full.state, resumed.state)
     np.testing.assert_array_equal(full.losses[20:], resumed.losses)
+    # the hook's results were logged under eval/ at every eval_every step until the crash
+    probes = [r["step"] for r in read_metrics(tmp_path / "crashed") if "eval/probe" in r]
+    assert probes == [5, 10, 15, 20]
 
 
 def test_resume_refuses_a_different_configuration(tmp_path):
@@ -242,6 +252,20 @@ def test_bad_configs_fail_before_any_compute(tmp_path):
     _never_built(tmp_path, r"compute_dtype='float16'", compute_dtype="float16")
     _never_built(tmp_path, r"optim.lr=-1.0", optim=OptimConfig(lr=-1.0))
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_step_donates_the_incoming_state():
+    mesh = make_run_mesh(TrainConfig(mesh="seq=1", devices=1))
+    tx, sched = make_optimizer(OptimConfig(), 10)
+    state, shardings, parts = build_state(lambda r: StandInModel(r), tx, 0, mesh)
+    loader = MeshLoader(mesh, 2)
+    batch = StandInSampler(batch_size=2, seed=0).next_batch()
+    step = jit_step(make_step_fn(parts, loss_fn, tx, sched, mesh=mesh), shardings,
+                    loader.shardings(batch), mesh)
+    old = state.params["inp"]["kernel"]
+    new, metrics = step(state, loader.place(batch))
+    assert old.is_deleted() and not new.params["inp"]["kernel"].is_deleted()
+    assert int(new.step) == 1 and float(metrics["lr"]) == float(sched(0))
 
 
 # ------------------------------------------------------------------ the loader

@@ -233,6 +233,31 @@ def config_from_meta(meta: dict[str, Any]) -> TrainConfig:
     return cfg
 
 
+def shape_from_workdir(workdir: str | os.PathLike):
+    """The :class:`~rl_ring.train.presets.StepShape` of a run's training step (for plan)."""
+    from flax import nnx
+
+    from agents import base
+    from rl_ring.train.presets import StepShape
+
+    meta = checkpoint_meta(workdir)
+    cfg = config_from_meta(meta)
+    if "batch_shape" not in meta:
+        raise ValueError(f"{workdir}: the checkpoint does not record its batch shape")
+    spec = base.DataSpec.from_dict(meta["data_spec"])
+    module = agent_module(cfg.agent)
+    model = nnx.eval_shape(
+        lambda: module.make_model(cfg.agent_config, spec, rngs=nnx.Rngs(0))).cfg
+    return StepShape(
+        name=str(workdir), agent=cfg.agent, model=model,
+        batch_size=meta["batch_shape"]["batch_size"],
+        steps_per_sequence=meta["batch_shape"]["seq_len"], tokens_per_step=1,
+        mesh=cfg.mesh or (f"seq={cfg.devices}" if cfg.devices else "seq=1"),
+        compute_dtype=cfg.compute_dtype, description=f"the run in {workdir}",
+        target_dim=meta["batch_shape"]["target_dim"],
+    )
+
+
 def saved_config(workdir: str | os.PathLike) -> TrainConfig:
     """The TrainConfig of the latest checkpoint in ``workdir``."""
     return config_from_meta(checkpoint_meta(workdir))

@@ -162,8 +162,15 @@ def run(recipe: Recipe, cfg: TrainConfig, *, eval_fn: EvalFn | None = None) -> T
         state, _, _ = build_state(recipe.make_model, tx, cfg.seed, mesh, recipe.param_specs)
         sampler.load_state_dict(fresh_sampler_state)
         wall_offset = 0.0
+    recipe_meta = {
+        **recipe.meta,
+        # The global batch's shape, so `rl-ring plan WORKDIR` can compile the same step.
+        "batch_shape": {"batch_size": cfg.batch_size, "seq_len": int(example.shape[1]),
+                        "feature_dim": int(example.values.shape[2]),
+                        "target_dim": int(example.target.shape[2])},
+    }
     if lead:
-        _write_config(workdir, cfg_dict, recipe.meta)
+        _write_config(workdir, cfg_dict, recipe_meta)
 
     step_fn = jit_step(
         make_step_fn(parts, recipe.loss_fn, tx, schedule, mesh=mesh, dtype=cfg.compute_dtype),
@@ -236,7 +243,7 @@ def run(recipe: Recipe, cfg: TrainConfig, *, eval_fn: EvalFn | None = None) -> T
             if save_now:
                 if not bool(_all_finite(state.params)):
                     stop(step, "params", float("nan"))
-                meta = {**recipe.meta, "step": step, "config": cfg_dict,
+                meta = {**recipe_meta, "step": step, "config": cfg_dict,
                         "sampler": sampler_state, "wall_time": wall()}
                 ckpt.save(step, state, meta)
             if eval_now and eval_fn is not None:

@@ -155,7 +155,8 @@ def plan_step(shape, mesh_spec: str | None = None, *, optim=None, loss_fn=None) 
     tx, schedule = make_optimizer(optim or OptimConfig(), 1000)
     state, shardings, parts = build_state(make_model, tx, 0, mesh, rule_specs, materialize=False)
     loader = MeshLoader(mesh, shape.batch_size, model_cfg.attn_layout)
-    b, t, f, a = shape.batch_size, shape.seq_len, shape.feature_dim, model_cfg.act_dim
+    b, t, f = shape.batch_size, shape.seq_len, shape.feature_dim
+    a = shape.target_dim if shape.target_dim is not None else model_cfg.act_dim
     loader.check_seq_len(t)
     shapes = {"kind": (b, t), "values": (b, t, f), "positions": (b, t), "timesteps": (b, t),
               "segment_ids": (b, t), "valid": (b, t), "target": (b, t, a),
@@ -196,7 +197,7 @@ def resolve_shape(args: PlanArgs):
     if args.config in SHAPES:
         shape = get_shape(args.config)
     elif Path(args.config).is_dir():
-        from rl_ring.train.recipe import shape_from_workdir
+        from rl_ring.train.api import shape_from_workdir
 
         shape = shape_from_workdir(args.config)
     else:

@@ -58,6 +58,8 @@ class StepShape:
     """Optimiser settings of a training run from this preset."""
     steps: int = 1000
     """Training steps of a run from this preset."""
+    target_dim: int | None = None
+    """Width of ``TokenBatch.target`` (default: the model's action size)."""
 
     @property
     def seq_len(self) -> int:

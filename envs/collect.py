@@ -4,7 +4,7 @@
         --format exorl --out data/cartpole_scripted
     rl-ring collect darkroom --policy qlearning --tasks train --episodes-per-history 100 \\
         --out data/darkroom_histories
-    rl-ring collect dmc:cartpole-swingup --policy sac --steps 50000 --format exorl --out data/sac
+    rl-ring collect dmc:cartpole-swingup --policy sac --steps 100000 --format exorl --out data/sac
 
 Policies: ``random`` (any env), ``scripted`` (controllers and grid oracles of
 :mod:`envs.scripted`, with ``--noise`` levels), ``qlearning`` / ``ucb`` / ``thompson``
@@ -45,7 +45,7 @@ FORMATS = ("store", "exorl", "d4rl", "minari")
 class CollectConfig:
     """Options of ``rl-ring collect``."""
 
-    env: Annotated[str, tyro.conf.Positional]
+    env: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="ENV")]
     """Env id (see envs.list_envs()), e.g. dmc:cartpole-swingup, gym:Hopper-v5, darkroom."""
     out: Path
     """Output: a directory (store, exorl buffer, minari dataset) or a .hdf5 file (d4rl)."""
@@ -66,14 +66,14 @@ class CollectConfig:
     histories: int | None = None
     """Number of learning histories (default: episodes / episodes_per_history, else one per
     task of the split)."""
-    steps: int = 50_000
+    steps: int = 100_000
     """Env steps of a SAC run (rounded up to whole episodes)."""
     sac_hidden: int = SACConfig.hidden
     """Hidden width of the SAC networks."""
     eval_every: int = 0
     """SAC: evaluate the deterministic policy every this many env steps (0: never)."""
     dataset_id: str | None = None
-    """Minari dataset id (default rl_ring/<env>/<policy>-v0)."""
+    """Minari dataset id (default: the --out directory's name, with -v0 added if unversioned)."""
     quiet: bool = False
     """No progress bar."""
 
@@ -216,9 +216,7 @@ def write(store: EpisodeStore, fmt: str, out: Path, *, dataset_id: str | None = 
         path.parent.mkdir(parents=True, exist_ok=True)
         writer(store, path)
         return path
-    env_slug = str(store.metadata.get("env_id", "env")).replace(":", "-")
-    ds_id = dataset_id or f"rl_ring/{env_slug}/{store.metadata.get('policy', 'data')}-v0"
-    writer(store, out, dataset_id=ds_id)
+    writer(store, out, dataset_id=dataset_id)
     return out
 
 

@@ -19,6 +19,17 @@ from envs.registry import (
 )
 from envs.scripted import make_policy, scripted_envs
 
+
+def source_learning_curve(*args, **kwargs):
+    """The source learner's learning curve, ``(mean, sem)`` per episode of a history.
+
+    See :func:`envs.learners.history.source_learning_curve` (imported on first use).
+    """
+    from envs.learners.history import source_learning_curve as curve
+
+    return curve(*args, **kwargs)
+
+
 __all__ = [
     "EnvInfo",
     "UnknownEnvError",
@@ -28,6 +39,7 @@ __all__ = [
     "make_policy",
     "optimal_return",
     "scripted_envs",
+    "source_learning_curve",
     "space_dict",
     "task_split",
 ]

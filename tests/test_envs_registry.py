@@ -201,3 +201,32 @@ def test_exorl_custom_domains(domain):
     assert steps == env.spec.max_episode_steps and trunc and not term
     obs3, _ = env.reset(seed=0)
     np.testing.assert_array_equal(obs3, obs)  # reseeding reproduces the reset
+
+
+def test_dmc_rgb_array_render_with_egl():
+    """Rendering needs a GL backend chosen before MuJoCo loads: run it in a subprocess."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, envs\n"
+        "env = envs.make('dmc:cartpole-swingup', seed=0, render_mode='rgb_array',"
+        " render_size=(48, 64))\n"
+        "env.reset()\n"
+        "a = env.render()\n"
+        "for _ in range(30): env.step(np.ones(1, np.float32))\n"
+        "b = env.render()\n"
+        "print(a.shape, a.dtype, float(a.std()) > 0, bool((a != b).any()))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "MUJOCO_GL": "egl"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if proc.returncode != 0 and "EGL" in proc.stderr:
+        pytest.skip(f"no EGL here: {proc.stderr.strip().splitlines()[-1]}")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "(48, 64, 3) uint8 True True"

@@ -139,15 +139,17 @@ Rule = tuple[str, PartitionSpec]
 
 P = PartitionSpec
 
-# The trajectory transformer (rl_ring.models). Weight matrices split their input features
-# over fsdp and their output features (heads, FFN hidden) over tensor; the second matmul of
-# each pair is transposed so activations between the two stay tensor-sharded. Vectors and the
-# small per-kind input maps stay replicated. Scanned layers carry a leading layer axis that
-# match_partition_rules leaves unsharded.
+# The trajectory transformer (rl_ring.models). Weight matrices of the layers split their
+# input features over fsdp and their output features (heads, FFN hidden) over tensor; the
+# second matmul of each pair is transposed so activations between the two stay
+# tensor-sharded. Embedding tables, per-kind input maps, the action head and vectors are small
+# and stay replicated: a table sharded over its feature axis makes every lookup's output
+# feature-sharded, which GSPMD can only turn into the batch/sequence sharding of activations
+# by replicating it ("involuntary full rematerialization"). Scanned layers carry a leading
+# layer axis that match_partition_rules leaves unsharded.
 MODEL_RULES: tuple[Rule, ...] = (
-    (r"(^|/)embed/inputs/\w+/kernel(/|$)", P(None, FSDP)),
-    (r"(^|/)embed/inputs/\w+/bias(/|$)", P(None)),
-    (r"(^|/)embed/(kind_table|time_table)/embedding(/|$)", P(None, FSDP)),
+    (r"(^|/)embed/inputs/\w+/(kernel|bias)(/|$)", P()),
+    (r"(^|/)embed/(kind_table|time_table)/embedding(/|$)", P()),
     (r"(^|/)attn/(wq|wk|wv)/kernel(/|$)", P(FSDP, TENSOR)),
     (r"(^|/)attn/(wq|wk|wv)/bias(/|$)", P(TENSOR)),
     (r"(^|/)attn/wo/kernel(/|$)", P(TENSOR, FSDP)),
@@ -157,8 +159,7 @@ MODEL_RULES: tuple[Rule, ...] = (
     (r"(^|/)ffn/w_out(/|$)", P(TENSOR, FSDP)),
     (r"(^|/)ffn/b_out(/|$)", P(None)),
     (r"(^|/)\w*norm/(scale|bias)(/|$)", P(None)),
-    (r"(^|/)head/kernel(/|$)", P(FSDP, None)),
-    (r"(^|/)head/bias(/|$)", P(None)),
+    (r"(^|/)head/(kernel|bias)(/|$)", P()),
 )
 
 

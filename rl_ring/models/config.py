@@ -40,12 +40,14 @@ REMAT_POLICIES: dict[str, Any] = {
 
 
 def default_token_features(obs_dim: int, act_dim: int) -> tuple[tuple[str, int], ...]:
-    """Feature width of every token kind, as the samplers fill ``TokenBatch.values``.
+    """Feature width of every token kind in the samplers' default layouts.
 
-    Each kind's features start at column 0 of ``values`` (the rest is zero padding):
-    return-to-go 1, state ``obs_dim``, action ``act_dim`` (one-hot when discrete), reward 2
-    (reward, completion flag), completion flag 1, and the Algorithm Distillation step token
-    ``obs_dim + act_dim + 1`` (observation, previous action, previous reward).
+    Each kind's features start at column 0 of ``TokenBatch.values`` (the rest is zero
+    padding): return-to-go 1, state ``obs_dim``, action ``act_dim`` (one-hot when discrete),
+    reward 2 (reward, completion flag), completion flag 1, and the Algorithm Distillation step
+    token ``obs_dim + act_dim + 2`` (observation, previous action, previous reward,
+    new-episode flag). Agents pass their layout's exact widths
+    (``TokenLayout.token_features()``) instead.
     """
     return (
         ("RTG", 1),
@@ -53,7 +55,7 @@ def default_token_features(obs_dim: int, act_dim: int) -> tuple[tuple[str, int],
         ("ACTION", act_dim),
         ("REWARD", 2),
         ("DONE", 1),
-        ("STEP", obs_dim + act_dim + 1),
+        ("STEP", obs_dim + act_dim + 2),
     )
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 # The original ringattention 0.1.2 package, causal fwd+bwd at T=8192 (REFERENCE.md §5).
 ORIGINAL_CAUSAL_FWD_BWD_MS = 1447.0
+MODES = ("fwd", "fwd_bwd")
 TARGETS = {
     "speedup_vs_original": 1.4,
     "flop_rate_vs_matmul": 0.5,
@@ -249,7 +250,11 @@ def memory_table(cfg: BenchConfig, mesh) -> dict:
                 ("fwd", f),
                 ("fwd_bwd", lambda q, k, v, f=f: jax.vjp(f, q, k, v)[1](q)),
             ):
-                m = jax.jit(fn).lower(x, x, x).compile().memory_analysis()
+                try:
+                    m = jax.jit(fn).lower(x, x, x).compile().memory_analysis()
+                except Exception as e:  # noqa: BLE001 - e.g. a GPU autotuner out of memory
+                    entry[mode] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+                    continue
                 total = (m.argument_size_in_bytes + m.output_size_in_bytes
                          + m.temp_size_in_bytes - m.alias_size_in_bytes)
                 entry[mode] = {
@@ -257,16 +262,18 @@ def memory_table(cfg: BenchConfig, mesh) -> dict:
                     "temp": m.temp_size_in_bytes, "alias": m.alias_size_in_bytes, "total": total,
                 }
             table[name] = entry
-            print(f"  memory {name:18s} fwd {entry['fwd']['total'] / 2**20:10.1f} MiB   "
-                  f"fwd+bwd {entry['fwd_bwd']['total'] / 2**20:10.1f} MiB", flush=True)
+            mib = {m: f"{entry[m]['total'] / 2**20:10.1f} MiB" if "total" in entry[m] else
+                   "    failed" for m in ("fwd", "fwd_bwd")}
+            print(f"  memory {name:18s} fwd {mib['fwd']}   fwd+bwd {mib['fwd_bwd']}", flush=True)
     return table
 
 
 def balance_table(cfg: BenchConfig, n: int) -> dict:
     """Causal chunk pairs per device for each layout (the kernels' own skip rule)."""
-    from rl_ring.attention import AttentionOptions, block_work
+    from rl_ring.attention import block_work, default_chunk
 
-    chunk = cfg.q_chunk or AttentionOptions().q_chunk
+    # The chunk the dispatcher uses under zigzag (default capped at T / 2n), for all layouts.
+    chunk = cfg.q_chunk or min(default_chunk(), cfg.seq_len // (2 * n) if n > 1 else cfg.seq_len)
     chunk = min(chunk, cfg.seq_len // n)
     out = {}
     for layout in ("contiguous", "zigzag", "striped"):
@@ -309,7 +316,8 @@ def evaluate_targets(cfg, cases, matmul, memory, balance, n) -> dict:
     ratios = {}
     for t in cfg.mem_seq_lens:
         ring, block = memory.get(f"ring{n}@{t}"), memory.get(f"blockwise@{t // n}")
-        if ring and block:
+        ok = ring and block and all("total" in e[m] for e in (ring, block) for m in MODES)
+        if ok:
             ratios[t] = {m: round(ring[m]["total"] / block[m]["total"], 3)
                          for m in ("fwd", "fwd_bwd")}
     if ratios:
@@ -322,7 +330,8 @@ def evaluate_targets(cfg, cases, matmul, memory, balance, n) -> dict:
     growth = {}
     for impl in ("reference", "blockwise", f"ring{n}"):
         pts = sorted((e["seq_len"], e) for name, e in memory.items()
-                     if name.startswith(f"{impl}@") and e["seq_len"] in cfg.mem_seq_lens)
+                     if name.startswith(f"{impl}@") and e["seq_len"] in cfg.mem_seq_lens
+                     and all("total" in e[m] for m in ("fwd", "fwd_bwd")))
         steps = [{m: round(b[m]["total"] / a[m]["total"], 3) for m in ("fwd", "fwd_bwd")}
                  for (ta, a), (tb, b) in zip(pts, pts[1:], strict=False) if tb == 2 * ta]
         if steps:
@@ -362,7 +371,8 @@ def plot(path: str, result: dict) -> None:
     for impl, style in (("reference", "s-"), ("blockwise", "o-"), (f"ring{n}", "^-")):
         pts = sorted((e["seq_len"], e["fwd_bwd"]["total"]) for name, e in
                      result["memory"].items() if name.startswith(f"{impl}@")
-                     and e["seq_len"] in result["config"]["mem_seq_lens"])
+                     and e["seq_len"] in result["config"]["mem_seq_lens"]
+                     and "total" in e["fwd_bwd"])
         if pts:
             ax.plot(*zip(*pts, strict=True), style, label=f"{impl} fwd+bwd")
     ax.set_xscale("log", base=2)
@@ -389,8 +399,10 @@ def plot(path: str, result: dict) -> None:
 
 
 def _set_device_count(n: int) -> None:
+    """Asks for ``n`` fake host devices (CPU) unless JAX has started already; ``run`` then
+    checks that enough devices exist."""
     if "jax" in sys.modules:
-        raise RuntimeError("bench_attention sets XLA_FLAGS before JAX starts: run it as a script")
+        return
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
@@ -402,7 +414,7 @@ def run(cfg: BenchConfig) -> dict:
     _set_device_count(cfg.devices)
     import jax
 
-    from rl_ring.attention import AttentionOptions
+    from rl_ring.attention import default_chunk
     from rl_ring.sharding import make_mesh
 
     if jax.device_count() < cfg.devices:
@@ -415,11 +427,11 @@ def run(cfg: BenchConfig) -> dict:
     cases, matmul = run_timings(cfg, mesh)
     memory = memory_table(cfg, mesh)
     balance = balance_table(cfg, cfg.devices)
-    defaults = AttentionOptions()
     result = {
         "config": dataclasses.asdict(cfg),
-        "chunks": {"q_chunk": cfg.q_chunk or defaults.q_chunk,
-                   "k_chunk": cfg.k_chunk or defaults.k_chunk},
+        "chunks": {"q_chunk": cfg.q_chunk, "k_chunk": cfg.k_chunk,
+                   "default_chunk": default_chunk(),
+                   "note": "None: default_chunk(), capped at T/2n under zigzag"},
         "platform": {
             "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
             "ring_devices": cfg.devices, "jax": jax.__version__,

@@ -71,3 +71,21 @@ def test_block_work_balance_at_8_devices():
     np.testing.assert_array_equal(
         block_work(t, n, "contiguous", chunk, tokens_per_step=1024), 4 * np.arange(8) + 4
     )
+
+
+def test_default_chunks_per_backend_and_zigzag_cap():
+    from rl_ring.attention import AttentionOptions, default_chunk
+    from rl_ring.attention import _zigzag_chunk_cap as cap
+
+    assert default_chunk("cpu") == 512 and default_chunk("gpu") == 2048
+    # Unset chunks under zigzag stop at T / 2n so a chunk never straddles a device's halves.
+    opts = cap(AttentionOptions(), "zigzag", 4096, 8)
+    assert (opts.q_chunk, opts.k_chunk) == (256, 256)
+    opts = cap(AttentionOptions(k_chunk=1024), "zigzag", 4096, 8)  # explicit values are kept
+    assert (opts.q_chunk, opts.k_chunk) == (256, 1024)
+    assert cap(AttentionOptions(), "contiguous", 4096, 8) == AttentionOptions()
+    # With the cap, zigzag keeps its balance; a straddling chunk would lose the skipping.
+    np.testing.assert_array_equal(block_work(4096, 8, "zigzag", 256), np.full(8, 17))
+    # One 512-chunk per device spans both halves: all 8 key chunks computed, none skipped
+    # (8 pairs of 512 = 32 pairs of 256, against 17 with the cap).
+    np.testing.assert_array_equal(block_work(4096, 8, "zigzag", 512), np.full(8, 8))

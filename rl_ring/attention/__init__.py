@@ -29,7 +29,13 @@ from rl_ring.attention.layout import (
     permute,
     unpermute,
 )
-from rl_ring.attention.options import AttentionOptions, check_qkv, resolve_options
+from rl_ring.attention.options import (
+    AttentionOptions,
+    check_qkv,
+    default_chunk,
+    resolve_options,
+    with_chunk_cap,
+)
 from rl_ring.attention.reference import reference_attention
 from rl_ring.attention.ring import ring_attention
 from rl_ring.sharding import BATCH_AXES, TENSOR, make_mesh
@@ -99,8 +105,10 @@ def attention(
     )
     if impl == "ring":
         return _ring(q, k, v, mesh, layout, positions, options, semantics)
+    n = _shard_count(mesh, options, layout)
     if positions is None:
-        positions = _default_positions(b, t, layout, _shard_count(mesh, options, layout))
+        positions = _default_positions(b, t, layout, n)
+    options = _zigzag_chunk_cap(options, layout, t, n)
     if impl == "reference":
         return reference_attention(q, k, v, positions=positions, scale=options.scale, **semantics)
     return blockwise_attention(q, k, v, positions=positions, options=options, **semantics)
@@ -120,6 +128,15 @@ def _shard_count(mesh: Mesh | None, options: AttentionOptions, layout: str) -> i
             f"pass positions=, mesh= or num_shards= (AttentionOptions.num_shards)"
         )
     return 1
+
+
+def _zigzag_chunk_cap(options: AttentionOptions, layout: str, t: int, n: int):
+    """Unset chunk lengths at most ``t / 2n`` under zigzag, so that no chunk straddles the two
+    contiguous halves a device holds (a straddling chunk spans most of the sequence and can
+    never be skipped under a causal mask)."""
+    if layout != "zigzag" or n < 2 or t % (2 * n) != 0:
+        return options
+    return with_chunk_cap(options, t // (2 * n))
 
 
 def _default_positions(b: int, t: int, layout: str, num_shards: int) -> jnp.ndarray:
@@ -148,8 +165,9 @@ def _ring(q, k, v, mesh, layout, positions, options, semantics):
     axis = options.axis_name
     if axis in _manual_axes():
         # Already inside shard_map over the ring axis: the arrays are this device's shards.
+        n = int(lax.axis_size(axis))
+        options = _zigzag_chunk_cap(options, layout, t * n, n)
         if positions is None:
-            n = int(lax.axis_size(axis))
             check_layout(layout, t * n, n)
             pos = jnp.asarray(layout_positions(t * n, n, layout))
             pos = lax.dynamic_slice_in_dim(pos, lax.axis_index(axis) * t, t)
@@ -167,6 +185,7 @@ def _ring(q, k, v, mesh, layout, positions, options, semantics):
     check_layout(layout, t, n)
     if positions is None:
         positions = _default_positions(b, t, layout, n)
+    options = _zigzag_chunk_cap(options, layout, t, n)
     batch_axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names and a != axis)
     n_batch = math.prod(int(mesh.shape[a]) for a in batch_axes)
     if b % n_batch != 0:
@@ -204,6 +223,7 @@ __all__ = [
     "blockwise_attention",
     "chunk_backward",
     "combine",
+    "default_chunk",
     "layout_positions",
     "permute",
     "reference_attention",

@@ -25,7 +25,12 @@ from jax import lax
 from rl_ring.attention import chunks as C
 from rl_ring.attention.masks import FULL, PARTIAL, SKIP, TokenInfo, pair_kinds, summarize_chunks
 from rl_ring.attention.masks import chunk_visible as _chunk_visible
-from rl_ring.attention.options import AttentionOptions, check_qkv, resolve_options
+from rl_ring.attention.options import (
+    AttentionOptions,
+    check_qkv,
+    default_chunk,
+    resolve_options,
+)
 
 _F32 = jnp.float32
 
@@ -116,8 +121,11 @@ def _pad_seq(x: jnp.ndarray, length: int, mode: str = "constant") -> jnp.ndarray
     return jnp.pad(x, pad, mode=mode)
 
 
-def chunk_len(requested: int, length: int) -> int:
-    """Chunk length actually used: the request, clamped to the block length."""
+def chunk_len(requested: int | None, length: int) -> int:
+    """Chunk length actually used: the request (None: the backend default), clamped to the
+    block length."""
+    if requested is None:
+        requested = default_chunk()
     return max(1, min(requested, length))
 
 

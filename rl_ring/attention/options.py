@@ -11,10 +11,12 @@ from rl_ring.sharding import SEQ
 class AttentionOptions:
     """Tuning knobs of the blockwise and ring kernels (semantics are keyword arguments)."""
 
-    q_chunk: int = 512
-    """Query tokens per chunk; clamped to the local block, a ragged last chunk is padded."""
-    k_chunk: int = 512
-    """Key tokens per chunk; clamped to the local block, a ragged last chunk is padded."""
+    q_chunk: int | None = None
+    """Query tokens per chunk (None: :func:`default_chunk`); clamped to the local block, a
+    ragged last chunk is padded."""
+    k_chunk: int | None = None
+    """Key tokens per chunk (None: :func:`default_chunk`); clamped to the local block, a
+    ragged last chunk is padded."""
     scale: float | None = None
     """Softmax scale; None means ``head_dim ** -0.5``."""
     num_shards: int | None = None
@@ -29,12 +31,37 @@ class AttentionOptions:
     def __post_init__(self):
         for name in ("q_chunk", "k_chunk"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"AttentionOptions.{name} must be a positive int, got {value!r}")
         if self.scale is not None and not self.scale > 0:
             raise ValueError(f"AttentionOptions.scale must be positive, got {self.scale!r}")
         if self.num_shards is not None and self.num_shards < 1:
             raise ValueError(f"AttentionOptions.num_shards must be >= 1, got {self.num_shards!r}")
+
+
+# Chunk lengths measured best per backend (docs/attention.md): on CPU a 512 x 512 x heads
+# score block stays near the caches; a GPU runs each chunk pair as a few kernel launches, so
+# bigger chunks (fewer launches) win until the blocks no longer fit.
+DEFAULT_CHUNK = {"cpu": 512}
+DEFAULT_CHUNK_ACCELERATOR = 2048
+
+
+def default_chunk(backend: str | None = None) -> int:
+    """Default chunk length for ``backend`` (default: JAX's default backend, at call time)."""
+    if backend is None:
+        import jax
+
+        backend = jax.default_backend()
+    return DEFAULT_CHUNK.get(backend, DEFAULT_CHUNK_ACCELERATOR)
+
+
+def with_chunk_cap(options: AttentionOptions, cap: int) -> AttentionOptions:
+    """Options whose unset chunk lengths resolve to at most ``cap`` (set ones are kept)."""
+    import dataclasses
+
+    q = options.q_chunk if options.q_chunk is not None else min(default_chunk(), cap)
+    k = options.k_chunk if options.k_chunk is not None else min(default_chunk(), cap)
+    return dataclasses.replace(options, q_chunk=q, k_chunk=k)
 
 
 def resolve_options(options: AttentionOptions | None, overrides: dict) -> AttentionOptions:

@@ -4,11 +4,19 @@
 buffer, appends the tokens of every step with the agent's :class:`~agents.base.OnlineEncoder`
 (the same encoding the sampler trained on), and reads the action from the model's prediction
 at the row's newest predict token. It re-reads the whole context at every step (no KV cache):
-exact and simple, the oracle a cached decoder must match, and fast enough for contexts of a
-few thousand tokens. When a row's context is full, its oldest whole steps slide out.
+exact and simple, the oracle a cached decoder must match. When a row's context is full, its
+oldest ``slide_steps`` whole steps slide out.
+
+:class:`CachedPolicy` keeps the same buffers and acts on the same contexts, but decodes with a
+KV cache (:class:`rl_ring.models.decode.Decoder`): each env step is one batched call that
+appends the row's new tokens (the previous step's action/reward tokens and this step's
+tokens up to the predict token) and attends them to the cache, so a step costs time linear
+in the context instead of a whole forward pass. A row whose context slides is refilled by
+one forward pass over its remaining context (the same context the oracle sees), so both
+policies give the same actions.
 
 ``eval_policy_from_checkpoint(workdir, action_space=...)`` is the hook ``rl-ring eval
---checkpoint`` calls.
+--checkpoint`` calls; it builds a :class:`CachedPolicy` unless ``cached=False``.
 """
 
 from __future__ import annotations
@@ -23,7 +31,9 @@ from flax import nnx
 from agents import base
 from rl_ring.data.batch import Kind
 from rl_ring.data.tokens import TokenLayout
+from rl_ring.attention.decode import DecodeOptions
 from rl_ring.models import TrajectoryTransformer
+from rl_ring.models.decode import Decoder
 
 
 @nnx.jit
@@ -42,6 +52,8 @@ class ContextPolicy:
         target_return: raw return that return-conditioned layouts aim for, reset at each
             trial (default: the best return of the data, ``spec.max_return``).
         greedy: discrete actions: argmax (True) or sample from the predicted distribution.
+        slide_steps: whole steps that slide out of a full row at once (1: the context is
+            always the last ``context_steps`` steps, as in training windows).
     """
 
     def __init__(
@@ -53,9 +65,14 @@ class ContextPolicy:
         context_steps: int,
         target_return: float | None = None,
         greedy: bool = True,
+        slide_steps: int = 1,
     ):
         if context_steps < 1:
             raise ValueError(f"context_steps must be >= 1, got {context_steps}")
+        if not 1 <= slide_steps <= context_steps:
+            raise ValueError(
+                f"slide_steps must lie in [1, context_steps={context_steps}], got {slide_steps}"
+            )
         if Kind.RTG in layout.kinds:
             if target_return is None:
                 target_return = spec.max_return
@@ -69,6 +86,7 @@ class ContextPolicy:
         self.model, self.layout, self.spec = model, layout, spec
         self.k = layout.tokens_per_step
         self.capacity = context_steps * self.k
+        self.slide = slide_steps * self.k
         self.target_return = target_return
         self.greedy = greedy
         self.num_envs = 0
@@ -127,14 +145,17 @@ class ContextPolicy:
             "valid": self.valid,
         }
 
-    def _make_room(self, mask: np.ndarray) -> None:
-        # At act time a row holds whole steps; a full row drops its oldest step so the
+    def _make_room(self, mask: np.ndarray) -> np.ndarray:
+        """Slides the oldest ``slide_steps`` steps out of full rows; returns which rows slid."""
+        # At act time a row holds whole steps; a full row drops its oldest steps so the
         # step about to start fits (rotary positions are relative, so the shift is harmless).
         full = mask & (self.length + self.k > self.capacity)
-        for arr in (self.kind, self.values, self.timesteps, self.valid):
-            arr[full] = np.roll(arr[full], -self.k, axis=1)
-            arr[full, self.capacity - self.k :] = 0
-        self.length[full] -= self.k
+        if full.any():
+            for arr in (self.kind, self.values, self.timesteps, self.valid):
+                arr[full] = np.roll(arr[full], -self.slide, axis=1)
+                arr[full, self.capacity - self.slide :] = 0
+            self.length[full] -= self.slide
+        return full
 
     def _append(self, chunk: base.TokenChunk, mask: np.ndarray) -> None:
         m = chunk.num_tokens
@@ -159,20 +180,121 @@ class ContextPolicy:
         return base.action_from_prediction(pred, self.spec)
 
 
+class CachedPolicy(ContextPolicy):
+    """:class:`ContextPolicy`'s contexts and actions, decoded with a KV cache.
+
+    The host keeps the oracle's token buffers (so contexts are identical by construction);
+    the device cache holds the keys/values of each row's first ``decoder.lengths[i]``
+    tokens. At each :meth:`act` the tokens the cache has not seen yet (the previous step's
+    tokens after the predict token, then this step's tokens up to it: at most one step's
+    worth) go through one batched decode call for all rows, idle rows masked; the action is
+    read at each row's newest token. A row whose context is full slides its oldest
+    ``slide_steps`` steps out, as the oracle does, and is refilled by one forward pass over
+    its remaining context in the same call's place. With ``slide_steps`` larger than 1 the
+    refills are that many times rarer.
+
+    Args:
+        model, layout, spec, context_steps, target_return, greedy, slide_steps: as
+            :class:`ContextPolicy`.
+        mesh: shard the cache over this mesh (rows over the batch axes, slots over ``seq``).
+        options: cached-attention options (:class:`rl_ring.attention.decode.DecodeOptions`).
+    """
+
+    def __init__(
+        self,
+        model: TrajectoryTransformer,
+        layout: TokenLayout,
+        spec: base.DataSpec,
+        *,
+        context_steps: int,
+        target_return: float | None = None,
+        greedy: bool = True,
+        slide_steps: int = 1,
+        mesh=None,
+        options: DecodeOptions | None = None,
+    ):
+        super().__init__(
+            model, layout, spec, context_steps=context_steps, target_return=target_return,
+            greedy=greedy, slide_steps=slide_steps,
+        )
+        self.mesh, self.options = mesh, options
+        self.decoder: Decoder | None = None
+        self.calls = {"decode": 0, "prefill": 0}
+
+    def reset(self, num_envs: int, *, seeds: Sequence[int]) -> None:
+        """New evaluation of ``num_envs`` rows: all context (and cache) cleared."""
+        super().reset(num_envs, seeds=seeds)
+        if self.decoder is None or self.decoder.batch != num_envs:
+            self.decoder = Decoder(
+                self.model, num_envs, self.capacity, mesh=self.mesh, options=self.options
+            )
+        else:
+            self.decoder.reset()
+
+    def act(self, obs: np.ndarray, env_mask: np.ndarray) -> np.ndarray:
+        """Actions ``[N, ...]`` for ``obs``; rows outside ``env_mask`` are not advanced."""
+        mask = np.asarray(env_mask, bool)
+        refill = self._make_room(mask)
+        self._append(self.encoder.before_action(obs, mask), mask)
+        pred = np.zeros((self.num_envs, self.model.cfg.out_dim), np.float32)
+        if refill.any():
+            pred[refill] = np.asarray(self.decoder.prefill(self.tokens(), refill))[refill]
+            self.calls["prefill"] += 1
+        rows = mask & ~refill
+        if rows.any():
+            tokens, num_new = self._unseen_tokens(rows)
+            out = np.asarray(self.decoder.step(tokens, num_new))
+            pred[rows] = out[rows, num_new[rows] - 1]
+            self.calls["decode"] += 1
+        actions = self._actions(pred)
+        self.last_action[mask] = actions[mask]
+        return actions
+
+    def _unseen_tokens(self, rows: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The buffered tokens of ``rows`` the cache has not seen, as ``[N, k]`` decode input."""
+        seen = self.decoder.lengths
+        num_new = np.where(rows, self.length - seen, 0)
+        if (num_new > self.k).any() or (num_new[rows] < 1).any():
+            raise RuntimeError(
+                f"CachedPolicy: rows are {num_new.tolist()} tokens ahead of the cache; expected "
+                f"1..{self.k} for acting rows (act/observe called out of order?)"
+            )
+        slots = seen[:, None] + np.arange(self.k)
+        idx = np.minimum(slots, self.capacity - 1)
+        r = np.arange(self.num_envs)[:, None]
+        tokens = {
+            "kind": self.kind[r, idx],
+            "values": self.values[r, idx],
+            "timesteps": self.timesteps[r, idx],
+            # Positions count from the buffer's start, as in ContextPolicy.tokens().
+            "positions": slots.astype(np.int32),
+        }
+        return tokens, num_new
+
+
 def policy_from_model(
     agent_name: str,
     agent_cfg: Any,
     model: TrajectoryTransformer,
     spec: base.DataSpec,
     layout: TokenLayout,
+    *,
+    cached: bool = True,
     **options,
 ) -> ContextPolicy:
-    """A :class:`ContextPolicy` with the agent's trained context length."""
+    """The agent's evaluation policy with its trained context length.
+
+    Args:
+        cached: a :class:`CachedPolicy` (KV cache) or, when False, the recomputing
+            :class:`ContextPolicy` oracle.
+        **options: keyword options of the policy class.
+    """
     import agents
 
     module = agents.get(agent_name)
     options.setdefault("context_steps", module.context_steps(agent_cfg, spec))
-    return ContextPolicy(model, layout, spec, **options)
+    cls = CachedPolicy if cached else ContextPolicy
+    return cls(model, layout, spec, **options)
 
 
 def eval_policy_from_checkpoint(
@@ -182,6 +304,8 @@ def eval_policy_from_checkpoint(
     step: int | None = None,
     target_return: float | None = None,
     greedy: bool = True,
+    cached: bool = True,
+    slide_steps: int = 1,
 ) -> ContextPolicy:
     """The trained agent of a training work directory as an evaluation policy.
 
@@ -194,6 +318,9 @@ def eval_policy_from_checkpoint(
         step: the checkpoint step (default: the latest).
         target_return: raw return to condition on (default: the data's best return).
         greedy: discrete actions: argmax instead of sampling.
+        cached: decode with a KV cache (:class:`CachedPolicy`, the default) or recompute the
+            whole context every step (:class:`ContextPolicy`, the oracle).
+        slide_steps: whole steps that slide out of a full context at once.
 
     Raises:
         FileNotFoundError: no checkpoint in ``checkpoint_dir``.
@@ -228,6 +355,8 @@ def eval_policy_from_checkpoint(
         layout,
         target_return=target_return,
         greedy=greedy,
+        cached=cached,
+        slide_steps=slide_steps,
     )
 
 

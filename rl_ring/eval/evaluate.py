@@ -46,7 +46,8 @@ class EvalConfig:
     """Trained agent to evaluate (a training workdir); overrides --policy."""
     policy: str = "random"
     """Policy without a checkpoint: 'random', 'scripted' (the env's scripted controller)
-    or 'scripted:<env id>'."""
+    or 'scripted:<env id>'; with --checkpoint, 'recompute' replaces the KV-cached decoder
+    by recomputing the whole context every step (slow; the cache's oracle)."""
     policy_noise: float = 0.0
     """Action noise of a scripted policy (Gaussian std, or random-action probability)."""
     trials: int = 4
@@ -155,6 +156,8 @@ def _write(cfg, results, complete, out_dir, frames, video_error) -> dict[str, An
     config = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "progress"}
     config["env_id"] = cfg.env
     config["policy"] = f"checkpoint:{cfg.checkpoint}" if cfg.checkpoint else cfg.policy
+    if cfg.checkpoint and cfg.policy == "recompute":
+        config["policy"] += " (recompute)"
     report = build_report(
         results, config=config, num_envs=cfg.envs, trials=cfg.trials,
         score_name=cfg.score_name or cfg.env, complete=complete,

@@ -10,7 +10,8 @@ once the environments exist (so a policy can size itself to their spaces).
 - a checkpoint directory: ``agents.eval_policy_from_checkpoint(checkpoint_dir,
   action_space=...)`` builds the trained agent behind the same protocol (its KV cache has
   one row per evaluation row). That hook belongs to the agents package; until it exists the
-  error says so.
+  error says so. ``--policy recompute`` with a checkpoint asks the hook for the policy that
+  recomputes the whole context every step (``cached=False``, the oracle of the cache).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class ScriptedPolicy:
         del reward, terminated, truncated, env_mask
 
 
-def _from_checkpoint(checkpoint: str) -> Callable[[Any], Policy]:
+def _from_checkpoint(checkpoint: str, *, recompute: bool = False) -> Callable[[Any], Policy]:
     module, name = CHECKPOINT_HOOK
     try:
         hook = getattr(importlib.import_module(module), name)
@@ -81,6 +82,8 @@ def _from_checkpoint(checkpoint: str) -> Callable[[Any], Policy]:
         ) from None
 
     def factory(action_space: Any) -> Policy:
+        if recompute:
+            return hook(checkpoint, action_space=action_space, cached=False)
         return hook(checkpoint, action_space=action_space)
 
     return factory
@@ -97,9 +100,10 @@ def policy_factory(
         ValueError: an unknown policy name, or both a checkpoint and a non-default policy.
     """
     if checkpoint is not None:
-        if policy not in ("checkpoint", "random"):
-            raise ValueError(f"--checkpoint {checkpoint} and --policy {policy}: give one of them")
-        return _from_checkpoint(checkpoint)
+        if policy not in ("checkpoint", "random", "recompute"):
+            raise ValueError(f"--checkpoint {checkpoint} and --policy {policy}: give one of them "
+                             "(with a checkpoint, --policy may only be 'recompute')")
+        return _from_checkpoint(checkpoint, recompute=policy == "recompute")
     if policy == "random":
         return RandomPolicy
     if policy == "scripted" and env_id is not None:

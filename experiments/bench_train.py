@@ -80,6 +80,9 @@ class BenchConfig:
     """...and no longer than this (a step at 100K+ tokens takes hours on 2 CPU cores)."""
     plan_meshes: tuple[str, ...] = ("seq=64", "seq=256")
     """Meshes of the paper-configuration plan ('' entries skipped)."""
+    platform: str = "cpu"
+    """cpu: --devices fake CPU devices sharing this machine's RAM; gpu: the real accelerators
+    (each with its own memory; ring cases need at least 2)."""
     out: str = "results/train.json"
     """JSON output path (the PNG goes beside it)."""
     worker: str = ""
@@ -100,8 +103,11 @@ class BenchConfig:
                    out=out)
 
 
-def _set_devices(n: int) -> None:
-    # Before JAX starts: this process's fake CPU devices.
+def _set_devices(n: int, platform: str = "cpu") -> None:
+    # Before JAX starts: this process's fake CPU devices (or nothing to fake on a GPU).
+    if platform != "cpu":
+        os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
+        return
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
              if "xla_force_host_platform_device_count" not in f]
     os.environ["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={n}"])
@@ -179,31 +185,47 @@ def _point(ma, seq_len: int, devices: int, compile_s: float) -> dict[str, Any]:
             "total_bytes": peak * devices, "compile_s": compile_s}
 
 
-def time_steps(shape, steps: int) -> dict[str, Any]:
-    """Compiles and times ``steps`` training steps; median step time and tokens/s."""
+def _budget_bytes(point: dict[str, Any], platform: str) -> int:
+    # Fake CPU devices share one RAM: all of them count. Real devices each have their own.
+    return point["total_bytes"] if platform == "cpu" else point["peak_bytes"]
+
+
+def time_cases(shapes: list, steps: int) -> list[dict[str, Any]]:
+    """Compiles every case, then times ``steps`` rounds of one step per case.
+
+    The cases take turns, round after round, so a change in the machine's load (other
+    processes) falls on all of them alike; each case reports its median step time.
+    """
     import jax
 
-    step, state, batch, n = build_step(shape)
-    t0 = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
-    compile_s = time.perf_counter() - t0
-    _POINTS[_key(shape)] = _point(compiled.memory_analysis(), shape.seq_len, n, compile_s)
-    state, metrics = compiled(state, batch)  # warm-up
-    jax.block_until_ready(metrics)
-    first_loss = float(metrics["loss"])
-    times = []
-    for _ in range(steps):
+    cases = []
+    for shape in shapes:
+        step, state, batch, n = build_step(shape)
         t0 = time.perf_counter()
-        state, metrics = compiled(state, batch)
+        compiled = step.lower(state, batch).compile()
+        compile_s = time.perf_counter() - t0
+        _POINTS[_key(shape)] = _point(compiled.memory_analysis(), shape.seq_len, n, compile_s)
+        state, metrics = compiled(state, batch)  # warm-up
         jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
-    return {
-        "impl": shape.model.attn_impl, "layout": shape.model.attn_layout, "mesh": shape.mesh,
-        "devices": n, "seq_len": shape.seq_len, "compile_s": compile_s,
-        "step_s": times, "median_step_s": med, "tokens_per_s": shape.seq_len / med,
-        "loss": first_loss,
-    }
+        cases.append({"shape": shape, "compiled": compiled, "state": state, "batch": batch,
+                      "n": n, "compile_s": compile_s, "loss": float(metrics["loss"]),
+                      "times": []})
+    for _ in range(steps):
+        for c in cases:
+            t0 = time.perf_counter()
+            c["state"], metrics = c["compiled"](c["state"], c["batch"])
+            jax.block_until_ready(metrics)
+            c["times"].append(time.perf_counter() - t0)
+    rows = []
+    for c in cases:
+        shape, med = c["shape"], statistics.median(c["times"])
+        rows.append({
+            "impl": shape.model.attn_impl, "layout": shape.model.attn_layout,
+            "mesh": shape.mesh, "devices": c["n"], "seq_len": shape.seq_len,
+            "compile_s": c["compile_s"], "step_s": c["times"], "median_step_s": med,
+            "tokens_per_s": shape.seq_len / med, "loss": c["loss"],
+        })
+    return rows
 
 
 def memory_point(shape) -> dict[str, Any]:
@@ -216,25 +238,38 @@ def memory_point(shape) -> dict[str, Any]:
     point = {"seq_len": shape.seq_len, "devices": r.devices, "peak_bytes": r.peak_bytes,
              "temp_bytes": r.temp_bytes, "argument_bytes": r.argument_bytes,
              "total_bytes": r.peak_bytes * r.devices, "compile_s": r.compile_s}
+
     _POINTS[_key(shape)] = point
     return point
 
 
 def longest_context(cfg: BenchConfig, impl: str, mesh: str) -> dict[str, Any]:
-    """Grows the sequence until the step's memory (all devices) passes the budget."""
+    """Grows the sequence until the step's memory passes the budget (all fake CPU devices
+    together, or one real device)."""
     points: list[dict[str, Any]] = []
     n = int(mesh.split("=")[1])
     t = max(cfg.start_len, 8 * n)
     budget = cfg.budget_gb * GIB
     while t <= cfg.max_len:
-        p = memory_point(bench_shape(cfg, t, impl, mesh))
+        try:
+            p = memory_point(bench_shape(cfg, t, impl, mesh))
+        except Exception as err:  # noqa: BLE001
+            # A GPU compiler runs candidate kernels while autotuning: a step far over the
+            # device's memory fails to compile. That length does not fit.
+            if "RESOURCE_EXHAUSTED" not in str(err):
+                raise
+            points.append({"seq_len": t, "error": str(err).splitlines()[0][:300]})
+            print(f"  {impl:9s} {mesh:6s} T={t:>8,}: does not compile (out of memory)",
+                  flush=True)
+            break
+        p["budget_bytes"] = _budget_bytes(p, cfg.platform)
         points.append(p)
-        print(f"  {impl:9s} {mesh:6s} T={t:>8,}: {p['total_bytes'] / GIB:8.3f} GiB "
+        print(f"  {impl:9s} {mesh:6s} T={t:>8,}: {p['budget_bytes'] / GIB:8.3f} GiB "
               f"(compiled in {p['compile_s']:.0f} s)", flush=True)
-        if p["total_bytes"] > budget:
+        if p["budget_bytes"] > budget:
             break
         t *= cfg.growth
-    fits = [p for p in points if p["total_bytes"] <= budget]
+    fits = [p for p in points if "error" not in p and p["budget_bytes"] <= budget]
     return {"impl": impl, "mesh": mesh, "points": points,
             "longest_seq_len": fits[-1]["seq_len"] if fits else 0,
             "hit_search_cap": bool(fits) and fits[-1] is points[-1]}
@@ -245,11 +280,14 @@ def confirm_run(cfg: BenchConfig, impl: str, mesh: str, seq_len: int, predicted:
     job = {"impl": impl, "mesh": mesh, "seq_len": seq_len}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job),
            "--width", str(cfg.width), "--depth", str(cfg.depth), "--heads", str(cfg.heads),
-           "--devices", str(cfg.devices)]
+           "--devices", str(cfg.devices), "--platform", cfg.platform]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, cwd=ROOT)
     if proc.returncode != 0:
         return {**job, "ok": False, "error": proc.stderr[-2000:]}
     out = json.loads(proc.stdout.strip().splitlines()[-1])
+    if cfg.platform != "cpu":
+        return {**job, "ok": True, **out, "predicted_peak_bytes": predicted,
+                "measured_over_predicted_peak": out["device_peak_bytes"] / predicted}
     grown = out["peak_rss_bytes"] - out["baseline_rss_bytes"]
     want = out["predicted_step_growth_bytes"]
     return {**job, "ok": True, **out, "predicted_total_bytes": predicted,
@@ -282,6 +320,17 @@ def worker(cfg: BenchConfig) -> None:
     compiled = step.lower(state, batch).compile()
     ma = compiled.memory_analysis()
     jax.block_until_ready((state, batch))
+    if cfg.platform != "cpu":
+        # A real device counts its own allocations: the peak of the whole process so far.
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, batch)
+        loss = float(metrics["loss"])
+        elapsed = time.perf_counter() - t0
+        stats = jax.devices()[0].memory_stats() or {}
+        print(json.dumps({"device_peak_bytes": stats.get("peak_bytes_in_use", 0),
+                          "device_limit_bytes": stats.get("bytes_limit", 0),
+                          "step_s": elapsed, "loss": loss}))
+        return
     # The compiler's freed memory goes back to the OS, so the step's allocations show.
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as f:
@@ -294,6 +343,7 @@ def worker(cfg: BenchConfig) -> None:
     peak = _status_bytes("VmHWM")
     predicted = (ma.temp_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes) * n
     print(json.dumps({"baseline_rss_bytes": base, "peak_rss_bytes": peak, "step_s": elapsed,
+                      "argument_bytes_all_devices": ma.argument_size_in_bytes * n,
                       "predicted_step_growth_bytes": predicted, "loss": loss}))
 
 
@@ -316,38 +366,45 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
 
     from rl_ring.train.plan import human_bytes
 
-    n = cfg.devices
+    n = cfg.devices if cfg.platform == "cpu" else len(jax.devices())
     result: dict[str, Any] = {
         "config": dataclasses.asdict(cfg),
         "platform": {"machine": platform.machine(), "processor": platform.processor(),
                      "cpus": os.cpu_count(), "python": platform.python_version(),
                      "jax": jax.__version__, "backend": jax.default_backend(),
-                     "devices": len(jax.devices())},
+                     "devices": len(jax.devices()),
+                     "device_kind": jax.devices()[0].device_kind},
         "model": {"width": cfg.width, "depth": cfg.depth, "heads": cfg.heads,
                   "tokens_per_step": 4, "batch": 1, "dtype": "float32", "remat": "full"},
     }
     # 1. throughput at equal total length
     print(f"throughput at T={cfg.seq_len:,}", flush=True)
-    cases = [("blockwise", "seq=1", "contiguous"), ("ring", f"seq={n}", "contiguous")]
-    if not cfg.quick:
-        cases.append(("ring", f"seq={n}", "zigzag"))
-    rows = []
-    for impl, mesh, layout in cases:
-        row = time_steps(bench_shape(cfg, cfg.seq_len, impl, mesh, layout), cfg.steps)
-        rows.append(row)
-        print(f"  {impl:9s} {mesh:6s} {layout:10s} {row['tokens_per_s']:10,.0f} tokens/s "
-              f"(median step {row['median_step_s']:.3f} s)", flush=True)
-    base = rows[0]["tokens_per_s"]
+    cases = [("blockwise", "seq=1", "contiguous")]
+    if n > 1:
+        cases.append(("ring", f"seq={n}", "contiguous"))
+        if not cfg.quick:
+            cases.append(("ring", f"seq={n}", "zigzag"))
+    if cfg.platform != "cpu":
+        cases.insert(0, ("reference", "seq=1", "contiguous"))
+    rows = time_cases([bench_shape(cfg, cfg.seq_len, impl, mesh, layout)
+                       for impl, mesh, layout in cases], cfg.steps)
+    for row in rows:
+        print(f"  {row['impl']:9s} {row['mesh']:6s} {row['layout']:10s} "
+              f"{row['tokens_per_s']:10,.0f} tokens/s (median step {row['median_step_s']:.3f} s)",
+              flush=True)
+    base = next(r["tokens_per_s"] for r in rows if r["impl"] == "blockwise")
     for row in rows:
         row["vs_blockwise"] = row["tokens_per_s"] / base
-    best_ring = max(r["vs_blockwise"] for r in rows[1:])
+    rings = [r for r in rows if r["impl"] == "ring"]
+    best_ring = max((r["vs_blockwise"] for r in rings), default=None)
     result["throughput"] = {"rows": rows, "ring_vs_blockwise": best_ring,
-                            "tokens_per_s_ring": max(r["tokens_per_s"] for r in rows[1:]),
                             "tokens_per_s_blockwise": base}
+    if rings:
+        result["throughput"]["tokens_per_s_ring"] = max(r["tokens_per_s"] for r in rings)
     # 2. longest context within the budget
     print(f"longest context within {cfg.budget_gb} GiB (compiled memory analysis)", flush=True)
     searches = [longest_context(cfg, impl, f"seq={n}" if impl == "ring" else "seq=1")
-                for impl in cfg.impls]
+                for impl in cfg.impls if impl != "ring" or n > 1]
     result["longest_context"] = {s["impl"]: s for s in searches}
     dense = result["longest_context"].get("reference")
     ring = result["longest_context"].get("ring")
@@ -358,16 +415,20 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     confirms = []
     if cfg.confirm_budget_gb > 0:
         for s in searches:
-            fits = [p for p in s["points"] if p["total_bytes"] <= cfg.confirm_budget_gb * GIB
+            fits = [p for p in s["points"] if "error" not in p
+                    and p["budget_bytes"] <= cfg.confirm_budget_gb * GIB
                     and p["seq_len"] <= cfg.confirm_max_len]
             if not fits:
                 continue
             p = fits[-1]
             print(f"  running one {s['impl']} step at T={p['seq_len']:,} "
-                  f"(predicted {human_bytes(p['total_bytes'])})", flush=True)
-            c = confirm_run(cfg, s["impl"], s["mesh"], p["seq_len"], p["total_bytes"])
+                  f"(predicted {human_bytes(p['budget_bytes'])})", flush=True)
+            c = confirm_run(cfg, s["impl"], s["mesh"], p["seq_len"], p["budget_bytes"])
             confirms.append(c)
-            if c["ok"]:
+            if c["ok"] and cfg.platform != "cpu":
+                print(f"    device peak {human_bytes(c['device_peak_bytes'])}, "
+                      f"{c['step_s']:.1f} s", flush=True)
+            elif c["ok"]:
                 print(f"    the step added {human_bytes(c['measured_step_growth_bytes'])} "
                       f"resident (compiled analysis: "
                       f"{human_bytes(c['predicted_step_growth_bytes'])}), "
@@ -385,7 +446,8 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     result["targets"] = {
         "ring_vs_blockwise_tokens_per_s": {
             "target": TARGETS["ring_vs_blockwise_tokens_per_s"], "measured": best_ring,
-            "pass": best_ring >= TARGETS["ring_vs_blockwise_tokens_per_s"]},
+            "pass": None if best_ring is None
+            else best_ring >= TARGETS["ring_vs_blockwise_tokens_per_s"]},
     }
     return result
 
@@ -399,8 +461,9 @@ def plot(result: dict[str, Any], png: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     rows = result["throughput"]["rows"]
     labels = [f"{r['impl']}\n{r['mesh']} {r['layout']}" for r in rows]
-    ax1.bar(labels, [r["tokens_per_s"] for r in rows], color=["#777", "#1f77b4", "#2ca02c"][
-        : len(rows)])
+    colors = {"reference": "#d62728", "blockwise": "#777", "ring": "#1f77b4"}
+    ax1.bar(labels, [r["tokens_per_s"] for r in rows],
+            color=[colors[r["impl"]] if r["layout"] != "zigzag" else "#2ca02c" for r in rows])
     ax1.set_ylabel("training tokens / s")
     ax1.set_title(f"training step, T={rows[0]['seq_len']:,} total tokens")
     budget = result["config"]["budget_gb"]
@@ -408,19 +471,25 @@ def plot(result: dict[str, Any], png: Path) -> None:
         s = result["longest_context"].get(impl)
         if s is None:
             continue
-        xs = [p["seq_len"] for p in s["points"]]
-        ys = [p["total_bytes"] / GIB for p in s["points"]]
+        pts = [p for p in s["points"] if "error" not in p]
+        xs = [p["seq_len"] for p in pts]
+        ys = [p["budget_bytes"] / GIB for p in pts]
         ax2.plot(xs, ys, "o-", color=color, label=f"{impl} ({s['mesh']}): "
                  f"{s['longest_seq_len']:,} tokens")
     for c in result["confirmed_runs"]:
         if c.get("ok"):
-            ax2.plot(c["seq_len"], c["peak_rss_bytes"] / GIB, "kx")
+            # resident state and batch + what the step added while running (CPU), or the
+            # device's peak (GPU)
+            measured = (c["device_peak_bytes"] if "device_peak_bytes" in c else
+                        c["argument_bytes_all_devices"] + c["measured_step_growth_bytes"])
+            ax2.plot(c["seq_len"], measured / GIB, "kx")
     ax2.axhline(budget, color="k", ls="--", lw=1, label=f"budget {budget} GiB")
     ax2.set_xscale("log", base=2)
     ax2.set_yscale("log")
     ax2.set_xlabel("sequence length (tokens)")
-    ax2.set_ylabel("step memory, all devices (GiB)")
-    ax2.set_title("compiled memory of one step (x: measured peak RSS)")
+    on_cpu = result["config"]["platform"] == "cpu"
+    ax2.set_ylabel(f"step memory, {'all devices' if on_cpu else 'per device'} (GiB)")
+    ax2.set_title("compiled memory of one step (x: measured)")
     ax2.legend(fontsize=7)
     fig.tight_layout()
     tmp = png.with_name(f".{png.name}.tmp.png")
@@ -447,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         quick = BenchConfig.quick_preset()
         cfg = dataclasses.replace(quick, **{k: getattr(cfg, k) for k in given
                                             if k in {f.name for f in dataclasses.fields(cfg)}})
-    _set_devices(cfg.devices)
+    _set_devices(cfg.devices, cfg.platform)
     if cfg.worker:
         worker(cfg)
         return 0
@@ -456,7 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     result["wall_s"] = time.perf_counter() - t0
     out = ROOT / cfg.out if not Path(cfg.out).is_absolute() else Path(cfg.out)
     write(result, out)
-    print(f"ring/blockwise tokens/s {result['throughput']['ring_vs_blockwise']:.2f} "
+    ratio = result["throughput"]["ring_vs_blockwise"]
+    print(f"ring/blockwise tokens/s {'n/a' if ratio is None else f'{ratio:.2f}'} "
           f"(target >= {TARGETS['ring_vs_blockwise_tokens_per_s']}); wrote {out} and "
           f"{out.with_suffix('.png')} in {result['wall_s']:.0f} s")
     return 0

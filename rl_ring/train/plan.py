@@ -33,7 +33,7 @@ PLAN_ENV = "RL_RING_PLAN_CHILD"
 class PlanArgs:
     """Compile one training step for a configuration and print its per-device memory."""
 
-    config: Annotated[str, tyro.conf.Positional]
+    config: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="CONFIG")]
     """A preset name (paper-at-exorl, d4rl-dt, tiny-at, bench-4x128) or a run's workdir."""
     mesh: str | None = None
     """Mesh spec, e.g. 'seq=64' or 'fsdp=4,seq=64' (default: the preset's)."""

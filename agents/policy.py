@@ -29,9 +29,9 @@ import numpy as np
 from flax import nnx
 
 from agents import base
+from rl_ring.attention.decode import DecodeOptions
 from rl_ring.data.batch import Kind
 from rl_ring.data.tokens import TokenLayout
-from rl_ring.attention.decode import DecodeOptions
 from rl_ring.models import TrajectoryTransformer
 from rl_ring.models.decode import Decoder
 

@@ -16,7 +16,6 @@ from agents.policy import CachedPolicy, ContextPolicy
 from rl_ring.data.store import EpisodeStore
 from rl_ring.models.testing import assert_trees_close
 
-
 # Weights large enough that predictions differ clearly from token to token and row to row,
 # small enough that two summation orders of attention agree to float32 tolerance (at 0.5 the
 # reference and blockwise kernels themselves already differ by up to 7e-4 on BC).

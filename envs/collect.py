@@ -33,7 +33,7 @@ from envs.learners.history import LEARNERS, collect_histories, learning_curve
 from envs.learners.qlearning import QLearningConfig
 from envs.learners.sac import SACConfig, train_sac
 from envs.recording import episode_seed, run_episode
-from envs.registry import IN_CONTEXT, make, space_dict, task_split
+from envs.registry import IN_CONTEXT, base_id, make, space_dict, task_split
 from envs.scripted import ORACLES, make_policy, scripted_envs
 from rl_ring.data import EpisodeStore
 
@@ -159,7 +159,7 @@ def collect_scripted(
     progress=None,
 ) -> EpisodeStore:
     """A scripted controller (or grid oracle) with noise level ``noise[i % len(noise)]``."""
-    if env_id not in scripted_envs():
+    if base_id(env_id) not in scripted_envs():
         raise ValueError(
             f"--policy scripted: no scripted policy for {env_id!r}; "
             f"available for {', '.join(scripted_envs())}"

@@ -7,8 +7,13 @@ so a policy trained on ExoRL data runs here unchanged; ``observation_layout`` na
 slices. Image observations (uint8, e.g. a camera observable of a composer task) are left out,
 as ExoRL leaves them out of its state observations.
 
-Episodes use action repeat 1 and dm_control's own time limit (1000 steps for the suite
-tasks ExoRL uses). A time limit gives ``truncated``; an episode dm_control ends with
+By default episodes use action repeat 1 and dm_control's own time limit (1000 steps for the
+suite tasks ExoRL uses). ``action_repeat=k`` holds each action for ``k`` control steps and
+reports the reward and discount of the last one: exactly what dm_control gives for a
+control timestep ``k`` times longer (its reward is a function of the state reached and the
+control), so per-step rewards stay in [0, 1] and ExoRL relabelling from the saved physics
+states reproduces them. ``time_limit`` (seconds of simulated time, dm_control's unit)
+shortens episodes. A time limit gives ``truncated``; an episode dm_control ends with
 discount 0 gives ``terminated``. ``info["physics"]`` is ``physics.get_state()`` after the
 step (after reset for ``reset()``), ``info["discount"]`` is dm_control's discount: together
 they are what the ExoRL format stores.
@@ -39,6 +44,14 @@ def _is_image(value: Any) -> bool:
     return np.asarray(value).dtype == np.uint8
 
 
+def dmc_step_limit(dm: Any) -> int | None:
+    """Episode length in control steps: suite envs count steps, composer envs count seconds."""
+    limit = getattr(dm, "_step_limit", None)
+    if limit is None and getattr(dm, "_time_limit", None) is not None:
+        limit = round(dm._time_limit / dm.control_timestep(), 6)
+    return int(np.ceil(limit)) if limit is not None and np.isfinite(limit) else None
+
+
 class DMCEnv(gym.Env):
     """A dm_control environment behind the Gymnasium API.
 
@@ -49,6 +62,9 @@ class DMCEnv(gym.Env):
         render_mode: None or "rgb_array" (rendered with ``physics.render``).
         render_size: ``(height, width)`` of rendered frames.
         camera_id: camera used for rendering.
+        action_repeat: control steps each action is held for (see the module docstring).
+        time_limit: episode length in seconds of simulated time (None: dm_control's own);
+            it can only shorten the task's own limit.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
@@ -62,7 +78,16 @@ class DMCEnv(gym.Env):
         render_mode: str | None = None,
         render_size: tuple[int, int] = (240, 320),
         camera_id: int = 0,
+        action_repeat: int = 1,
+        time_limit: float | None = None,
     ) -> None:
+        if isinstance(action_repeat, bool) or not isinstance(action_repeat, int | np.integer) \
+                or action_repeat < 1:
+            raise ValueError(f"{env_id}: action_repeat must be an integer >= 1, got "
+                             f"{action_repeat!r}")
+        if time_limit is not None and not (np.isfinite(time_limit) and time_limit > 0):
+            raise ValueError(f"{env_id}: time_limit must be a positive number of seconds, got "
+                             f"{time_limit!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
                 f"{env_id}: render_mode must be one of {self.metadata['render_modes']} or None, "
@@ -93,6 +118,17 @@ class DMCEnv(gym.Env):
         self.action_space = spaces.Box(low, high, dtype=np.float32)
         self._action_shape = act.shape
         self._needs_reset = True
+        self.action_repeat = int(action_repeat)
+        # Simulated seconds per agent step: dm_control's control timestep x action repeat.
+        self.control_timestep = float(self._env.control_timestep()) * self.action_repeat
+        inner = dmc_step_limit(self._env)
+        limits = [] if inner is None else [int(np.ceil(inner / self.action_repeat))]
+        if time_limit is not None:
+            # Tolerance: 4 s / 0.08 s must give 50 steps, not 51, despite rounding.
+            limits.append(max(1, int(np.ceil(time_limit / self.control_timestep - 1e-6))))
+        # Agent steps per episode (None: no time limit).
+        self.step_limit: int | None = min(limits) if limits else None
+        self._steps = 0
 
     # ------------------------------------------------------------------ dm_control access
     @property
@@ -150,6 +186,7 @@ class DMCEnv(gym.Env):
             self._reseed(int(seed))
         ts = self._env.reset()
         self._needs_reset = False
+        self._steps = 0
         return flatten_observation(ts.observation), {
             "physics": self.physics_state(),
             "discount": 1.0,
@@ -163,10 +200,15 @@ class DMCEnv(gym.Env):
             raise ValueError(
                 f"{self.env_id}: action must have shape {self._action_shape}, got {a.shape}"
             )
-        ts = self._env.step(a)
+        for _ in range(self.action_repeat):
+            ts = self._env.step(a)
+            if ts.last():
+                break
+        self._steps += 1
         discount = 1.0 if ts.discount is None else float(ts.discount)
         terminated = bool(ts.last() and discount == 0.0)
-        truncated = bool(ts.last() and not terminated)
+        out_of_time = self.step_limit is not None and self._steps >= self.step_limit
+        truncated = bool((ts.last() or out_of_time) and not terminated)
         self._needs_reset = terminated or truncated
         info = {"physics": self.physics_state(), "discount": discount}
         reward = 0.0 if ts.reward is None else float(ts.reward)

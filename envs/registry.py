@@ -5,7 +5,10 @@ Id families:
 * ``dmc:<domain>-<task>``: every dm_control suite task (``dmc:walker-run``,
   ``dmc:cartpole-swingup``, ...) plus ExoRL's own domains ``dmc:point_mass_maze-reach_*``
   (:mod:`envs.point_mass_maze`) and ``dmc:jaco-reach_*`` (:mod:`envs.jaco`), imported only
-  when used. Observations in ExoRL's flat layout (:mod:`envs.dmc`).
+  when used. Observations in ExoRL's flat layout (:mod:`envs.dmc`). Options may follow the
+  task: ``:ar<k>`` holds each action for k control steps, ``:t<seconds>`` shortens the time
+  limit (``dmc:cartpole-swingup:ar8:t4`` = 50 steps of 0.08 s), so every tool that takes an
+  env id (collect, eval, the checkpoint's env) agrees on the shortened task.
 * ``gym:<id>``: any Gymnasium id (``gym:HalfCheetah-v5``), built by ``gymnasium.make``.
 * in-context task families: ``darkroom``, ``darkroom-hard``, ``keydoor``, ``bandit``,
   ``bandit-10``, whose ``task`` argument picks the goal / key and door / arm means.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -187,10 +191,47 @@ def _unknown(env_id: str, candidates: list[str], what: str) -> UnknownEnvError:
     )
 
 
-def _parse(env_id: str) -> tuple[str, Any]:
-    """Returns (family, detail) or raises UnknownEnvError."""
+_DMC_OPTION = re.compile(r"ar(?P<action_repeat>\d+)|t(?P<time_limit>\d+(?:\.\d+)?)")
+
+
+def split_options(env_id: str) -> tuple[str, dict[str, Any]]:
+    """``(base id, options)`` of an id with dm_control options (``dmc:cartpole-swingup:ar8:t4``).
+
+    Options are ``:ar<k>`` (``action_repeat=k``) and ``:t<seconds>`` (``time_limit``), each
+    at most once; ids without options come back unchanged with ``{}``.
+
+    Raises:
+        ValueError: an option on a non-dm_control id, an unknown or repeated option.
+    """
     if not isinstance(env_id, str):
         raise TypeError(f"env id must be a string, got {type(env_id).__name__}")
+    if not env_id.startswith("dmc:"):
+        return env_id, {}
+    base, *parts = env_id[4:].split(":")
+    options: dict[str, Any] = {}
+    for part in parts:
+        m = _DMC_OPTION.fullmatch(part)
+        if m is None:
+            raise ValueError(
+                f"{env_id}: unknown option {part!r}; dm_control ids take ':ar<k>' (action "
+                "repeat) and ':t<seconds>' (time limit), e.g. dmc:cartpole-swingup:ar8:t4"
+            )
+        key = "action_repeat" if m["action_repeat"] is not None else "time_limit"
+        if key in options:
+            raise ValueError(f"{env_id}: option {key} given twice")
+        value = m[key]
+        options[key] = int(value) if key == "action_repeat" else float(value)
+    return f"dmc:{base}", options
+
+
+def base_id(env_id: str) -> str:
+    """``env_id`` without its dm_control options (scripted controllers are per base task)."""
+    return split_options(env_id)[0]
+
+
+def _parse(env_id: str) -> tuple[str, Any]:
+    """Returns (family, detail) or raises UnknownEnvError; dm_control options are ignored."""
+    env_id = split_options(env_id)[0]
     if env_id in IN_CONTEXT:
         return "in-context", IN_CONTEXT[env_id]
     if env_id.startswith("dmc:"):
@@ -257,14 +298,6 @@ def _load_from_module(module, domain, task, seed, task_kwargs, env_kwargs):
     )
 
 
-def _dmc_step_limit(dm: Any) -> int | None:
-    """Episode length in control steps: suite envs count steps, composer envs count seconds."""
-    limit = getattr(dm, "_step_limit", None)
-    if limit is None and getattr(dm, "_time_limit", None) is not None:
-        limit = round(dm._time_limit / dm.control_timestep(), 6)
-    return int(np.ceil(limit)) if limit is not None and np.isfinite(limit) else None
-
-
 class _SeedFirstReset(gym.Wrapper):
     """Seeds the first ``reset()`` (and the action space) with the seed given to ``make``."""
 
@@ -290,9 +323,10 @@ def make(env_id: str, *, task: int | None = None, seed: int | None = None, **kwa
         seed: seeds the env; the first ``reset()`` without a seed uses it, so
             ``make(id, seed=s).reset()`` is reproducible.
         **kwargs: passed to the env: ``render_mode="rgb_array"`` for any env;
-            ``render_size=(h, w)``, ``camera_id``, ``task_kwargs``, ``environment_kwargs``
-            for dm_control; Gymnasium keyword arguments for ``gym:`` ids; ``size``,
-            ``episode_length``, ... for the in-context families.
+            ``render_size=(h, w)``, ``camera_id``, ``task_kwargs``, ``environment_kwargs``,
+            ``action_repeat``, ``time_limit`` (seconds) for dm_control (or as id options,
+            ``dmc:cartpole-swingup:ar8:t4``); Gymnasium keyword arguments for ``gym:`` ids;
+            ``size``, ``episode_length``, ... for the in-context families.
 
     Raises:
         UnknownEnvError: (a KeyError and a ValueError) for an unknown id.
@@ -300,6 +334,10 @@ def make(env_id: str, *, task: int | None = None, seed: int | None = None, **kwa
     """
     family, detail = _parse(env_id)
     spec_kwargs = {"env_id": env_id, "task": task, **kwargs}
+    _, options = split_options(env_id)
+    clash = sorted(set(options) & set(kwargs))
+    if clash:
+        raise ValueError(f"{env_id}: {clash} given both in the id and as keyword arguments")
     if family != "in-context" and task is not None:
         raise ValueError(
             f"{env_id}: task={task!r} given, but only in-context families take a task "
@@ -313,8 +351,8 @@ def make(env_id: str, *, task: int | None = None, seed: int | None = None, **kwa
         from envs.dmc import DMCEnv
 
         loader = _dmc_loader(domain, dmc_task, kwargs)
-        env = DMCEnv(loader, env_id=env_id, seed=seed, **kwargs)
-        max_steps = _dmc_step_limit(env.dm_env)
+        env = DMCEnv(loader, env_id=env_id, seed=seed, **options, **kwargs)
+        max_steps = env.step_limit
     else:
         env = gym.make(detail, **kwargs)
         if seed is not None:

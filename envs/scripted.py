@@ -225,7 +225,8 @@ def make_policy(
     """A scripted policy ``obs -> action`` for env ``name`` (see :func:`scripted_envs`).
 
     Args:
-        name: env id ("dmc:cartpole-swingup", "darkroom", ...).
+        name: env id ("dmc:cartpole-swingup", "darkroom", ...); dm_control id options
+            (``:ar8:t4``) are ignored.
         action_space: the env's action space; defaults to ``[-1, 1]`` boxes / 5 grid actions.
         noise: Gaussian action-noise std (continuous) or random-action probability (grid).
         seed: seed of the noise stream.
@@ -234,6 +235,10 @@ def make_policy(
     Raises:
         ValueError: no scripted policy for ``name``, or a missing / superfluous task.
     """
+    # A dm_control id with options (dmc:cartpole-swingup:ar8:t4) runs its base task's controller.
+    from envs.registry import base_id
+
+    name = base_id(name) if isinstance(name, str) else name
     if name in CONTROLLERS:
         if task is not None:
             raise ValueError(f"scripted policy for {name} takes no task, got {task!r}")

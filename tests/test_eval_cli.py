@@ -46,7 +46,7 @@ def test_cli_writes_report_and_plot(tmp_path, capsys):
     "argv, message",
     [
         (["--policy", "greedy"], "--policy 'greedy'"),
-        (["--checkpoint", "/nonexistent/run"], "eval_policy_from_checkpoint"),
+        (["--checkpoint", "/nonexistent/run"], "--checkpoint /nonexistent/run: expected a"),
         (["--trials", "0"], "--trials must be >= 1"),
         (["--env", "NoSuchEnv-v9"], "'NoSuchEnv-v9': not in the rl_ring registry"),
     ],

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,6 +72,13 @@ class ScriptedPolicy:
 
 
 def _from_checkpoint(checkpoint: str, *, recompute: bool = False) -> Callable[[Any], Policy]:
+    ckpt = Path(checkpoint)
+    if not (ckpt / "checkpoints").is_dir():
+        found = "no such directory" if not ckpt.exists() else "no checkpoints/ directory inside"
+        raise ValueError(
+            f"--checkpoint {checkpoint}: expected a training work directory holding "
+            f"checkpoints/ (as written by rl-ring train), found {found}"
+        )
     module, name = CHECKPOINT_HOOK
     try:
         hook = getattr(importlib.import_module(module), name)

@@ -20,6 +20,9 @@ from rl_ring.data.tokens import TokenLayout, bc_layout
 from rl_ring.models import ModelConfig, TrajectoryTransformer
 
 NAME = "bc"
+# Training windows never cross an episode boundary, so an evaluation trial must not see the
+# previous trial's steps (agents.policy empties a row's context at each new trial).
+CONTEXT_ACROSS_TRIALS = False
 
 
 def _default_model() -> ModelConfig:

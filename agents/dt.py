@@ -22,6 +22,9 @@ from rl_ring.data.tokens import TokenLayout, dt_layout
 from rl_ring.models import ModelConfig, TrajectoryTransformer
 
 NAME = "dt"
+# Training windows never cross an episode boundary, so an evaluation trial must not see the
+# previous trial's steps (agents.policy empties a row's context at each new trial).
+CONTEXT_ACROSS_TRIALS = False
 
 # The DT paper's optimisation settings (the trainer's OptimConfig / TrainConfig names).
 RECOMMENDED_TRAINING = {

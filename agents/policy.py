@@ -54,6 +54,9 @@ class ContextPolicy:
         greedy: discrete actions: argmax (True) or sample from the predicted distribution.
         slide_steps: whole steps that slide out of a full row at once (1: the context is
             always the last ``context_steps`` steps, as in training windows).
+        trial_context: keep earlier trials in a row's context (AT, AD: trial k is conditioned
+            on trials 1..k-1); False empties the row at each new trial, for agents trained on
+            windows inside one episode (DT, BC), whose trials must not see the last episode.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class ContextPolicy:
         target_return: float | None = None,
         greedy: bool = True,
         slide_steps: int = 1,
+        trial_context: bool = True,
     ):
         if context_steps < 1:
             raise ValueError(f"context_steps must be >= 1, got {context_steps}")
@@ -89,6 +93,7 @@ class ContextPolicy:
         self.slide = slide_steps * self.k
         self.target_return = target_return
         self.greedy = greedy
+        self.trial_context = trial_context
         self.num_envs = 0
 
     # ------------------------------------------------------------------ protocol
@@ -103,6 +108,7 @@ class ContextPolicy:
         self.timesteps = np.zeros((n, length), np.int32)
         self.valid = np.zeros((n, length), bool)
         self.length = np.zeros(n, np.int64)
+        self.emptied = np.zeros(n, bool)  # rows emptied at a trial start, not yet re-read
         self.encoder = base.OnlineEncoder(self.layout, n, target_return=self.target_return)
         self.rngs = [np.random.default_rng(int(s)) for s in seeds]
         if self.spec.discrete_actions:
@@ -111,8 +117,16 @@ class ContextPolicy:
             self.last_action = np.zeros((n, self.spec.act_dim), np.float32)
 
     def begin_trial(self, env_mask: np.ndarray) -> None:
-        """Rows in ``env_mask`` start a new episode; their context is kept."""
-        self.encoder.begin_trial(np.asarray(env_mask, bool))
+        """Rows in ``env_mask`` start a new episode; their context is kept unless
+        ``trial_context`` is False."""
+        mask = np.asarray(env_mask, bool)
+        self.encoder.begin_trial(mask)
+        if not self.trial_context:
+            rows = mask & (self.length > 0)
+            for arr in (self.kind, self.values, self.timesteps, self.valid):
+                arr[rows] = 0
+            self.length[rows] = 0
+            self.emptied |= rows
 
     def act(self, obs: np.ndarray, env_mask: np.ndarray) -> np.ndarray:
         """Actions ``[N, ...]`` for ``obs``; rows outside ``env_mask`` are not advanced."""
@@ -194,8 +208,8 @@ class CachedPolicy(ContextPolicy):
     refills are that many times rarer.
 
     Args:
-        model, layout, spec, context_steps, target_return, greedy, slide_steps: as
-            :class:`ContextPolicy`.
+        model, layout, spec, context_steps, target_return, greedy, slide_steps,
+            trial_context: as :class:`ContextPolicy`.
         mesh: shard the cache over this mesh (rows over the batch axes, slots over ``seq``).
         options: cached-attention options (:class:`rl_ring.attention.decode.DecodeOptions`).
     """
@@ -210,12 +224,13 @@ class CachedPolicy(ContextPolicy):
         target_return: float | None = None,
         greedy: bool = True,
         slide_steps: int = 1,
+        trial_context: bool = True,
         mesh=None,
         options: DecodeOptions | None = None,
     ):
         super().__init__(
             model, layout, spec, context_steps=context_steps, target_return=target_return,
-            greedy=greedy, slide_steps=slide_steps,
+            greedy=greedy, slide_steps=slide_steps, trial_context=trial_context,
         )
         self.mesh, self.options = mesh, options
         self.decoder: Decoder | None = None
@@ -234,7 +249,9 @@ class CachedPolicy(ContextPolicy):
     def act(self, obs: np.ndarray, env_mask: np.ndarray) -> np.ndarray:
         """Actions ``[N, ...]`` for ``obs``; rows outside ``env_mask`` are not advanced."""
         mask = np.asarray(env_mask, bool)
-        refill = self._make_room(mask)
+        # An emptied row's cache still holds its last trial: refill it from its new context.
+        refill = self._make_room(mask) | (self.emptied & mask)
+        self.emptied[mask] = False
         self._append(self.encoder.before_action(obs, mask), mask)
         pred = np.zeros((self.num_envs, self.model.cfg.out_dim), np.float32)
         if refill.any():
@@ -293,6 +310,8 @@ def policy_from_model(
 
     module = agents.get(agent_name)
     options.setdefault("context_steps", module.context_steps(agent_cfg, spec))
+    # Agents trained on windows inside one episode (DT, BC) start every trial afresh.
+    options.setdefault("trial_context", getattr(module, "CONTEXT_ACROSS_TRIALS", True))
     cls = CachedPolicy if cached else ContextPolicy
     return cls(model, layout, spec, **options)
 

@@ -95,13 +95,20 @@ def test_action_repeat_equals_the_plain_env_stepped_k_times():
         assert r == pr  # the reward of the last repeated control step
 
 
-def test_exorl_relabelling_reproduces_repeated_rewards(tmp_path):
-    """Collected with repeat 8, written as ExoRL, relabelled from physics: the live rewards."""
-    store = collect_scripted("dmc:cartpole-swingup:ar8:t4", 4, noise=(0.0, 1.0), seed=2)
-    assert store.metadata["env_id"] == "dmc:cartpole-swingup:ar8:t4"
-    assert store.num_steps == 4 * 50
+@pytest.mark.parametrize(
+    ("env_id", "task", "steps"),
+    [("dmc:cartpole-swingup:ar8:t4", "cartpole_swingup", 50),
+     ("dmc:point_mass-easy:ar8:t4", "point_mass_easy", 25),
+     ("dmc:pendulum-swingup:ar4:t4", "pendulum_swingup", 50)],
+)
+def test_exorl_relabelling_reproduces_repeated_rewards(tmp_path, env_id, task, steps):
+    """Collected with action repeat, written as ExoRL, relabelled from physics: the live
+    rewards (point mass and pendulum pay for control / need the state, like cartpole)."""
+    store = collect_scripted(env_id, 4, noise=(0.0, 0.3), seed=2)
+    assert store.metadata["env_id"] == env_id
+    assert store.num_steps == 4 * steps
     write(store, "exorl", tmp_path / "buffer")
-    back = read_exorl(tmp_path / "buffer", task="cartpole_swingup", cache=False)
+    back = read_exorl(tmp_path / "buffer", task=task, cache=False)
     np.testing.assert_allclose(back.rewards, store.rewards, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(back.observations, store.observations)
     # Not a trivial match: rewards span most of [0, 1] (hanging down to swung up).

@@ -70,6 +70,9 @@ class BenchConfig:
     """Mask settings timed."""
     dense_max_seq: int = 8192
     """Largest T at which the dense reference is timed (it holds T x T scores)."""
+    dense_repeats: int = 3
+    """Timed runs of the dense reference (compiled ahead, no warm-up run: at T=8192 it holds
+    5+ GB and runs for seconds, so it is kept short)."""
     mem_seq_lens: tuple[int, ...] = (2048, 4096, 8192, 16384, 32768, 65536)
     """Sequence lengths of the memory table (compiled only, never run)."""
     out: str = "results/attention.json"
@@ -110,10 +113,13 @@ class Timing:
         return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
 
 
-def _time(fn, args, repeats: int) -> Timing:
+def _time(fn, args, repeats: int, warmup: bool = True) -> Timing:
     import jax
 
-    jax.block_until_ready(fn(*args))  # compile + warm up
+    if warmup:
+        jax.block_until_ready(fn(*args))  # compile + warm up
+    else:
+        fn = fn.lower(*args).compile()
     t = Timing()
     for _ in range(repeats):
         start = time.perf_counter()
@@ -197,7 +203,8 @@ def run_timings(cfg: BenchConfig, mesh) -> tuple[dict, dict]:
             mode = "fwd_bwd" if backward else "fwd"
             key = f"{name} {'causal' if causal else 'full'} {mode}"
             fn, args = _build(cfg, impl, layout, causal, backward, mesh)
-            t = _time(fn, args, cfg.repeats)
+            dense = impl == "reference"
+            t = _time(fn, args, cfg.dense_repeats if dense else cfg.repeats, warmup=not dense)
             del fn, args
             flops = attention_flops(cfg, causal, backward)
             cases[key] = {
@@ -247,19 +254,24 @@ def memory_table(cfg: BenchConfig, mesh) -> dict:
     n = mesh.shape["seq"]
     table = {}
     for t in cfg.mem_seq_lens:
-        for impl, seq, devices in (("reference", t, 1), ("blockwise", t, 1),
-                                   ("blockwise", t // n, 1), ("ring", t, n)):
-            name = f"{impl}@{seq}" if impl != "ring" else f"ring{n}@{seq}"
-            if name in table:
-                continue
+        ring_chunk = _resolved_chunk(cfg, "ring", t, n)
+        # (key, impl, seq, devices, chunk): the dense and blockwise series over T, the ring at
+        # T, and blockwise at T/n with the ring's chunk (the ring's per-device comparison).
+        for name, impl, seq, devices, chunk in (
+            (f"reference@{t}", "reference", t, 1, None),
+            (f"blockwise@{t}", "blockwise", t, 1, _resolved_chunk(cfg, "blockwise", t, n)),
+            (f"blockwise(T/{n})@{t}", "blockwise", t // n, 1, ring_chunk),
+            (f"ring{n}@{t}", "ring", t, n, ring_chunk),
+        ):
             shape = (cfg.batch, seq, cfg.heads, cfg.head_dim)
             x = jax.ShapeDtypeStruct(shape, jnp.dtype(cfg.dtype))
             kw = {"impl": impl, "causal": True}
+            if impl != "reference":
+                kw.update(q_chunk=chunk, k_chunk=chunk)
             if impl == "ring":
                 kw.update(mesh=mesh, layout="zigzag")
             f = lambda q, k, v, kw=kw: attention(q, k, v, **kw)
-            entry = {"impl": impl, "seq_len": seq, "devices": devices,
-                     "chunk": _resolved_chunk(cfg, impl, seq, n)}
+            entry = {"impl": impl, "seq_len": seq, "devices": devices, "chunk": chunk}
             for mode, fn in (
                 ("fwd", f),
                 ("fwd_bwd", lambda q, k, v, f=f: jax.vjp(f, q, k, v)[1](q)),
@@ -278,7 +290,7 @@ def memory_table(cfg: BenchConfig, mesh) -> dict:
             table[name] = entry
             mib = {m: f"{entry[m]['total'] / 2**20:10.1f} MiB" if "total" in entry[m] else
                    "    failed" for m in ("fwd", "fwd_bwd")}
-            print(f"  memory {name:18s} fwd {mib['fwd']}   fwd+bwd {mib['fwd_bwd']}", flush=True)
+            print(f"  memory {name:22s} fwd {mib['fwd']}   fwd+bwd {mib['fwd_bwd']}", flush=True)
     return table
 
 
@@ -329,7 +341,7 @@ def evaluate_targets(cfg, cases, matmul, memory, balance, n) -> dict:
     }
     ratios = {}
     for t in cfg.mem_seq_lens:
-        ring, block = memory.get(f"ring{n}@{t}"), memory.get(f"blockwise@{t // n}")
+        ring, block = memory.get(f"ring{n}@{t}"), memory.get(f"blockwise(T/{n})@{t}")
         ok = ring and block and all("total" in e[m] for e in (ring, block) for m in MODES)
         if ok:
             ratios[t] = {m: round(ring[m]["total"] / block[m]["total"], 3)
@@ -344,8 +356,7 @@ def evaluate_targets(cfg, cases, matmul, memory, balance, n) -> dict:
     growth, raw = {}, {}
     for impl in ("reference", "blockwise", f"ring{n}"):
         pts = sorted((e["seq_len"], e) for name, e in memory.items()
-                     if name.startswith(f"{impl}@") and e["seq_len"] in cfg.mem_seq_lens
-                     and all("total" in e[m] for m in MODES))
+                     if name.startswith(f"{impl}@") and all("total" in e[m] for m in MODES))
         steps = [(ta, {m: round(b[m]["total"] / a[m]["total"], 3) for m in MODES},
                   a["chunk"] == b["chunk"])
                  for (ta, a), (tb, b) in zip(pts, pts[1:], strict=False) if tb == 2 * ta]
@@ -387,10 +398,10 @@ def plot(path: str, result: dict) -> None:
 
     ax = axes[1]
     n = result["platform"]["ring_devices"]
-    for impl, style in (("reference", "s-"), ("blockwise", "o-"), (f"ring{n}", "^-")):
-        pts = sorted((e["seq_len"], e["fwd_bwd"]["total"]) for name, e in
+    for impl, style in (("reference", "s-"), ("blockwise", "o-"), (f"ring{n}", "^-"),
+                        (f"blockwise(T/{n})", "v--")):
+        pts = sorted((int(name.split("@")[1]), e["fwd_bwd"]["total"]) for name, e in
                      result["memory"].items() if name.startswith(f"{impl}@")
-                     and e["seq_len"] in result["config"]["mem_seq_lens"]
                      and "total" in e["fwd_bwd"])
         if pts:
             ax.plot(*zip(*pts, strict=True), style, label=f"{impl} fwd+bwd")
@@ -443,6 +454,7 @@ def run(cfg: BenchConfig) -> dict:
     print(f"attention benchmark: {jax.default_backend()} x{cfg.devices}, T={cfg.seq_len}, "
           f"H={cfg.heads}, D={cfg.head_dim}, B={cfg.batch}, {cfg.dtype}", flush=True)
     started = time.time()
+    load_start = [round(x, 2) for x in os.getloadavg()]
     cases, matmul = run_timings(cfg, mesh)
     memory = memory_table(cfg, mesh)
     balance = balance_table(cfg, cfg.devices)
@@ -457,6 +469,10 @@ def run(cfg: BenchConfig) -> dict:
             "python": platform.python_version(),
             "cpu_count": os.cpu_count(), "machine": platform.machine(),
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "loadavg_1_5_15min_at_start": load_start,
+            "loadavg_1_5_15min_at_end": [round(x, 2) for x in os.getloadavg()],
+            "note": "other processes on the machine slow every timing; compare ratios measured "
+                    "in one run, and only from runs with a low load average",
         },
         "flops_convention": "fwd = 4*B*H*D*visible pairs; fwd_bwd = 3.5 x fwd",
         "matmul": matmul,

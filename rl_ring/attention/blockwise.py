@@ -98,11 +98,6 @@ def from_chunks(x: jnp.ndarray, heads: int) -> jnp.ndarray:
     return x.reshape(b, n * (rows // g), heads, d)
 
 
-def rows_from_chunks(x: jnp.ndarray, heads: int) -> jnp.ndarray:
-    """``[n, b, kv_heads, chunk * g]`` per-row values -> ``[b, n*chunk, heads]``."""
-    return from_chunks(x[..., None], heads)[..., 0]
-
-
 def info_to_chunks(info: TokenInfo, chunk: int) -> TokenInfo:
     """``[b, t]`` token info -> ``[t/chunk, b, chunk]``."""
 
@@ -253,7 +248,6 @@ def block_forward(
         The updated state and count.
     """
     kinds = block_kinds(q_info, k_info, cfg)
-    masked = cfg.has_mask(q_info, k_info)
 
     def q_step(i, carry):
         state, count = carry
@@ -264,7 +258,8 @@ def block_forward(
 
             def full(st, n):
                 s = C.chunk_scores(qi, kj, cfg.score_scale)
-                return C.online_update(st, s, vj, maybe_empty=masked), n + 1
+                # Every score is finite here, so no row can be empty after this update.
+                return C.online_update(st, s, vj, maybe_empty=False), n + 1
 
             def partial(st, n):
                 mask = _chunk_visible(qi_info, _index(k_info, j), **cfg.mask_kwargs)

@@ -325,6 +325,8 @@ def eval_policy_from_checkpoint(
     greedy: bool = True,
     cached: bool = True,
     slide_steps: int = 1,
+    context_steps: int | None = None,
+    mesh=None,
 ) -> ContextPolicy:
     """The trained agent of a training work directory as an evaluation policy.
 
@@ -340,6 +342,9 @@ def eval_policy_from_checkpoint(
         cached: decode with a KV cache (:class:`CachedPolicy`, the default) or recompute the
             whole context every step (:class:`ContextPolicy`, the oracle).
         slide_steps: whole steps that slide out of a full context at once.
+        context_steps: steps of context per row (default: the trained context; fewer keep a
+            long-context model's cache small when only a few trials are played).
+        mesh: shard the KV cache over this mesh (cached policy only).
 
     Raises:
         FileNotFoundError: no checkpoint in ``checkpoint_dir``.
@@ -376,6 +381,8 @@ def eval_policy_from_checkpoint(
         greedy=greedy,
         cached=cached,
         slide_steps=slide_steps,
+        **({} if context_steps is None else {"context_steps": context_steps}),
+        **({} if mesh is None else {"mesh": mesh}),
     )
 
 

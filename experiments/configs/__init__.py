@@ -1,0 +1,1 @@
+"""Typed configurations of the experiments (one module per experiment)."""

@@ -177,7 +177,7 @@ def test_decode_equals_forward(name, discrete, mesh_spec):
     np.testing.assert_array_equal(np.asarray(dec.cache.length), tokens["valid"].sum(-1))
     if mesh is not None:
         assert dec.cache.k.sharding.spec[3] == "seq"
-    assert dec.compilations == {"decode": 1, "prefill": 0}
+    assert dec.compilations["decode"] <= 1  # at most once for the whole growing context
 
 
 @pytest.mark.parametrize("mesh_spec", [None, "seq=8"])
@@ -203,7 +203,6 @@ def test_prefill_then_decode_equals_forward(mesh_spec):
     assert_trees_close(first[1], want[1, :10], what="row 1 before")
     assert_trees_close(rest[0], want[0, 37:96], what="row 0 after prefill")
     assert_trees_close(rest[1], want[1, 10:96], what="row 1 after")
-    assert dec.compilations == {"decode": 2, "prefill": 1}  # m = 3, then m = 4
 
 
 def test_one_compilation_as_the_context_grows_and_the_cache_is_donated():
@@ -211,11 +210,21 @@ def test_one_compilation_as_the_context_grows_and_the_cache_is_donated():
     b, cap = tokens["kind"].shape
     dec = Decoder(model, b, cap)
     old = dec.cache
-    feed(dec, tokens, [[2], [3]], m=3)  # 32 calls, the fill growing from 0 to 96
-    assert dec.compilations == {"decode": 1, "prefill": 0}
-    assert dec._step._cache_size() == 1
+    first = {f: tokens[f][:, :3] for f in FIELDS}
+    dec.step(first, np.array([3, 3]))
+    compiled, executables = dec.compilations, dec._step._cache_size()
+    assert compiled["decode"] <= 1 and executables >= 1
     # Donated: the first cache's buffers were handed to the step, not copied.
     assert old.k.is_deleted() and old.v.is_deleted()
+    # 31 more calls, the fill growing to 96: nothing is traced or compiled again.
+    feed(dec, tokens, [[2], [3]], start=[3, 3], m=3)
+    assert dec.compilations == compiled
+    assert dec._step._cache_size() == executables
+    np.testing.assert_array_equal(np.asarray(dec.cache.length), [96, 96])
+    # A second decoder of the same model and shapes reuses the compiled step.
+    again = Decoder(model, b, cap)
+    again.step(first, np.array([3, 3]))
+    assert again.compilations == {"decode": 0, "prefill": 0}
 
 
 def test_bad_input_raises_clear_errors():

@@ -257,6 +257,34 @@ def prefill(
 # ----------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=32)
+def _compiled(graphdef, mesh, options):
+    """The jitted decode and prefill steps of one model structure, mesh and options, and
+    their trace counters (shared by every :class:`Decoder` of that key)."""
+    traces = {"decode": 0, "prefill": 0}
+    # The cache keeps the shardings init_cache gave it, so the next call's input matches
+    # the first call's and hits the same compiled function.
+    out = {}
+    if mesh is not None:
+        out["out_shardings"] = (NamedSharding(mesh, PartitionSpec()), cache_shardings(mesh))
+
+    @functools.partial(jax.jit, donate_argnums=(1,), **out)
+    def step(state, cache, tokens, num_new):
+        traces["decode"] += 1  # runs only while tracing: counts compilations
+        model = nnx.merge(graphdef, state)
+        return decode(model, tokens, cache, num_new, mesh=mesh, options=options)
+
+    @functools.partial(jax.jit, donate_argnums=(1,), **out)
+    def refill(state, cache, tokens, rows):
+        traces["prefill"] += 1
+        model = nnx.merge(graphdef, state)
+        pred, cache = prefill(model, tokens, cache, rows, mesh=mesh)
+        last = jnp.maximum(cache.length - 1, 0)
+        return jnp.take_along_axis(pred, last[:, None, None], axis=1)[:, 0], cache
+
+    return step, refill, traces
+
+
 class Decoder:
     """A model's KV cache for ``batch`` rows and its compiled decode and prefill steps.
 
@@ -290,29 +318,8 @@ class Decoder:
         if mesh is not None:
             state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
         self._state = state
-        self.traces = {"decode": 0, "prefill": 0}
-        traces = self.traces
-        # The cache keeps the shardings init_cache gave it, so the next call's input matches
-        # the first call's and hits the same compiled function.
-        out = {}
-        if mesh is not None:
-            out["out_shardings"] = (NamedSharding(mesh, PartitionSpec()), cache_shardings(mesh))
-
-        @functools.partial(jax.jit, donate_argnums=(1,), **out)
-        def step(state, cache, tokens, num_new):
-            traces["decode"] += 1  # runs only while tracing: counts compilations
-            model = nnx.merge(graphdef, state)
-            return decode(model, tokens, cache, num_new, mesh=mesh, options=options)
-
-        @functools.partial(jax.jit, donate_argnums=(1,), **out)
-        def refill(state, cache, tokens, rows):
-            traces["prefill"] += 1
-            model = nnx.merge(graphdef, state)
-            pred, cache = prefill(model, tokens, cache, rows, mesh=mesh)
-            last = jnp.maximum(cache.length - 1, 0)
-            return jnp.take_along_axis(pred, last[:, None, None], axis=1)[:, 0], cache
-
-        self._step, self._refill = step, refill
+        self._step, self._refill, self._traces = _compiled(graphdef, mesh, options)
+        self._traces_at_start = dict(self._traces)
         self.reset()
 
     def reset(self) -> None:
@@ -382,8 +389,10 @@ class Decoder:
 
     @property
     def compilations(self) -> dict[str, int]:
-        """How many times each compiled function was traced (1 each after warm-up)."""
-        return dict(self.traces)
+        """Traces (compilations) of the decode and prefill functions since this decoder was
+        made. Decoders of equal models and options share their compiled functions, so a
+        second decoder of the same shapes compiles nothing."""
+        return {k: v - self._traces_at_start[k] for k, v in self._traces.items()}
 
     def _check_step(self, tokens, num_new) -> int:
         missing = [f for f in DECODE_FIELDS if f not in tokens]

@@ -9,18 +9,20 @@ to cut contexts out of one history.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
 
 from envs.learners.bandits import UCB1, Thompson
+from envs.learners.grid import NoiseSchedule, NoisyOracle, PosteriorSampling
 from envs.learners.qlearning import QLearner, QLearningConfig
 from envs.recording import episode_seed, run_episode
 from envs.registry import make, space_dict, task_split
 from rl_ring.data import EpisodeStore
 
-LEARNERS = ("qlearning", "ucb", "thompson")
+LEARNERS = ("qlearning", "ucb", "thompson", "noisy_oracle", "posterior")
 
 
 class Learner(Protocol):
@@ -39,14 +41,31 @@ def make_learner(
     episodes: int,
     seed: int,
     qlearning: QLearningConfig | None = None,
+    *,
+    env_id: str | None = None,
+    task: int | None = None,
+    noise: NoiseSchedule | None = None,
 ) -> Learner:
-    """A fresh source learner by name ("qlearning", "ucb", "thompson")."""
+    """A fresh source learner by name (see :data:`LEARNERS`).
+
+    ``noisy_oracle`` and ``posterior`` (:mod:`envs.learners.grid`) need ``env_id``; the
+    oracle also the ``task``. ``noise`` is their random-action schedule (default: the
+    oracle's 1 -> 0 over half the history, none for posterior sampling).
+    """
     if name == "qlearning":
         return QLearner(num_actions, episodes, qlearning or QLearningConfig(), seed)
     if name == "ucb":
         return UCB1(num_actions, seed)
     if name == "thompson":
         return Thompson(num_actions, seed)
+    if name in ("noisy_oracle", "posterior") and env_id is None:
+        raise ValueError(f"learner {name!r} needs env_id")
+    if name == "noisy_oracle":
+        if task is None:
+            raise ValueError("learner 'noisy_oracle' knows its task: pass task=")
+        return NoisyOracle(env_id, task, num_actions, episodes, seed, noise)
+    if name == "posterior":
+        return PosteriorSampling(env_id, num_actions, episodes, seed, noise)
     raise ValueError(f"unknown learner {name!r}; expected one of {LEARNERS}")
 
 
@@ -60,18 +79,20 @@ def collect_histories(
     seed: int = 0,
     qlearning: QLearningConfig | None = None,
     progress: Callable[[int], None] | None = None,
+    noise: NoiseSchedule | None = None,
 ) -> EpisodeStore:
     """Learning histories of ``learner`` on the tasks of an in-context env.
 
     Args:
         env_id: an in-context family ("darkroom", "keydoor", "bandit", ...).
-        learner: "qlearning", "ucb" or "thompson".
+        learner: one of :data:`LEARNERS`.
         tasks: a split name ("train", "test", "all") or explicit task ids.
         episodes_per_history: episodes of each history.
         histories: number of histories (default: one per task).
         seed: run seed; history ``h`` derives its env and learner seeds from it.
         qlearning: Q-learning hyperparameters.
         progress: called with the number of episodes just finished (a progress bar).
+        noise: random-action schedule of the grid learners (``noisy_oracle``, ``posterior``).
 
     Returns:
         The episodes of all histories, history after history, with per-episode extras
@@ -97,9 +118,12 @@ def collect_histories(
                 episodes_per_history,
                 episode_seed(seed, h, tag=2),
                 qlearning,
+                env_id=env_id,
+                task=task,
+                noise=noise,
             )
             for e in range(episodes_per_history):
-                noise = float(agent.epsilon)
+                eps = float(agent.epsilon)
                 ep = run_episode(
                     env,
                     agent.act,
@@ -113,7 +137,7 @@ def collect_histories(
                     ("history_id", h),
                     ("task_id", task),
                     ("episode_in_history", e),
-                    ("policy_noise", noise),
+                    ("policy_noise", eps),
                 ):
                     extras[key].append(value)
                 if progress is not None:
@@ -133,6 +157,7 @@ def collect_histories(
             "observation_space": space_dict(env.observation_space),
             "episodes_per_history": episodes_per_history,
             "histories": n_hist,
+            **({} if noise is None else {"noise": dataclasses.asdict(noise)}),
         },
     )
 

@@ -1,0 +1,237 @@
+"""Grid-world source algorithms whose learning histories are short and easy to read.
+
+Two sources for Algorithm Distillation on Dark Room and Key-to-Door, next to the tabular
+Q-learner of :mod:`envs.learners.qlearning`:
+
+* :class:`NoisyOracle` ("noise distillation"): the shortest-path oracle of the task, with a
+  random action instead of the oracle's with probability ``epsilon``, and ``epsilon`` falling
+  from episode to episode (:class:`NoiseSchedule`). It is not a learner: it knows the task,
+  and its histories improve only because the injected noise decays.
+* :class:`PosteriorSampling`: a Bayesian learner that knows the room's dynamics and that the
+  reward sits on one unknown cell (Key-to-Door: an unknown key cell, then an unknown door
+  cell), with a uniform prior over the room. It keeps the set of cells its observations
+  have not ruled out, walks to one drawn uniformly from that set, and draws again when the
+  cell is ruled out; once a reward has shown where the goal is, it walks there in every
+  episode. Until it finds the goal its behaviour does not depend on the task at all, and its
+  state is a function of what it has seen, so a context holding its history determines
+  its next action distribution.
+
+Both follow the learner protocol of :mod:`envs.learners.history` (``act``, ``update``,
+``end_episode``, ``epsilon``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from envs import gridworld as gw
+from envs import keydoor
+from envs.darkroom import goal_ids
+
+GRID_ENVS = ("darkroom", "keydoor")
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """Per-episode probability of a uniformly random action within one history."""
+
+    start: float = 1.0
+    """Probability in the history's first episode."""
+    end: float = 0.0
+    """Probability once the decay is over."""
+    decay_fraction: float = 0.5
+    """Fraction of the history's episodes over which the probability moves linearly."""
+
+    def __post_init__(self) -> None:
+        for name in ("start", "end"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"NoiseSchedule.{name}={value!r}: expected a probability")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise ValueError(
+                f"NoiseSchedule.decay_fraction={self.decay_fraction!r}: expected in (0, 1]"
+            )
+
+    def at(self, episode: int, episodes: int) -> float:
+        """The probability in episode ``episode`` of a history of ``episodes`` episodes."""
+        horizon = max(1.0, self.decay_fraction * episodes)
+        frac = min(1.0, episode / horizon)
+        return self.start + frac * (self.end - self.start)
+
+
+def _check_env(env_id: str, who: str) -> None:
+    if env_id not in GRID_ENVS:
+        raise ValueError(f"{who}: grid learners support {GRID_ENVS}, got {env_id!r}")
+
+
+class _Noisy:
+    """The shared epsilon-per-episode bookkeeping."""
+
+    def __init__(self, episodes: int, noise: NoiseSchedule, seed: int) -> None:
+        if episodes < 1:
+            raise ValueError(f"episodes must be >= 1, got {episodes}")
+        self.episodes = episodes
+        self.noise = noise
+        self.episode = 0
+        self.rng = np.random.default_rng(seed)
+
+    @property
+    def epsilon(self) -> float:
+        """Random-action probability of the current episode."""
+        return self.noise.at(self.episode, self.episodes)
+
+    def _explore(self) -> bool:
+        eps = self.epsilon
+        return eps > 0 and self.rng.random() < eps
+
+
+class NoisyOracle(_Noisy):
+    """The task's shortest-path oracle with decaying random-action noise (see module doc).
+
+    Args:
+        env_id: "darkroom" or "keydoor".
+        task: the task id (goal cell, or key/door pair).
+        num_actions: size of the action space (5).
+        episodes: length of the history in episodes (sets the noise schedule).
+        seed: seed of the noise stream.
+        noise: the schedule of the random-action probability.
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        task: int,
+        num_actions: int,
+        episodes: int,
+        seed: int,
+        noise: NoiseSchedule | None = None,
+    ) -> None:
+        _check_env(env_id, "NoisyOracle")
+        super().__init__(episodes, noise or NoiseSchedule(), seed)
+        self.num_actions = num_actions
+        if env_id == "darkroom":
+            if int(task) not in set(goal_ids(9)):
+                raise ValueError(f"NoisyOracle: {task} is not a darkroom goal id")
+            goal = gw.cell_xy(int(task), 9)
+            self.targets = (goal, goal)
+        else:
+            self.targets = keydoor.key_door(int(task))
+
+    def act(self, obs: np.ndarray) -> int:
+        if self._explore():
+            return int(self.rng.integers(self.num_actions))
+        target = self.targets[int(len(obs) > 2 and obs[2] > 0.5)]
+        return step_towards((int(obs[0]), int(obs[1])), target, self.rng)
+
+    def update(self, obs, action, reward, next_obs, terminated, truncated) -> None:
+        del obs, action, reward, next_obs, terminated, truncated
+
+    def end_episode(self) -> None:
+        self.episode += 1
+
+
+class PosteriorSampling(_Noisy):
+    """Posterior sampling over the unknown rewarding cell(s) (see the module docstring).
+
+    Dark Room rewards the cell the agent stands on when it acts (the observation before the
+    step); Key-to-Door rewards the cell a step arrives on, and its door only counts while
+    the key is held, so only those visits rule a door cell out.
+
+    Args:
+        env_id: "darkroom" or "keydoor" (9 x 9 rooms).
+        num_actions: size of the action space (5).
+        episodes: length of the history in episodes (sets the noise schedule).
+        seed: seed of the target draws and of the noise stream.
+        noise: optional random-action probability per episode (default: none).
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        num_actions: int,
+        episodes: int,
+        seed: int,
+        noise: NoiseSchedule | None = None,
+    ) -> None:
+        _check_env(env_id, "PosteriorSampling")
+        super().__init__(episodes, noise or NoiseSchedule(start=0.0, end=0.0), seed)
+        self.env_id = env_id
+        self.num_actions = num_actions
+        self.size = 9
+        cells = goal_ids(self.size)  # every cell but the centre, where episodes start
+        # stage 0: looking for the goal (Dark Room) or the key; stage 1: for the door.
+        self.candidates = [set(cells), set(cells)]
+        self.found: list[tuple[int, int] | None] = [None, None]
+        self.target: tuple[int, int] | None = None
+
+    def _stage(self, obs: np.ndarray) -> int:
+        return int(self.env_id == "keydoor" and obs[2] > 0.5)
+
+    def _draw(self, stage: int) -> tuple[int, int] | None:
+        if self.found[stage] is not None:
+            return self.found[stage]
+        pool = sorted(self.candidates[stage])
+        if not pool:
+            return None
+        return gw.cell_xy(pool[self.rng.integers(len(pool))], self.size)
+
+    def act(self, obs: np.ndarray) -> int:
+        stage = self._stage(obs)
+        pos = (int(obs[0]), int(obs[1]))
+        if (
+            self.target is None
+            or (self.found[stage] is not None and self.target != self.found[stage])
+            or (self.found[stage] is None
+                and gw.cell_id(*self.target, self.size) not in self.candidates[stage])
+        ):
+            self.target = self._draw(stage)
+        if self._explore() or self.target is None:
+            return int(self.rng.integers(self.num_actions))
+        return step_towards(pos, self.target, self.rng)
+
+    def update(self, obs, action, reward, next_obs, terminated, truncated) -> None:
+        del action, truncated
+        if self.env_id == "darkroom":
+            self._learn(0, obs, reward > 0)
+            return
+        # Key-to-Door: the reward belongs to the cell arrived on; the key is the first
+        # reward, the door the reward that ends the episode while the key is held.
+        stage = self._stage(obs)
+        got_key = stage == 0 and next_obs[2] > 0.5
+        self._learn(stage, next_obs, got_key if stage == 0 else bool(terminated and reward > 0))
+        if got_key:
+            self.target = None
+
+    def _learn(self, stage: int, obs: np.ndarray, rewarded: bool) -> None:
+        cell = (int(obs[0]), int(obs[1]))
+        if rewarded:
+            self.found[stage] = cell
+        else:
+            self.candidates[stage].discard(gw.cell_id(*cell, self.size))
+
+    def end_episode(self) -> None:
+        self.episode += 1
+        self.target = None
+
+
+def step_towards(pos: tuple[int, int], target: tuple[int, int], rng: np.random.Generator) -> int:
+    """A move along a shortest path to ``target``, drawn uniformly among the moves that
+    bring the agent closer; the no-op on the target.
+
+    Drawing among the shortest paths (instead of always moving along x first) keeps two
+    episodes to the same cell from being copies of each other, so a model distilling the
+    histories has to find the goal from the rewards rather than replay the last episode.
+    """
+    moves = []
+    if target[0] != pos[0]:
+        moves.append(4 if target[0] > pos[0] else 3)
+    if target[1] != pos[1]:
+        moves.append(1 if target[1] > pos[1] else 2)
+    if not moves:
+        return 0
+    return moves[int(rng.integers(len(moves)))] if len(moves) > 1 else moves[0]
+
+
+__all__ = ["GRID_ENVS", "NoiseSchedule", "NoisyOracle", "PosteriorSampling", "step_towards"]

@@ -1,0 +1,145 @@
+"""Grid-world source algorithms: the noisy oracle and posterior sampling.
+
+Oracles: hand-computed schedules, the exhaustive optimal returns of the registry, shortest
+path lengths, and the visited-cell sets recomputed from the recorded episodes.
+"""
+
+import numpy as np
+import pytest
+
+import envs
+from envs import gridworld as gw
+from envs import keydoor
+from envs.learners.grid import NoiseSchedule, NoisyOracle, PosteriorSampling, step_towards
+from envs.learners.history import collect_histories, make_learner
+from envs.recording import run_episode
+
+
+def test_noise_schedule_hand_values_and_errors():
+    s = NoiseSchedule(start=1.0, end=0.2, decay_fraction=0.5)
+    got = [s.at(e, 10) for e in range(8)]
+    np.testing.assert_allclose(got, [1.0, 0.84, 0.68, 0.52, 0.36, 0.2, 0.2, 0.2])
+    with pytest.raises(ValueError, match="NoiseSchedule.start"):
+        NoiseSchedule(start=1.5)
+    with pytest.raises(ValueError, match="decay_fraction"):
+        NoiseSchedule(decay_fraction=0.0)
+
+
+def test_step_towards_walks_every_shortest_path_and_varies():
+    rng = np.random.default_rng(0)
+    for pos in [(0, 0), (4, 4), (8, 3), (2, 7)]:
+        for target in [(0, 0), (8, 8), (4, 1), (2, 7)]:
+            p, steps = pos, 0
+            while p != target:
+                a = step_towards(p, target, rng)
+                assert gw.manhattan(gw.move(p, a, 9), target) == gw.manhattan(p, target) - 1
+                p, steps = gw.move(p, a, 9), steps + 1
+            assert steps == gw.manhattan(pos, target)
+            assert step_towards(target, target, rng) == 0
+    # Both moves (up and right) are drawn at the first step of a diagonal walk, about evenly.
+    first = [step_towards((4, 4), (8, 8), rng) for _ in range(400)]
+    assert set(first) == {1, 4}
+    assert 160 < first.count(1) < 240
+
+
+@pytest.mark.parametrize("env_id", ["darkroom", "keydoor"])
+def test_noisy_oracle_without_noise_is_optimal(env_id):
+    tasks = envs.task_split(env_id, "all")
+    if env_id == "keydoor":
+        tasks = tasks[::97]
+    env = envs.make(env_id)
+    for task in tasks:
+        oracle = NoisyOracle(env_id, task, 5, 1, seed=task, noise=NoiseSchedule(0.0, 0.0))
+        ep = run_episode(env, oracle.act, seed=0, options={"task": task})
+        assert ep["rewards"].sum() == envs.optimal_return(env_id, task)
+        if env_id == "keydoor":
+            key, door = keydoor.key_door(task)
+            assert len(ep["rewards"]) == gw.manhattan((4, 4), key) + gw.manhattan(key, door)
+
+
+def test_noisy_oracle_histories_follow_the_schedule():
+    sched = NoiseSchedule(start=1.0, end=0.0, decay_fraction=0.5)
+    store = collect_histories("darkroom", "noisy_oracle", tasks=[0, 80], episodes_per_history=10,
+                              histories=2, noise=sched)
+    want = [sched.at(e, 10) for e in range(10)] * 2
+    np.testing.assert_allclose(store.episode_extras["policy_noise"], want, atol=1e-7)
+    assert store.metadata["noise"] == {"start": 1.0, "end": 0.0, "decay_fraction": 0.5}
+    ret = store.episode_returns.reshape(2, 10)
+    # Noise-free episodes (from episode 5 on) are optimal; the first (all random) are not.
+    for h, task in enumerate([0, 80]):
+        np.testing.assert_array_equal(ret[h, 5:], envs.optimal_return("darkroom", task))
+    assert ret[:, 0].max() < 12
+
+
+def _darkroom_history(goal: int, seed: int, episodes: int):
+    env = envs.make("darkroom")
+    learner = PosteriorSampling("darkroom", 5, episodes, seed)
+    eps = []
+    for e in range(episodes):
+        targets = []
+
+        def act(obs, targets=targets):
+            a = learner.act(obs)
+            targets.append(learner.target)
+            return a
+
+        ep = run_episode(env, act, seed=e, options={"task": goal}, learn=learner.update)
+        learner.end_episode()
+        ep["targets"] = targets
+        eps.append(ep)
+    return eps
+
+
+def test_posterior_sampling_targets_only_cells_not_ruled_out():
+    goal = gw.cell_id(8, 0, 9)
+    visited = set()
+    found = None
+    for ep in _darkroom_history(goal, seed=3, episodes=12):
+        for obs, r, target in zip(ep["observations"], ep["rewards"], ep["targets"], strict=True):
+            cell = (int(obs[0]), int(obs[1]))
+            if found is not None:
+                assert target == found
+            else:
+                # Every draw is a cell no earlier step has visited without a reward.
+                assert target not in visited and target != (4, 4)
+            if r > 0 and found is None:
+                found = cell
+            visited.add(cell)
+    assert found == (8, 0)
+
+
+def test_posterior_sampling_ignores_the_goal_until_found_then_is_optimal():
+    a, b = gw.cell_id(0, 8, 9), gw.cell_id(8, 0, 9)
+    ha, hb = _darkroom_history(a, 7, 15), _darkroom_history(b, 7, 15)
+    flat = [np.concatenate([ep[k] for ep in h]) for h in (ha, hb) for k in ("actions", "rewards")]
+    acts_a, rew_a, acts_b, rew_b = flat
+    first = min(np.flatnonzero(rew_a)[0], np.flatnonzero(rew_b)[0])
+    # Same seed, different goals: identical behaviour up to the first reward of either.
+    np.testing.assert_array_equal(acts_a[: first + 1], acts_b[: first + 1])
+    for h, goal in ((ha, a), (hb, b)):
+        returns = [ep["rewards"].sum() for ep in h]
+        k = next(i for i, r in enumerate(returns) if r > 0)
+        assert all(r == envs.optimal_return("darkroom", goal) for r in returns[k + 1:])
+
+
+def test_posterior_sampling_keydoor_finds_key_then_door():
+    task = keydoor.task_id((1, 7), (6, 2))
+    store = collect_histories("keydoor", "posterior", tasks=[task], episodes_per_history=40,
+                              histories=1)
+    returns = store.episode_returns
+    lengths = store.episode_lengths
+    k = int(np.flatnonzero(returns == 2)[0])
+    assert k < 39
+    np.testing.assert_array_equal(returns[k + 1:], 2.0)
+    np.testing.assert_array_equal(lengths[k + 1:], 6 + 10)  # centre -> key -> door
+
+
+def test_make_learner_errors_name_what_is_missing():
+    with pytest.raises(ValueError, match="needs env_id"):
+        make_learner("posterior", 5, 10, 0)
+    with pytest.raises(ValueError, match="pass task="):
+        make_learner("noisy_oracle", 5, 10, 0, env_id="darkroom")
+    with pytest.raises(ValueError, match="grid learners support"):
+        make_learner("posterior", 5, 10, 0, env_id="bandit")
+    with pytest.raises(ValueError, match="not a darkroom goal"):
+        make_learner("noisy_oracle", 5, 10, 0, env_id="darkroom", task=40)

@@ -128,7 +128,8 @@ def agent_config(s: Setting, cfg: SmallConfig):
     # AT chains (the train config switches to ring when the mesh has a seq axis > 1).
     model = base.model.replace(
         width=cfg.width, depth=cfg.depth, num_heads=cfg.heads, dropout=cfg.dropout,
-        attn_impl="blockwise" if s.agent == "at" else "reference",
+        attn_impl="blockwise" if s.agent == "at" else "reference", attn_layout=s.layout,
+        attn_options=(("q_chunk", cfg.attn_chunk), ("k_chunk", cfg.attn_chunk)),
     )
     if s.agent == "at":
         return module.Config(num_trajectories=s.num_trajectories, model=model)
@@ -244,8 +245,9 @@ def run(cfg: SmallConfig, *, tiny: bool = False) -> dict[str, Any]:
         store = load_store(task, buffer)
         data[task.name] = {"env": task.env, "relabel": task.relabel, "noise": list(task.noise),
                            "buffer": str(buffer), **dataset_stats(store)}
-        for s in settings:
-            for seed in cfg.seeds:
+        # Seed by seed, so that a complete first seed of every setting comes early.
+        for seed in cfg.seeds:
+            for s in settings:
                 summary = train_run(cfg, task, s, seed, buffer, store)
                 runs.append({**summary, "eval": eval_run(cfg, task, s, seed)})
     memory = report.memory_plan(cfg, specs[0], settings, run_dir) if cfg.memory_plan else None

@@ -221,6 +221,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
                                   ("return_p90", "--", "data top decile"),
                                   ("return_max", "-", "data best")):
             row[0].axhline(d[key], color="k", ls=style, lw=1, label=label)
+        # Zoom on the range where the settings and the data's upper part differ.
+        tops = [cols[n][k]["mean"] + (cols[n][k]["std"] or 0.0) for n in names
+                for k in ("last", "best_of_n")]
+        lows = [cols[n]["last"]["mean"] - (cols[n]["last"]["std"] or 0.0) for n in names]
+        lo, hi = min([*lows, d["return_median"]]), max([*tops, d["return_max"]])
+        row[0].set_ylim(lo - 0.15 * (hi - lo), hi + 0.1 * (hi - lo))
         row[0].set_xticks(x, names)
         row[0].set_ylabel("episode return")
         row[0].set_title(f"{task}: mean ± std over {len(result['config']['seeds'])} seeds")

@@ -227,6 +227,27 @@ def test_one_compilation_as_the_context_grows_and_the_cache_is_donated():
     assert again.compilations == {"decode": 0, "prefill": 0}
 
 
+def test_model_methods_prefill_and_decode_under_jit():
+    model, tokens = agent_model_and_tokens("dt")  # rows of 9 and 15 real tokens
+    want = forward(model, tokens)
+    b, cap = tokens["kind"].shape
+
+    @nnx.jit
+    def run(model, tokens):
+        cache = model.init_cache(b, cap)
+        head = {**tokens, "valid": tokens["valid"] & (np.arange(cap) < 6)}
+        pred_head, cache = model.prefill(head, cache, jnp.ones(b, bool))
+        new = {f: tokens[f][:, 6:9] for f in FIELDS}
+        pred_new, cache = model.decode(new, cache, jnp.array([3, 3]))
+        return pred_head, pred_new, cache.length
+
+    pred_head, pred_new, length = run(model, {**{f: tokens[f] for f in FIELDS},
+                                              "valid": tokens["valid"]})
+    assert_trees_close(np.asarray(pred_head)[:, :6], want[:, :6], what="prefill")
+    assert_trees_close(np.asarray(pred_new), want[:, 6:9], what="decode")
+    np.testing.assert_array_equal(np.asarray(length), [9, 9])
+
+
 def test_bad_input_raises_clear_errors():
     model, tokens = agent_model_and_tokens("dt")
     b, cap = tokens["kind"].shape

@@ -1,17 +1,24 @@
-"""The trajectory transformer shared by every agent, its loss and its parameter placement."""
+"""The trajectory transformer shared by every agent, its loss, its parameter placement and its
+KV-cached decoding."""
 
 from rl_ring.models.config import ModelConfig, default_token_features
+from rl_ring.models.decode import Decoder, KVCache, decode, init_cache, prefill
 from rl_ring.models.losses import action_loss
 from rl_ring.models.partition import param_shardings, param_specs, shard_model
 from rl_ring.models.transformer import TrajectoryTransformer, check_tokens
 
 __all__ = [
+    "Decoder",
+    "KVCache",
     "ModelConfig",
     "TrajectoryTransformer",
     "action_loss",
     "check_tokens",
+    "decode",
     "default_token_features",
+    "init_cache",
     "param_shardings",
     "param_specs",
+    "prefill",
     "shard_model",
 ]

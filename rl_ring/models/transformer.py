@@ -104,6 +104,27 @@ class TrajectoryTransformer(nnx.Module):
         )
         return self.final_norm(x)
 
+    # ------------------------------------------------------------------ KV-cached decoding
+    def init_cache(self, batch: int, capacity: int, *, mesh=None):
+        """An empty KV cache (see :func:`rl_ring.models.decode.init_cache`)."""
+        from rl_ring.models.decode import init_cache
+
+        return init_cache(self, batch, capacity, mesh=mesh)
+
+    def decode(self, tokens: dict[str, jax.Array], cache, num_new, *, mesh=None, options=None):
+        """New tokens against the cache: ``(pred [B, m, out_dim], cache)`` (see
+        :func:`rl_ring.models.decode.decode`)."""
+        from rl_ring.models.decode import decode
+
+        return decode(self, tokens, cache, num_new, mesh=mesh, options=options)
+
+    def prefill(self, tokens: dict[str, jax.Array], cache, rows, *, mesh=None):
+        """Refills cache rows from whole contexts: ``(pred [B, T, out_dim], cache)`` (see
+        :func:`rl_ring.models.decode.prefill`)."""
+        from rl_ring.models.decode import prefill
+
+        return prefill(self, tokens, cache, rows, mesh=mesh)
+
     def predict(self, h_btd: jax.Array) -> jax.Array:
         """Action head over hidden states: ``[B, T, width] -> [B, T, out_dim]`` float32."""
         cfg = self.cfg

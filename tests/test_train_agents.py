@@ -12,6 +12,7 @@ import pytest
 
 import agents
 from rl_ring.data.store import EpisodeStore
+from rl_ring.models.testing import tolerance
 from rl_ring.train import TrainConfig, load_checkpoint, saved_config, train
 from rl_ring.train.checkpoint import Checkpointer
 from rl_ring.train.cli import main as cli_main
@@ -20,9 +21,9 @@ from rl_ring.train.optim import OptimConfig
 from rl_ring.train.plan import main as plan_main
 
 W = np.array([[1.5, -1.0, 0.5], [-0.5, 2.0, 1.0]], np.float32)  # [act, obs]
-# Losses of the same f32 step on different meshes: reduction order and the online softmax
-# differ at the 1e-7 level; Adam's first steps normalise gradients, so allow a little more.
-MESH_RTOL = 1e-4
+# Losses of the same f32 steps on different meshes differ only in summation order (measured:
+# 1.8e-7 relative over 4 steps); the project's one float32 tolerance.
+MESH_RTOL, MESH_ATOL = tolerance("float32")
 
 
 def policy_store(discrete: bool, episodes: int = 24, length: int = 12, seed: int = 0):
@@ -94,7 +95,8 @@ def test_ring_meshes_follow_the_single_device_reference(tmp_path, data_dirs):
     assert tuple(kernel.sharding.spec) == (None, "fsdp", "tensor")
     assert ref.losses.shape == (4,) and ref.losses[0] > 0.05
     for name, res in runs.items():
-        np.testing.assert_allclose(res.losses, ref.losses, rtol=MESH_RTOL, err_msg=name)
+        np.testing.assert_allclose(res.losses, ref.losses, rtol=MESH_RTOL, atol=MESH_ATOL,
+                                   err_msg=name)
         # the ring really ran: the saved config says so
         assert res.model.cfg.attn_impl == "ring"
 

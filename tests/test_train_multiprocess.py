@@ -36,6 +36,7 @@ def _free_port() -> int:
 def test_two_processes_train_like_one(tmp_path):
     from test_train_agents import policy_store
 
+    from rl_ring.models.testing import tolerance
     from rl_ring.train import train
 
     data = str(policy_store(False).save(tmp_path / "data"))
@@ -65,7 +66,8 @@ def test_two_processes_train_like_one(tmp_path):
     assert multi[0]["rows"] == {"row_start": 0, "rows": 2, "host_id": 0, "num_hosts": 2}
     assert multi[1]["rows"] == {"row_start": 2, "rows": 2, "host_id": 1, "num_hosts": 2}
     single = train(_config(data, str(tmp_path / "single")))
-    np.testing.assert_allclose(multi[0]["losses"], single.losses, rtol=1e-5)
+    rtol, atol = tolerance("float32")
+    np.testing.assert_allclose(multi[0]["losses"], single.losses, rtol=rtol, atol=atol)
     # the checkpoint the two processes wrote together restores in one process
     from rl_ring.train import load_checkpoint
 

@@ -128,12 +128,15 @@ def _time(fn, args, repeats: int, warmup: bool = True) -> Timing:
     return t
 
 
-def _matmul(repeats: int) -> Timing:
+def _matmul_fn():
+    """The reference rate: a jitted float32 4096 x 4096 matmul, compiled and warmed up."""
     import jax
     import jax.numpy as jnp
 
     x = jax.random.normal(jax.random.key(0), (4096, 4096), jnp.float32)
-    return _time(jax.jit(lambda a: a @ a), (x,), repeats)
+    fn = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(fn(x))
+    return fn, (x,)
 
 
 def attention_flops(cfg: BenchConfig, causal: bool, backward: bool) -> float:
@@ -145,10 +148,11 @@ def attention_flops(cfg: BenchConfig, causal: bool, backward: bool) -> float:
 
 
 def _cases(cfg: BenchConfig):
-    """(name, impl, layout, causal) of every timed case."""
+    """(name, impl, layout, causal) of every timed case (the dense ones first)."""
     for causal in cfg.causal:
         if cfg.seq_len <= cfg.dense_max_seq:
             yield "reference", "reference", "contiguous", causal
+    for causal in cfg.causal:
         yield "blockwise", "blockwise", "contiguous", causal
         for layout in cfg.layouts if causal else cfg.layouts[:1]:
             yield f"ring[{layout}]", "ring", layout, causal
@@ -193,41 +197,67 @@ def _build(cfg: BenchConfig, impl: str, layout: str, causal: bool, backward: boo
     return jax.jit(fwd_bwd), arrays
 
 
+def _case_entry(impl, layout, causal, mode, devices, runs_ms, flops) -> dict:
+    t = Timing(runs_ms)
+    return {
+        "impl": impl, "layout": layout, "causal": causal, "mode": mode, "devices": devices,
+        "runs_ms": [round(x, 2) for x in runs_ms], "median_ms": round(t.median_ms, 2),
+        "min_ms": round(min(runs_ms), 2), "gflops": flops / 1e9,
+        "gflop_per_s": round(flops / 1e9 / (t.median_ms / 1e3), 1),
+        "gflop_per_s_best": round(flops / 1e9 / (min(runs_ms) / 1e3), 1),
+    }
+
+
 def run_timings(cfg: BenchConfig, mesh) -> tuple[dict, dict]:
-    """Times every case; returns (cases, matmul)."""
-    matmul_runs = _matmul(cfg.repeats).runs_ms
-    cases = {}
-    listed = list(_cases(cfg))
-    for i, (name, impl, layout, causal) in enumerate(listed):
+    """Times every case; returns (cases, matmul).
+
+    The kernels and the reference matmul are timed round-robin (one run of each case per
+    round, ``repeats`` rounds), so a change in the machine's load during the benchmark hits
+    every case alike. The dense reference, which holds several GB, is timed on its own.
+    """
+    import jax
+
+    n = mesh.shape["seq"]
+    cases, built = {}, {}
+    mm_fn, mm_args = _matmul_fn()
+    built["matmul"] = (mm_fn, mm_args)
+    for name, impl, layout, causal in _cases(cfg):
         for backward in (False, True):
             mode = "fwd_bwd" if backward else "fwd"
             key = f"{name} {'causal' if causal else 'full'} {mode}"
             fn, args = _build(cfg, impl, layout, causal, backward, mesh)
-            dense = impl == "reference"
-            t = _time(fn, args, cfg.dense_repeats if dense else cfg.repeats, warmup=not dense)
-            del fn, args
             flops = attention_flops(cfg, causal, backward)
-            cases[key] = {
-                "impl": impl, "layout": layout, "causal": causal, "mode": mode,
-                "devices": mesh.shape["seq"] if impl == "ring" else 1,
-                "runs_ms": [round(x, 2) for x in t.runs_ms],
-                "median_ms": round(t.median_ms, 2),
-                "gflops": flops / 1e9,
-                "gflop_per_s": round(flops / 1e9 / (t.median_ms / 1e3), 1),
-            }
-            print(f"  {key:40s} {t.median_ms:9.1f} ms  {cases[key]['gflop_per_s']:7.1f} GFLOP/s",
-                  flush=True)
-        if i == len(listed) // 2:
-            matmul_runs += _matmul(cfg.repeats).runs_ms
-    matmul_runs += _matmul(cfg.repeats).runs_ms
-    mm = Timing(matmul_runs)
+            devices = n if impl == "ring" else 1
+            if impl == "reference":
+                t = _time(fn, args, cfg.dense_repeats, warmup=False)
+                del fn, args
+                cases[key] = _case_entry(impl, layout, causal, mode, 1, t.runs_ms, flops)
+                print(f"  {key:40s} {t.median_ms:9.1f} ms (dense, timed alone)", flush=True)
+                continue
+            jax.block_until_ready(fn(*args))  # compile + warm up
+            built[key] = (fn, args)
+            cases[key] = (impl, layout, causal, mode, devices, flops)
+    runs = {key: [] for key in built}
+    for _ in range(cfg.repeats):
+        for key, (fn, args) in built.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            runs[key].append(1e3 * (time.perf_counter() - start))
+    mm = Timing(runs.pop("matmul"))
     matmul = {
-        "shape": [4096, 4096], "dtype": "float32", "runs_ms": [round(x, 2) for x in matmul_runs],
-        "median_ms": round(mm.median_ms, 2),
+        "shape": [4096, 4096], "dtype": "float32", "runs_ms": [round(x, 2) for x in mm.runs_ms],
+        "median_ms": round(mm.median_ms, 2), "min_ms": round(min(mm.runs_ms), 2),
         "gflop_per_s": round(2 * 4096**3 / 1e9 / (mm.median_ms / 1e3), 1),
+        "gflop_per_s_best": round(2 * 4096**3 / 1e9 / (min(mm.runs_ms) / 1e3), 1),
     }
-    for case in cases.values():
+    for key, r in runs.items():
+        cases[key] = _case_entry(*cases[key][:5], r, cases[key][5])
+    for key, case in cases.items():
         case["fraction_of_matmul"] = round(case["gflop_per_s"] / matmul["gflop_per_s"], 3)
+        case["fraction_of_matmul_best"] = round(
+            case["gflop_per_s_best"] / matmul["gflop_per_s_best"], 3)
+        print(f"  {key:40s} median {case['median_ms']:9.1f} ms  min {case['min_ms']:9.1f} ms  "
+              f"{case['fraction_of_matmul']:.2f} of matmul", flush=True)
     return cases, matmul
 
 
@@ -320,7 +350,7 @@ def evaluate_targets(cfg, cases, matmul, memory, balance, n) -> dict:
         best = min(ring_causal.values(), key=lambda c: c["median_ms"])
         ms = best["median_ms"]
         res["ring_causal_fwd_bwd_ms"] = {
-            "value": ms, "layout": best["layout"],
+            "value": ms, "layout": best["layout"], "min_ms": best["min_ms"],
             "limit": round(ORIGINAL_CAUSAL_FWD_BWD_MS / TARGETS["speedup_vs_original"], 1),
             "speedup_vs_original_1447ms": round(ORIGINAL_CAUSAL_FWD_BWD_MS / ms, 2),
             "pass": ms <= ORIGINAL_CAUSAL_FWD_BWD_MS / TARGETS["speedup_vs_original"],
@@ -330,6 +360,7 @@ def evaluate_targets(cfg, cases, matmul, memory, balance, n) -> dict:
         best = max(ring_causal.values(), key=lambda c: c["fraction_of_matmul"])
         res["flop_rate_vs_matmul"] = {
             "value": best["fraction_of_matmul"], "case": f"ring[{best['layout']}] causal fwd_bwd",
+            "value_from_best_runs": best["fraction_of_matmul_best"],
             "matmul_gflop_per_s": matmul["gflop_per_s"], "limit": TARGETS["flop_rate_vs_matmul"],
             "pass": best["fraction_of_matmul"] >= TARGETS["flop_rate_vs_matmul"],
         }

@@ -71,9 +71,9 @@ def test_noisy_oracle_histories_follow_the_schedule():
     assert ret[:, 0].max() < 12
 
 
-def _darkroom_history(goal: int, seed: int, episodes: int):
+def _darkroom_history(goal: int, seed: int, episodes: int, nearest: bool = False):
     env = envs.make("darkroom")
-    learner = PosteriorSampling("darkroom", 5, episodes, seed)
+    learner = PosteriorSampling("darkroom", 5, episodes, seed, nearest=nearest)
     eps = []
     for e in range(episodes):
         targets = []
@@ -106,6 +106,24 @@ def test_posterior_sampling_targets_only_cells_not_ruled_out():
                 found = cell
             visited.add(cell)
     assert found == (8, 0)
+
+
+def test_optimistic_learner_walks_to_the_nearest_cell_not_ruled_out():
+    goal = gw.cell_id(8, 8, 9)
+    visited, prev_target, draws = set(), None, 0
+    for ep in _darkroom_history(goal, seed=5, episodes=10, nearest=True):
+        prev_target = None
+        for obs, r, target in zip(ep["observations"], ep["rewards"], ep["targets"], strict=True):
+            pos = (int(obs[0]), int(obs[1]))
+            if r == 0 and target != prev_target and target != (8, 8):
+                # A new target: at the smallest distance among the cells not visited yet.
+                cands = [gw.cell_xy(c, 9) for c in range(81) if c != 40]
+                cands = [c for c in cands if c not in visited]
+                assert gw.manhattan(pos, target) == min(gw.manhattan(pos, c) for c in cands)
+                draws += 1
+            prev_target = target
+            visited.add(pos)
+    assert draws > 10
 
 
 def test_posterior_sampling_ignores_the_goal_until_found_then_is_optimal():

@@ -15,6 +15,9 @@ Q-learner of :mod:`envs.learners.qlearning`:
   episode. Until it finds the goal its behaviour does not depend on the task at all, and its
   state is a function of what it has seen, so a context holding its history determines
   its next action distribution.
+* ``PosteriorSampling(nearest=True)`` ("optimistic"): the same learner, but it walks to the
+  nearest cell not ruled out (ties drawn at random), as an optimistic model-based learner
+  (R-max with the room's dynamics known) would: a systematic sweep instead of random targets.
 
 Both follow the learner protocol of :mod:`envs.learners.history` (``act``, ``update``,
 ``end_episode``, ``epsilon``).
@@ -145,6 +148,7 @@ class PosteriorSampling(_Noisy):
         episodes: length of the history in episodes (sets the noise schedule).
         seed: seed of the target draws and of the noise stream.
         noise: optional random-action probability per episode (default: none).
+        nearest: walk to the nearest cell not ruled out instead of a uniformly drawn one.
     """
 
     def __init__(
@@ -154,8 +158,11 @@ class PosteriorSampling(_Noisy):
         episodes: int,
         seed: int,
         noise: NoiseSchedule | None = None,
+        *,
+        nearest: bool = False,
     ) -> None:
         _check_env(env_id, "PosteriorSampling")
+        self.nearest = nearest
         super().__init__(episodes, noise or NoiseSchedule(start=0.0, end=0.0), seed)
         self.env_id = env_id
         self.num_actions = num_actions
@@ -169,13 +176,16 @@ class PosteriorSampling(_Noisy):
     def _stage(self, obs: np.ndarray) -> int:
         return int(self.env_id == "keydoor" and obs[2] > 0.5)
 
-    def _draw(self, stage: int) -> tuple[int, int] | None:
+    def _draw(self, stage: int, pos: tuple[int, int]) -> tuple[int, int] | None:
         if self.found[stage] is not None:
             return self.found[stage]
-        pool = sorted(self.candidates[stage])
+        pool = [gw.cell_xy(c, self.size) for c in sorted(self.candidates[stage])]
+        if self.nearest and pool:
+            dist = np.array([gw.manhattan(pos, c) for c in pool])
+            pool = [c for c, d in zip(pool, dist, strict=True) if d == dist.min()]
         if not pool:
             return None
-        return gw.cell_xy(pool[self.rng.integers(len(pool))], self.size)
+        return pool[self.rng.integers(len(pool))]
 
     def act(self, obs: np.ndarray) -> int:
         stage = self._stage(obs)
@@ -186,7 +196,7 @@ class PosteriorSampling(_Noisy):
             or (self.found[stage] is None
                 and gw.cell_id(*self.target, self.size) not in self.candidates[stage])
         ):
-            self.target = self._draw(stage)
+            self.target = self._draw(stage, pos)
         if self._explore() or self.target is None:
             return int(self.rng.integers(self.num_actions))
         return step_towards(pos, self.target, self.rng)

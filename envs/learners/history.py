@@ -22,7 +22,7 @@ from envs.recording import episode_seed, run_episode
 from envs.registry import make, space_dict, task_split
 from rl_ring.data import EpisodeStore
 
-LEARNERS = ("qlearning", "ucb", "thompson", "noisy_oracle", "posterior")
+LEARNERS = ("qlearning", "ucb", "thompson", "noisy_oracle", "posterior", "optimistic")
 
 
 class Learner(Protocol):
@@ -48,9 +48,9 @@ def make_learner(
 ) -> Learner:
     """A fresh source learner by name (see :data:`LEARNERS`).
 
-    ``noisy_oracle`` and ``posterior`` (:mod:`envs.learners.grid`) need ``env_id``; the
-    oracle also the ``task``. ``noise`` is their random-action schedule (default: the
-    oracle's 1 -> 0 over half the history, none for posterior sampling).
+    ``noisy_oracle``, ``posterior`` and ``optimistic`` (:mod:`envs.learners.grid`) need
+    ``env_id``; the oracle also the ``task``. ``noise`` is their random-action schedule
+    (default: the oracle's 1 -> 0 over half the history, none for the other two).
     """
     if name == "qlearning":
         return QLearner(num_actions, episodes, qlearning or QLearningConfig(), seed)
@@ -58,14 +58,15 @@ def make_learner(
         return UCB1(num_actions, seed)
     if name == "thompson":
         return Thompson(num_actions, seed)
-    if name in ("noisy_oracle", "posterior") and env_id is None:
+    if name in ("noisy_oracle", "posterior", "optimistic") and env_id is None:
         raise ValueError(f"learner {name!r} needs env_id")
     if name == "noisy_oracle":
         if task is None:
             raise ValueError("learner 'noisy_oracle' knows its task: pass task=")
         return NoisyOracle(env_id, task, num_actions, episodes, seed, noise)
-    if name == "posterior":
-        return PosteriorSampling(env_id, num_actions, episodes, seed, noise)
+    if name in ("posterior", "optimistic"):
+        return PosteriorSampling(env_id, num_actions, episodes, seed, noise,
+                                 nearest=name == "optimistic")
     raise ValueError(f"unknown learner {name!r}; expected one of {LEARNERS}")
 
 
@@ -92,7 +93,8 @@ def collect_histories(
         seed: run seed; history ``h`` derives its env and learner seeds from it.
         qlearning: Q-learning hyperparameters.
         progress: called with the number of episodes just finished (a progress bar).
-        noise: random-action schedule of the grid learners (``noisy_oracle``, ``posterior``).
+        noise: random-action schedule of the grid learners (``noisy_oracle``, ``posterior``,
+            ``optimistic``).
 
     Returns:
         The episodes of all histories, history after history, with per-episode extras

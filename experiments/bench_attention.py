@@ -263,15 +263,15 @@ def run_timings(cfg: BenchConfig, mesh) -> tuple[dict, dict]:
 
 def _resolved_chunk(cfg: BenchConfig, impl: str, seq: int, n: int) -> int | None:
     """Query chunk the kernels use for a memory-table entry (None for the dense reference)."""
-    from rl_ring.attention import default_chunk
+    from rl_ring.attention.options import even_chunk
 
     if impl == "reference":
         return None
     block = seq // n if impl == "ring" else seq
-    chunk = cfg.q_chunk or default_chunk()
-    if impl == "ring" and cfg.q_chunk is None and n > 1:
-        chunk = min(chunk, seq // (2 * n))  # the dispatcher's zigzag cap
-    return min(chunk, block)
+    if cfg.q_chunk is not None:
+        return min(cfg.q_chunk, block)
+    # The dispatcher's rule: zigzag halves (T / 2n) split evenly, else the block split evenly.
+    return even_chunk(seq // (2 * n)) if impl == "ring" and n > 1 else even_chunk(block)
 
 
 def memory_table(cfg: BenchConfig, mesh) -> dict:
@@ -326,10 +326,11 @@ def memory_table(cfg: BenchConfig, mesh) -> dict:
 
 def balance_table(cfg: BenchConfig, n: int) -> dict:
     """Causal chunk pairs per device for each layout (the kernels' own skip rule)."""
-    from rl_ring.attention import block_work, default_chunk
+    from rl_ring.attention import block_work
+    from rl_ring.attention.options import even_chunk
 
-    # The chunk the dispatcher uses under zigzag (default capped at T / 2n), for all layouts.
-    chunk = cfg.q_chunk or min(default_chunk(), cfg.seq_len // (2 * n) if n > 1 else cfg.seq_len)
+    # The chunk the dispatcher uses under zigzag (T / 2n split evenly), for all layouts.
+    chunk = cfg.q_chunk or even_chunk(cfg.seq_len // (2 * n) if n > 1 else cfg.seq_len)
     chunk = min(chunk, cfg.seq_len // n)
     out = {}
     for layout in ("contiguous", "zigzag", "striped"):
@@ -493,7 +494,8 @@ def run(cfg: BenchConfig) -> dict:
         "config": dataclasses.asdict(cfg),
         "chunks": {"q_chunk": cfg.q_chunk, "k_chunk": cfg.k_chunk,
                    "default_chunk": default_chunk(),
-                   "note": "None: default_chunk(), capped at T/2n under zigzag"},
+                   "note": "None: the block (zigzag: each T/2n half) split evenly into "
+                           "chunks of at most default_chunk()"},
         "platform": {
             "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
             "ring_devices": cfg.devices, "jax": jax.__version__,

@@ -77,8 +77,23 @@ def main(argv: list[str] | None = None) -> int:
     from experiments.ad_darkroom import setup_cpu_devices
     from rl_ring.train.plan import ensure_cpu_devices
 
-    setup_cpu_devices(DEVICES)  # takes effect only if JAX's backend has not started yet
-    if not ensure_cpu_devices(DEVICES):
+    # The flags take effect only if JAX's backend has not started yet; the caller's
+    # environment is restored after the check, so that processes it starts later (a test
+    # suite's subprocesses) do not inherit this run's single-threaded kernels.
+    saved = {k: os.environ.get(k) for k in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    setup_cpu_devices(DEVICES)
+    try:
+        import jax
+
+        # jax.devices() starts the backend here, while the flags are set.
+        ready = ensure_cpu_devices(DEVICES) and len(jax.devices()) >= DEVICES
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    if not ready:
         return _rerun(argv)
     return run_quickstart(args)
 

@@ -10,12 +10,15 @@ import sys
 
 # name -> (module, function, one-line help). Each function takes argv (list[str]).
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "quickstart": ("experiments.quickstart", "main", "collect, train and evaluate a small in-context agent end to end"),
+    "quickstart": ("experiments.quickstart", "main",
+                   "collect, train and evaluate a small in-context agent end to end"),
     "data": ("rl_ring.data.cli", "main", "inspect and convert offline datasets (data info PATH)"),
-    "collect": ("envs.collect", "main", "collect a dataset with a behaviour policy (random, scripted, learner)"),
+    "collect": ("envs.collect", "main",
+                "collect a dataset with a behaviour policy (random, scripted, learner)"),
     "train": ("rl_ring.train.cli", "main", "train an agent (AT, DT, BC, AD) on an offline dataset"),
     "plan": ("rl_ring.train.plan", "main", "compile a training step and print per-device memory"),
-    "eval": ("rl_ring.eval.cli", "main", "evaluate a checkpoint in its environment, several trials in context"),
+    "eval": ("rl_ring.eval.cli", "main",
+             "evaluate a checkpoint in its environment, several trials in context"),
     "bench": ("experiments.bench", "main", "run a benchmark script (attention, data, train, eval)"),
 }
 

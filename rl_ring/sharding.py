@@ -42,7 +42,8 @@ class MeshSpec:
         return int(np.prod(self.shape))
 
     def __str__(self) -> str:
-        return ",".join(f"{a}={n}" for a, n in zip(AXES, self.shape, strict=True) if n != 1) or "seq=1"
+        named = (f"{a}={n}" for a, n in zip(AXES, self.shape, strict=True) if n != 1)
+        return ",".join(named) or "seq=1"
 
 
 def parse_mesh_spec(spec: str | MeshSpec | dict[str, int]) -> MeshSpec:
@@ -271,7 +272,8 @@ def init_distributed(
         )
     if ":" not in coordinator_address:
         raise ValueError(
-            f"coordinator_address {coordinator_address!r} must be 'host:port', e.g. '127.0.0.1:1234'"
+            f"coordinator_address {coordinator_address!r} must be 'host:port', "
+            "e.g. '127.0.0.1:1234'"
         )
     if num_processes < 1 or not 0 <= process_id < num_processes:
         raise ValueError(

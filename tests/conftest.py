@@ -7,4 +7,13 @@ _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
     os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The flags this test process's JAX runs with: subprocesses that must compute bit for bit
+# what this process computes get exactly these (a test may change os.environ later).
+XLA_FLAGS_AT_START = os.environ["XLA_FLAGS"]
 os.environ.setdefault("MUJOCO_GL", "disable")
+
+# Start JAX's backend now, with the flags above: a test that sets other flags for its own
+# runs (the quickstart's single-threaded kernels) must not decide them for the tests after it.
+import jax  # noqa: E402
+
+jax.devices()

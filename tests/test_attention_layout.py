@@ -84,6 +84,13 @@ def test_default_chunks_per_backend_and_zigzag_cap():
     opts = cap(AttentionOptions(k_chunk=1024), "zigzag", 4096, 8)  # explicit values are kept
     assert (opts.q_chunk, opts.k_chunk) == (256, 1024)
     assert cap(AttentionOptions(), "contiguous", 4096, 8) == AttentionOptions()
+    # Unset chunks split evenly: as few chunks as with 512, the least padding.
+    from rl_ring.attention.blockwise import chunk_len
+
+    assert [chunk_len(None, n) for n in (1200, 1024, 1000, 300, 1030)] == [400, 512, 500, 300, 344]
+    assert chunk_len(512, 1200) == 512 and chunk_len(4096, 1200) == 1200
+    opts = cap(AttentionOptions(), "zigzag", 2 * 8 * 1200, 8)  # halves of 1200 tokens
+    assert (opts.q_chunk, opts.k_chunk) == (400, 400)
     # With the cap, zigzag keeps its balance; a straddling chunk would lose the skipping.
     np.testing.assert_array_equal(block_work(4096, 8, "zigzag", 256), np.full(8, 17))
     # One 512-chunk per device spans both halves: all 8 key chunks computed, none skipped

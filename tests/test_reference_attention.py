@@ -43,7 +43,9 @@ def test_reference_masks_match_loop():
         jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), causal=True, tokens_per_step=tps,
         segment_ids=jnp.asarray(seg), kv_mask=jnp.asarray(valid),
     )
-    np.testing.assert_allclose(np.asarray(got), _loop_attention(q, k, v, allowed), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(got), _loop_attention(q, k, v, allowed), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_fully_masked_rows_are_zero_with_finite_grads():

@@ -45,7 +45,9 @@ def test_partition_rules_match_and_fail_loudly():
 
 def test_partition_rule_leaves_indivisible_axis_replicated():
     mesh = sharding.make_mesh("fsdp=2,tensor=4")
-    specs = sharding.match_partition_rules([("w", P("fsdp", "tensor"))], {"w": np.zeros((6, 6))}, mesh=mesh)
+    specs = sharding.match_partition_rules(
+        [("w", P("fsdp", "tensor"))], {"w": np.zeros((6, 6))}, mesh=mesh
+    )
     assert specs["w"] == P("fsdp", None)
 
 

@@ -52,7 +52,9 @@ def test_save_load_mmap_roundtrip(tmp_path):
 def test_bad_store_errors(tmp_path):
     s = _store()
     with pytest.raises(ValueError, match="rewards has 9 rows but episode_starts ends at 10"):
-        EpisodeStore(s.observations, s.actions, s.rewards[:-1], s.terminals, s.timeouts, s.episode_starts)
+        EpisodeStore(
+            s.observations, s.actions, s.rewards[:-1], s.terminals, s.timeouts, s.episode_starts
+        )
     with pytest.raises(ValueError, match=r"episode_extras\['task_id'\] has 2 rows, expected 3"):
         EpisodeStore(**{**s.__dict__, "episode_extras": {"task_id": np.zeros(2)}})
     with pytest.raises(FileNotFoundError, match="no store.json"):
@@ -61,4 +63,6 @@ def test_bad_store_errors(tmp_path):
 
 def test_returns_to_go_hand_computed():
     np.testing.assert_allclose(returns_to_go(np.array([1.0, 2.0, 3.0])), [6.0, 5.0, 3.0])
-    np.testing.assert_allclose(returns_to_go(np.array([1.0, 2.0, 3.0]), 0.5), [1 + 1 + 0.75, 2 + 1.5, 3])
+    np.testing.assert_allclose(
+        returns_to_go(np.array([1.0, 2.0, 3.0]), 0.5), [1 + 1 + 0.75, 2 + 1.5, 3]
+    )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from conftest import XLA_FLAGS_AT_START
 from test_train_agents import policy_store
 
 from rl_ring.train import TrainConfig, load_checkpoint, train
@@ -57,6 +58,9 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
     env[MARKER_ENV] = str(marker)
+    # Bit-identical results need the in-process run's XLA flags (thread count of the
+    # kernels changes float sums), whatever earlier tests left in os.environ.
+    env["XLA_FLAGS"] = XLA_FLAGS_AT_START
     cmd = [sys.executable, "-m", "rl_ring.cli", "train", *_args(data, killed),
            "--eval-every", "1", "--eval-hook", "test_train_resume:hold_after_checkpoint"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -75,6 +75,8 @@ class PlanArgs:
     """Tokens per sequence (0: the recipe's; smaller for a quick check)."""
     impl: str = ""
     """Attention implementation override (reference, blockwise, ring)."""
+    batch_size: int = 0
+    """Global batch in sequences (0: the recipe's; an fsdp axis needs at least its size)."""
     json_out: str = ""
     """Also write the report as JSON here."""
 
@@ -248,6 +250,8 @@ def plan(args: PlanArgs) -> int:
         shape = shape.replace(model=shape.model.replace(attn_impl=args.impl))
     if args.mesh:
         shape = shape.replace(mesh=args.mesh)
+    if args.batch_size:
+        shape = shape.replace(batch_size=args.batch_size)
     n = sharding.parse_mesh_spec(shape.mesh).size
     if not ensure_cpu_devices(n):
         raise RuntimeError(f"plan needs {n} CPU devices; run it in a fresh process "

@@ -105,7 +105,7 @@ def attention(
     )
     if impl == "ring":
         return _ring(q, k, v, mesh, layout, positions, options, semantics)
-    n = _shard_count(mesh, options, layout)
+    n = _shard_count(mesh, options, layout, have_positions=positions is not None)
     if positions is None:
         positions = _default_positions(b, t, layout, n)
     options = _zigzag_chunk_cap(options, layout, t, n)
@@ -114,7 +114,11 @@ def attention(
     return blockwise_attention(q, k, v, positions=positions, options=options, **semantics)
 
 
-def _shard_count(mesh: Mesh | None, options: AttentionOptions, layout: str) -> int:
+def _shard_count(
+    mesh: Mesh | None, options: AttentionOptions, layout: str, have_positions: bool = False
+) -> int:
+    """Shard count that defines ``layout``: from the options, the mesh, or 1 when the caller
+    gives the tokens' positions itself (then the layout only tunes chunking)."""
     if layout not in LAYOUTS:
         raise ValueError(f"attention: layout={layout!r} is not one of {LAYOUTS}")
     if options.num_shards is not None:
@@ -122,7 +126,7 @@ def _shard_count(mesh: Mesh | None, options: AttentionOptions, layout: str) -> i
     if mesh is not None:
         _check_mesh(mesh, options.axis_name)
         return int(mesh.shape[options.axis_name])
-    if layout != "contiguous":
+    if layout != "contiguous" and not have_positions:
         raise ValueError(
             f"attention: layout={layout!r} without a mesh needs the shard count that defines it: "
             f"pass positions=, mesh= or num_shards= (AttentionOptions.num_shards)"

@@ -28,7 +28,7 @@ from rl_ring.attention.masks import chunk_visible as _chunk_visible
 from rl_ring.attention.options import (
     AttentionOptions,
     check_qkv,
-    default_chunk,
+    even_chunk,
     resolve_options,
 )
 
@@ -117,10 +117,10 @@ def _pad_seq(x: jnp.ndarray, length: int, mode: str = "constant") -> jnp.ndarray
 
 
 def chunk_len(requested: int | None, length: int) -> int:
-    """Chunk length actually used: the request (None: the backend default), clamped to the
-    block length."""
+    """Chunk length actually used: the request clamped to the block length, or (None) the
+    block split evenly into chunks of at most the backend default."""
     if requested is None:
-        requested = default_chunk()
+        return even_chunk(length)
     return max(1, min(requested, length))
 
 

@@ -12,11 +12,11 @@ class AttentionOptions:
     """Tuning knobs of the blockwise and ring kernels (semantics are keyword arguments)."""
 
     q_chunk: int | None = None
-    """Query tokens per chunk (None: :func:`default_chunk`); clamped to the local block, a
-    ragged last chunk is padded."""
+    """Query tokens per chunk (None: the block split evenly into chunks of at most
+    :func:`default_chunk`); clamped to the local block, a ragged last chunk is padded."""
     k_chunk: int | None = None
-    """Key tokens per chunk (None: :func:`default_chunk`); clamped to the local block, a
-    ragged last chunk is padded."""
+    """Key tokens per chunk (None: as ``q_chunk``); clamped to the local block, a ragged last
+    chunk is padded."""
     scale: float | None = None
     """Softmax scale; None means ``head_dim ** -0.5``."""
     num_shards: int | None = None
@@ -55,12 +55,21 @@ def default_chunk(backend: str | None = None) -> int:
     return DEFAULT_CHUNK.get(backend, DEFAULT_CHUNK_ACCELERATOR)
 
 
+def even_chunk(length: int, max_chunk: int | None = None) -> int:
+    """The chunk that splits ``length`` tokens into as few chunks of at most ``max_chunk``
+    (default :func:`default_chunk`) as possible, with the least padding: 1200 -> 400, not
+    512 + 512 + 176 padded to 512."""
+    max_chunk = default_chunk() if max_chunk is None else max_chunk
+    pieces = -(-length // max_chunk)
+    return max(1, -(-length // pieces))
+
+
 def with_chunk_cap(options: AttentionOptions, cap: int) -> AttentionOptions:
-    """Options whose unset chunk lengths resolve to at most ``cap`` (set ones are kept)."""
+    """Options whose unset chunk lengths evenly split runs of ``cap`` tokens (set ones kept)."""
     import dataclasses
 
-    q = options.q_chunk if options.q_chunk is not None else min(default_chunk(), cap)
-    k = options.k_chunk if options.k_chunk is not None else min(default_chunk(), cap)
+    q = options.q_chunk if options.q_chunk is not None else even_chunk(cap)
+    k = options.k_chunk if options.k_chunk is not None else even_chunk(cap)
     return dataclasses.replace(options, q_chunk=q, k_chunk=k)
 
 

@@ -82,8 +82,11 @@ class ADRun:
     """Evaluation seeds on held-out tasks (seed j takes the split's tasks j*rows...)."""
     eval_train_seeds: int = 4
     """Evaluation seeds on training tasks (0 = skip)."""
-    greedy: bool = True
-    """Act with the argmax action (True) or sample from the predicted distribution."""
+    greedy: bool = False
+    """Act with the argmax action (True) or sample from the predicted distribution (False).
+    Measured (experiment ``decoding``, the same trained model): greedy 31% of optimal on
+    held-out goals in episodes 20-40, sampled 75%; argmax repeats a failed search episode
+    after episode, sampling keeps exploring as the source did."""
     eval_every: int = 0
     """Also evaluate on held-out tasks every N training steps (0 = only at the end)."""
     loss_batches: int = 8

@@ -40,7 +40,7 @@ class QuickstartArgs:
     tiny: bool = False
     """About a minute: fewer histories, a smaller model, fewer steps and episodes."""
     steps: int = 0
-    """Override the training steps (0: 500, or 60 with --tiny)."""
+    """Override the training steps (0: 800, or 60 with --tiny)."""
     progress: bool = True
     """Show the training progress bar."""
 
@@ -49,7 +49,7 @@ def quick_run(tiny: bool = False):
     """The quickstart's run: the main AD configuration, shortened to fit a few minutes."""
     from experiments.configs.ad_darkroom import HistorySpec, main_run
 
-    run = main_run("darkroom").replace(name="quickstart", steps=500, eval_train_seeds=0,
+    run = main_run("darkroom").replace(name="quickstart", steps=800, eval_train_seeds=0,
                                        loss_batches=2)
     if tiny:
         run = run.replace(

@@ -23,7 +23,6 @@ the first node); see ``experiments/recipes/*.sh``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -259,11 +258,9 @@ def plan(args: PlanArgs) -> int:
     report = plan_step(shape, optim=recipe.train.optim)
     print(report.table())
     if args.json_out:
-        path = Path(args.json_out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(dataclasses.asdict(report), indent=1))
-        tmp.replace(path)
+        from rl_ring.eval.report import write_json
+
+        write_json(dataclasses.asdict(report), args.json_out)
     return 0
 
 

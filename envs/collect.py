@@ -36,6 +36,7 @@ from envs.recording import episode_seed, run_episode
 from envs.registry import IN_CONTEXT, base_id, make, space_dict, task_split
 from envs.scripted import ORACLES, make_policy, scripted_envs
 from rl_ring.data import EpisodeStore
+from rl_ring.data.formats import check_dataset_target
 
 POLICIES = ("random", "scripted", *LEARNERS, "sac")
 FORMATS = ("store", "exorl", "d4rl", "minari")
@@ -76,6 +77,9 @@ class CollectConfig:
     """Minari dataset id (default: the --out directory's name, with -v0 added if unversioned)."""
     quiet: bool = False
     """No progress bar."""
+    overwrite: bool = False
+    """Allow --out to hold data already: replace only the files a dataset of --format consists
+    of (an existing dataset's), keep every other file. Without it a non-empty --out is refused."""
 
 
 # ---------------------------------------------------------------------- collectors
@@ -189,11 +193,23 @@ def collect_scripted(
 
 
 # ---------------------------------------------------------------------- writers
-def write(store: EpisodeStore, fmt: str, out: Path, *, dataset_id: str | None = None) -> Path:
-    """Writes ``store`` in ``fmt`` ("store", "exorl", "d4rl", "minari"); returns the path."""
+def output_path(fmt: str, out: Path, env_id: str, policy: str) -> Path:
+    """Where ``write`` puts a ``fmt`` dataset for ``--out out`` (a D4RL file inside a
+    directory gets the env's and policy's name)."""
+    out = Path(out)
+    if fmt == "d4rl" and out.suffix not in (".hdf5", ".h5"):
+        return out / f"{env_id.replace(':', '-')}-{policy}.hdf5"
+    return out
+
+
+def write(store: EpisodeStore, fmt: str, out: Path, *, dataset_id: str | None = None,
+          overwrite: bool = False) -> Path:
+    """Writes ``store`` in ``fmt`` ("store", "exorl", "d4rl", "minari"); returns the path.
+
+    The target must hold no data unless ``overwrite`` (see :mod:`rl_ring.io`)."""
     out = Path(out)
     if fmt == "store":
-        return store.save(out)
+        return store.save(out, overwrite=overwrite)
     if fmt == "exorl" and "physics" not in store.extras:
         raise ValueError(
             f"--format exorl needs dm_control physics states; {store.metadata.get('env_id')!r} "
@@ -209,20 +225,15 @@ def write(store: EpisodeStore, fmt: str, out: Path, *, dataset_id: str | None = 
             "use --format store"
         )
     if fmt == "exorl":
-        writer(store, out)
+        writer(store, out, overwrite=overwrite)
         return out
     if fmt == "d4rl":
-        path = out if out.suffix in (".hdf5", ".h5") else out / f"{_slug(store)}.hdf5"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        writer(store, path)
+        path = output_path(fmt, out, str(store.metadata.get("env_id", "env")),
+                           str(store.metadata.get("policy", "data")))
+        writer(store, path, overwrite=overwrite)
         return path
-    writer(store, out, dataset_id=dataset_id)
+    writer(store, out, dataset_id=dataset_id, overwrite=overwrite)
     return out
-
-
-def _slug(store: EpisodeStore) -> str:
-    env = str(store.metadata.get("env_id", "env")).replace(":", "-")
-    return f"{env}-{store.metadata.get('policy', 'data')}"
 
 
 # ---------------------------------------------------------------------- CLI
@@ -320,6 +331,12 @@ def summary(store: EpisodeStore) -> str:
 def main(argv: list[str]) -> int:
     """Entry point of ``rl-ring collect``."""
     cfg = tyro.cli(CollectConfig, args=argv, prog="rl-ring collect", description=__doc__)
+    try:  # refuse an occupied --out before collecting anything
+        check_dataset_target(output_path(cfg.format, cfg.out, cfg.env, cfg.policy), cfg.format,
+                             overwrite=cfg.overwrite)
+    except OSError as err:
+        print(f"rl-ring collect: {err}", file=sys.stderr)
+        return 2
     try:
         store = run(cfg)
     except (ValueError, KeyError, RuntimeError) as err:
@@ -327,8 +344,9 @@ def main(argv: list[str]) -> int:
         return 2
     store.metadata["collect_args"] = {k: _jsonable(v) for k, v in asdict(cfg).items()}
     try:
-        path = write(store, cfg.format, cfg.out, dataset_id=cfg.dataset_id)
-    except (ValueError, RuntimeError) as err:
+        path = write(store, cfg.format, cfg.out, dataset_id=cfg.dataset_id,
+                     overwrite=cfg.overwrite)
+    except (ValueError, RuntimeError, OSError) as err:
         print(f"rl-ring collect: {err}", file=sys.stderr)
         return 2
     print(summary(store))

@@ -369,6 +369,9 @@ class Args:
     """Show training progress bars."""
     worker: str = ""
     """Internal: run one training job (a JSON file) in this process."""
+    overwrite: bool = False
+    """Replace result files already in --out, and allow a --workdir holding files other than
+    an earlier ad_darkroom run's (they are kept)."""
 
 
 def results_name(env: str, kind: str = "") -> str:
@@ -452,13 +455,21 @@ def main(argv: list[str] | None = None) -> int:
         return _worker(args.worker)
     workdir = Path(args.workdir) / ("tiny" if args.tiny else args.env)
     try:
+        from rl_ring.io import check_results, claim_run_dir
+
+        if args.experiment == "main":
+            name = Path(args.out) / results_name(args.env)
+            check_results([name.with_suffix(".json"), name.with_suffix(".png")],
+                          workdir=args.workdir, overwrite=args.overwrite,
+                          what="ad_darkroom's results")
+        claim_run_dir(args.workdir, kind="ad_darkroom", overwrite=args.overwrite)
         if args.experiment == "main":
             run_main(args, workdir)
         else:
             names = list(experiments(args.env)) if args.experiment == "all" else [
                 args.experiment]
             run_experiments(args, names, workdir)
-    except ValueError as err:
+    except (ValueError, OSError) as err:
         print(f"ad_darkroom: {err}", file=sys.stderr)
         return 2
     return 0

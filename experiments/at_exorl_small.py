@@ -293,6 +293,16 @@ def main(argv: list[str] | None = None) -> int:
                if tiny else SmallConfig())
     cfg = tyro.cli(SmallConfig, args=argv, default=default, prog="at_exorl_small",
                    description="AT vs DT vs BC at small scale (--tiny: about a minute).")
+    from rl_ring.io import check_results, claim_run_dir
+
+    out = Path(cfg.out)
+    try:
+        check_results([out, out.with_suffix(".png"), out.with_name(out.stem + "_memory.png")],
+                      workdir=cfg.workdir, overwrite=cfg.overwrite, what="at_small's summary")
+        claim_run_dir(cfg.workdir, kind="at_small", overwrite=cfg.overwrite)
+    except OSError as err:
+        print(f"at_exorl_small: {err}", file=sys.stderr)
+        return 2
     result = run(cfg, tiny=tiny)
     for line in report.table_lines(result):
         print(line)

@@ -26,7 +26,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 DEVICES = 8
 
@@ -43,6 +42,8 @@ class QuickstartArgs:
     """Override the training steps (0: 800, or 60 with --tiny)."""
     progress: bool = True
     """Show the training progress bar."""
+    overwrite: bool = False
+    """Allow --out to hold files other than an earlier quickstart's (they are kept)."""
 
 
 def quick_run(tiny: bool = False):
@@ -74,6 +75,13 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = tyro.cli(QuickstartArgs, args=argv, prog="rl-ring quickstart", description=__doc__)
+    from rl_ring.io import claim_run_dir
+
+    try:  # before the devices are set up or anything runs
+        claim_run_dir(args.out, kind="quickstart", overwrite=args.overwrite)
+    except OSError as err:
+        print(f"rl-ring quickstart: {err}", file=sys.stderr)
+        return 2
     from experiments.ad_darkroom import setup_cpu_devices
     from rl_ring.train.plan import ensure_cpu_devices
 
@@ -103,12 +111,13 @@ def run_quickstart(args: QuickstartArgs) -> int:
     from experiments import ad_darkroom as ad
     from experiments import ad_darkroom_report as report
     from rl_ring.eval.report import write_json
+    from rl_ring.io import claim_run_dir
 
     t0 = time.perf_counter()
     run = quick_run(args.tiny)
     if args.steps:
         run = run.replace(steps=args.steps)
-    out = Path(args.out)
+    out = claim_run_dir(args.out, kind="quickstart", overwrite=args.overwrite)
     ad.log(f"quickstart: Algorithm Distillation on Dark Room, ring attention over {DEVICES} "
            f"CPU devices, results in {out}")
     record = ad.run_one(run, out / "runs", progress=args.progress)

@@ -116,6 +116,9 @@ class SmallConfig:
     """The summary JSON (the plot goes next to it as .png, the memory plot as _memory.png)."""
     progress: bool = False
     """Progress bars of training and evaluation."""
+    overwrite: bool = False
+    """Replace an --out summary (and its plots) that is already there, and allow a --workdir
+    holding files other than an earlier run's (they are kept)."""
 
     @classmethod
     def tiny(cls, workdir: str, out: str) -> SmallConfig:

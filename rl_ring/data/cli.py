@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 import numpy as np
 import tyro
 
-from rl_ring.data.formats import DatasetError, detect_format, load
+from rl_ring.data.formats import DatasetError, check_dataset_target, detect_format, load
 from rl_ring.data.scores import has_reference, normalized_score
 from rl_ring.data.store import EpisodeStore
 
@@ -60,6 +60,9 @@ class ConvertConfig:
     """Processes for relabelling."""
     dataset_id: str | None = None
     """Minari only: the dataset id (default: the destination directory's name)."""
+    overwrite: bool = False
+    """Allow the destination to hold data already: replace only the files a dataset of --to
+    consists of, keep every other file. Without it an occupied destination is refused."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ def main(argv: list[str]) -> int:
 
         print("\n".join(task_names()))
         return 0
-    except (DatasetError, FileNotFoundError, KeyError, ValueError) as err:
+    except (DatasetError, OSError, KeyError, ValueError) as err:
         print(f"rl-ring data: {err}", file=sys.stderr)
         return 2
 
@@ -170,22 +173,25 @@ def return_histogram(returns: np.ndarray, bins: int = 10, width: int = 40) -> li
 
 
 def _convert(cfg: ConvertConfig) -> int:
+    if Path(cfg.dst).absolute() == Path(cfg.src).absolute():
+        raise ValueError(f"convert: the destination {cfg.dst} is the source; choose another")
+    check_dataset_target(cfg.dst, cfg.to, overwrite=cfg.overwrite)  # before reading anything
     fmt = detect_format(cfg.src)
     store = load(cfg.src, **_options(fmt, cfg.task, cfg.skip_bad, cfg.workers))
     if cfg.to == "store":
-        store.save(cfg.dst)
+        store.save(cfg.dst, overwrite=cfg.overwrite)
     elif cfg.to == "d4rl":
         from rl_ring.data.d4rl import write_d4rl
 
-        write_d4rl(store, cfg.dst)
+        write_d4rl(store, cfg.dst, overwrite=cfg.overwrite)
     elif cfg.to == "exorl":
         from rl_ring.data.exorl import write_exorl
 
-        write_exorl(store, cfg.dst)
+        write_exorl(store, cfg.dst, overwrite=cfg.overwrite)
     else:
         from rl_ring.data.minari import write_minari
 
-        write_minari(store, cfg.dst, cfg.dataset_id)
+        write_minari(store, cfg.dst, cfg.dataset_id, overwrite=cfg.overwrite)
     skipped = store.metadata.get("skipped", 0)
     print(f"wrote {cfg.dst} ({cfg.to}): {store.num_episodes} episodes, {store.num_steps} steps"
           + (f", skipped {skipped}" if skipped else ""))

@@ -26,7 +26,6 @@ import numpy as np
 from rl_ring.data.formats import (
     DatasetError,
     as_flags,
-    atomic_output,
     check_kind,
     check_rows,
     first_nonfinite,
@@ -34,6 +33,7 @@ from rl_ring.data.formats import (
     record_skipped,
 )
 from rl_ring.data.store import EpisodeStore, _json_default
+from rl_ring.io import atomic_output
 
 _MANIFEST = "metadata/rl_ring"
 _STARTS = "metadata/rl_ring_episode_starts"
@@ -295,8 +295,10 @@ def _json_safe(value) -> Any:
 
 
 # ---------------------------------------------------------------------------- writer
-def write_d4rl(store: EpisodeStore, path: str | os.PathLike) -> Path:
+def write_d4rl(store: EpisodeStore, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Writes ``store`` as a D4RL-format HDF5 file (atomically: temporary file, then rename).
+
+    An existing file at ``path`` is replaced only with ``overwrite``.
 
     ``observations``/``actions``/``rewards`` go out as float32 (discrete actions as int64),
     flags as bool, ``extras["next_observations"]`` as ``next_observations``, other per-step
@@ -312,7 +314,8 @@ def write_d4rl(store: EpisodeStore, path: str | os.PathLike) -> Path:
         "extras": {},
         "episode_extras": {},
     }
-    with atomic_output(path, directory=False) as tmp:
+    with atomic_output(path, directory=False, overwrite=overwrite,
+                       what="a D4RL dataset") as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("observations", data=np.asarray(store.observations, np.float32))
             act = np.asarray(store.actions)

@@ -38,15 +38,16 @@ import numpy as np
 
 from rl_ring.data.formats import (
     DatasetError,
-    atomic_output,
     check_finite,
     check_kind,
     portable_metadata,
     record_skipped,
 )
 from rl_ring.data.store import EpisodeStore
+from rl_ring.io import atomic_output
 
 log = logging.getLogger(__name__)
+_SIDECAR = ".rl_ring.json"  # metadata our writer saves beside the episodes
 
 _NAME = re.compile(r"^(?P<ts>.*)_(?P<idx>\d+)_(?P<len>\d+)\.npz$")
 _REQUIRED = ("observation", "action", "reward", "discount")
@@ -135,7 +136,7 @@ def read_exorl(
     if buf is None or buf.num_episodes == 0:
         raise DatasetError(bdir, f"no readable episode files ({len(skipped)} skipped)")
     store = buf.build(bdir)
-    saved = bdir / ".rl_ring.json"  # metadata our writer saved (action space, env id, ...)
+    saved = bdir / _SIDECAR  # metadata our writer saved (action space, env id, ...)
     if saved.is_file():
         try:
             meta = json.loads(saved.read_text()).get("metadata", {})
@@ -357,8 +358,20 @@ def _check_domain(store: EpisodeStore, task: str, bdir: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- writer
-def write_exorl(store: EpisodeStore, buffer_dir: str | os.PathLike) -> Path:
+def exorl_files(buffer_dir: str | os.PathLike) -> list[str]:
+    """The files an ExoRL buffer directory consists of: its episodes (``*.npz``) and
+    rl_ring's ``.rl_ring.json``; anything else in the directory is not part of it."""
+    d = Path(buffer_dir)
+    return sorted(f.name for f in d.iterdir()
+                  if f.is_file() and (f.suffix == ".npz" or f.name == _SIDECAR))
+
+
+def write_exorl(store: EpisodeStore, buffer_dir: str | os.PathLike, *,
+                overwrite: bool = False) -> Path:
     """Writes one ``<timestamp>_<index>_<length>.npz`` file per episode (atomically).
+
+    ``buffer_dir`` must be new or empty unless ``overwrite``; then only the episode files
+    (and rl_ring's sidecar) of the old buffer are replaced, other files are kept.
 
     Needs ``extras["next_observations"]`` (the observation after the last step is part of
     the file). ``physics``/``next_physics`` become the ``physics`` key; ``discount`` comes
@@ -380,13 +393,14 @@ def write_exorl(store: EpisodeStore, buffer_dir: str | os.PathLike) -> Path:
     # back unchanged; if any episode is truncated every file carries the key.
     truncated = np.asarray(store.episode_extras.get("truncated", False))
     with_truncated = bool(truncated.any())
-    with atomic_output(out, directory=True) as tmp:
+    with atomic_output(out, directory=True, overwrite=overwrite, owned=exorl_files,
+                       what="an ExoRL buffer") as tmp:
         for i in range(store.num_episodes):
             arrays = _episode_arrays(store, i, with_truncated)
             length = int(store.episode_lengths[i])
             np.savez_compressed(tmp / f"{stamp}_{i}_{length}.npz", **arrays)
         meta = portable_metadata(store.metadata)
-        (tmp / ".rl_ring.json").write_text(json.dumps({"metadata": meta}, default=str))
+        (tmp / _SIDECAR).write_text(json.dumps({"metadata": meta}, default=str))
     return out
 
 

@@ -8,11 +8,8 @@ many episodes were skipped in ``store.metadata["skipped"]`` and log a warning.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from rl_ring.data.store import EpisodeStore
+from rl_ring.io import check_output_dir, check_output_files
 
 log = logging.getLogger(__name__)
 
@@ -180,37 +178,23 @@ def load(path: str | os.PathLike, *, format: str | None = None, **options) -> Ep
     raise ValueError(f"load: unknown format {fmt!r}, expected one of {FORMATS}")
 
 
-# ---------------------------------------------------------------------------- atomic writes
-@contextlib.contextmanager
-def atomic_output(final: str | os.PathLike, *, directory: bool):
-    """Yields a temporary path beside ``final``; renames it to ``final`` only on success.
+# ---------------------------------------------------------------------------- targets
+def check_dataset_target(path: str | os.PathLike, fmt: str, *, overwrite: bool) -> None:
+    """Refuses, before any work, to write a ``fmt`` dataset where data already is.
 
-    A crash or an exception leaves ``final`` as it was (absent, or the previous version) and
-    removes the temporary, so no reader ever sees a half-written dataset.
+    A directory format (store, exorl, minari) needs a new or empty directory, a D4RL file a
+    path where no file is, unless ``overwrite`` (see :mod:`rl_ring.io`).
+
+    Raises:
+        rl_ring.io.OutputExistsError: the target holds data and ``overwrite`` is False.
     """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}, expected one of {FORMATS}")
+    what = f"a {fmt} dataset"
+    if fmt == "d4rl":
+        check_output_files([path], overwrite=overwrite, what=what)
     else:
-        fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
-        os.close(fd)
-        tmp = Path(name)
-    try:
-        yield tmp
-        if directory and final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-        raise
+        check_output_dir(path, overwrite=overwrite, what=what)
 
 
 # Keys a reader sets about the file it read; a writer does not carry them to a new file.

@@ -33,7 +33,6 @@ import numpy as np
 from rl_ring.data.formats import (
     DatasetError,
     as_flags,
-    atomic_output,
     check_finite,
     check_kind,
     check_rows,
@@ -41,6 +40,7 @@ from rl_ring.data.formats import (
     record_skipped,
 )
 from rl_ring.data.store import EpisodeStore, _json_default
+from rl_ring.io import atomic_output
 
 MINARI_VERSION = "0.5.4"  # the format version our writer produces
 _EP_ATTR = "rl_ring/"
@@ -263,6 +263,13 @@ def _walk_infos(group: h5py.Group, prefix: str):
 
 
 # ---------------------------------------------------------------------------- writer
+def minari_files(dataset_dir: str | os.PathLike) -> list[str]:
+    """The files a Minari dataset directory consists of (those present); anything else in
+    the directory is not part of it."""
+    d = Path(dataset_dir)
+    return [f for f in ("data/main_data.hdf5", "data/metadata.json") if (d / f).is_file()]
+
+
 def write_minari(
     store: EpisodeStore,
     dataset_dir: str | os.PathLike,
@@ -270,8 +277,12 @@ def write_minari(
     *,
     algorithm_name: str | None = None,
     author: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Writes ``store`` as a Minari (HDF5) dataset directory, atomically.
+
+    ``dataset_dir`` must be new or empty unless ``overwrite``; then only the dataset's
+    ``data/main_data.hdf5`` and ``data/metadata.json`` are replaced, other files are kept.
 
     Args:
         store: the episodes.
@@ -281,6 +292,7 @@ def write_minari(
             ``-v0`` added when it has no version).
         algorithm_name: recorded in the metadata.
         author: recorded in the metadata.
+        overwrite: allow replacing an existing dataset in ``dataset_dir``.
     """
     out = Path(dataset_dir)
     if dataset_id is None:
@@ -310,7 +322,8 @@ def write_minari(
                 ours["extras"][name] = key
     for key in store.episode_extras:
         ours["episode_extras"][_EP_ATTR + key] = key
-    with atomic_output(out, directory=True) as tmp:
+    with atomic_output(out, directory=True, overwrite=overwrite, owned=minari_files,
+                       what="a Minari dataset") as tmp:
         ddir = tmp / "data"
         ddir.mkdir()
         with h5py.File(ddir / "main_data.hdf5", "w", track_order=True) as f:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from rl_ring.io import atomic_output
 
 STORE_FORMAT = "rl_ring.EpisodeStore"
 STORE_VERSION = 1
@@ -197,12 +197,16 @@ class EpisodeStore:
                 )
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> Path:
-        """Writes the store to directory ``path`` atomically (temporary dir, then rename)."""
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Writes the store to directory ``path`` atomically (temporary dir, then rename).
+
+        ``path`` must be new or empty unless ``overwrite``; then only the files of the store
+        already there (its ``store.json`` and the arrays it lists) are replaced, other files
+        are kept.
+        """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
+        with atomic_output(path, directory=True, overwrite=overwrite, owned=store_files,
+                           what="an EpisodeStore") as tmp:
             arrays: dict[str, str] = {}
 
             def put(key: str, arr: np.ndarray) -> None:
@@ -225,16 +229,6 @@ class EpisodeStore:
                 "metadata": self.metadata,
             }
             (tmp / "store.json").write_text(json.dumps(manifest, indent=1, default=_json_default))
-            if path.exists():
-                old = path.with_name(f".{path.name}.old-{os.getpid()}")
-                path.rename(old)
-                tmp.rename(path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
     @classmethod
@@ -285,6 +279,17 @@ def _as_actions(a: np.ndarray) -> np.ndarray:
     if np.issubdtype(a.dtype, np.integer):
         return a.astype(np.int64, copy=False).reshape(len(a))
     return a.astype(np.float32, copy=False).reshape(len(a), -1)
+
+
+def store_files(path: str | os.PathLike) -> list[str]:
+    """The files an EpisodeStore directory consists of: ``store.json`` and the arrays it
+    lists (none when the directory holds no readable store)."""
+    manifest = Path(path) / "store.json"
+    try:
+        arrays = json.loads(manifest.read_text()).get("arrays", {})
+    except (OSError, ValueError, AttributeError):
+        return []
+    return ["store.json", *(str(f) for f in arrays.values() if isinstance(f, str))]
 
 
 def _json_default(o):

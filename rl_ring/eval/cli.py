@@ -23,7 +23,7 @@ def main(argv: list[str]) -> int:
                    description="Evaluate a policy in its environment, several trials in context.")
     try:
         report = evaluate(cfg)
-    except (ValueError, NotImplementedError) as err:
+    except (ValueError, NotImplementedError, OSError) as err:
         print(f"rl-ring eval: {err}", file=sys.stderr)
         return 2
     for line in summary_lines(report):

@@ -32,6 +32,7 @@ from rl_ring.eval.report import (
 )
 from rl_ring.eval.rollout import SeedResult, run_seed
 from rl_ring.eval.workers import Workers, make_workers
+from rl_ring.io import check_output_dir
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,9 @@ class EvalConfig:
     """X axis label of the plot ('in-context episode' for AD)."""
     progress: bool = True
     """Show a progress bar with env steps/s."""
+    overwrite: bool = False
+    """Allow --out to hold files already: replace only report.json, returns.png and
+    episode.gif, keep every other file. Without it a non-empty --out is refused."""
 
 
 def _specs(cfg: EvalConfig, tasks: list[Any], seed_index: int) -> list[EnvSpec]:
@@ -116,6 +120,7 @@ def evaluate(
     for name in ("trials", "envs", "seeds"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
+    check_output_dir(cfg.out, overwrite=cfg.overwrite, what="an evaluation report")
     if policy is None:
         policy = policy_factory(cfg.policy, cfg.checkpoint, env_id=cfg.env,
                                 noise=cfg.policy_noise)
@@ -153,7 +158,8 @@ def evaluate(
 
 
 def _write(cfg, results, complete, out_dir, frames, video_error) -> dict[str, Any]:
-    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "progress"}
+    config = {k: v for k, v in dataclasses.asdict(cfg).items()
+              if k not in ("progress", "overwrite")}
     config["env_id"] = cfg.env
     config["policy"] = f"checkpoint:{cfg.checkpoint}" if cfg.checkpoint else cfg.policy
     if cfg.checkpoint and cfg.policy == "recompute":

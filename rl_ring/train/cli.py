@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 import tyro
 
@@ -70,17 +71,18 @@ def load_eval_hook(spec: str, cfg: TrainConfig):
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``rl-ring train``; returns the exit status."""
     from rl_ring.train.api import resolve_config, train
-    from rl_ring.train.loop import NonFiniteError
+    from rl_ring.train.loop import NonFiniteError, check_workdir
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         cfg = parse(argv)
+        check_workdir(Path(cfg.workdir), resume=cfg.resume, overwrite=cfg.overwrite)
         cfg = resolve_config(cfg)
         eval_fn = load_eval_hook(cfg.eval_hook, cfg) if cfg.eval_hook else None
         if cfg.eval_every and eval_fn is None:
             raise ValueError("--eval-every needs --eval-hook module:function (the evaluation hook)")
         result = train(cfg, eval_fn=eval_fn)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         print(f"rl-ring train: {err}", file=sys.stderr)
         return 2
     except NonFiniteError as err:

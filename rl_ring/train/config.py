@@ -60,6 +60,10 @@ class TrainConfig(Generic[A]):
     """Write checkpoints in a background thread while training continues."""
     resume: bool = True
     """Resume from the latest checkpoint in the work directory if there is one."""
+    overwrite: bool = False
+    """Allow a work directory that holds other files (they are kept), or, with resume=False,
+    an earlier run's checkpoints and metrics (they are replaced). Without it such a work
+    directory is refused; a run's own work directory is always resumed."""
     progress: bool = True
     """Show a progress bar."""
     tensorboard: bool = True

@@ -20,7 +20,8 @@ import numpy as np
 from flax import nnx
 
 from rl_ring import sharding
-from rl_ring.train.checkpoint import Checkpointer
+from rl_ring.io import OutputExistsError
+from rl_ring.train.checkpoint import CKPT_SUBDIR, Checkpointer
 from rl_ring.train.config import RESUME_MUST_MATCH, TrainConfig, config_diff, to_dict
 from rl_ring.train.loader import MeshLoader, pad_multiple
 from rl_ring.train.metrics import MetricsWriter, Progress
@@ -109,6 +110,32 @@ def _write_config(workdir: Path, cfg_dict: dict[str, Any], meta: dict[str, Any])
     tmp.replace(path)
 
 
+def check_workdir(workdir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuses a work directory whose files a run would overwrite or mix with its own.
+
+    A new or empty directory, or a training run's own directory resumed, is fine; anything
+    else needs ``overwrite`` (see :class:`TrainConfig`).
+
+    Raises:
+        OutputExistsError: as above, naming the directory and what is in it.
+    """
+    if not workdir.exists() or overwrite:
+        return
+    entries = sorted(p.name for p in workdir.iterdir())
+    if not entries:
+        return
+    is_run = (workdir / CONFIG_FILE).is_file() or (workdir / CKPT_SUBDIR).is_dir()
+    if is_run and resume:
+        return
+    shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+    why = ("holds an earlier run that resume=False (--no-resume) would overwrite" if is_run
+           else "is not a training run's work directory")
+    raise OutputExistsError(
+        f"{workdir}: {why} (it holds {shown}); choose a new --workdir, or pass --overwrite "
+        "to train there anyway (other files are kept)"
+    )
+
+
 def run(recipe: Recipe, cfg: TrainConfig, *, eval_fn: EvalFn | None = None) -> TrainResult:
     """Trains ``recipe`` for ``cfg.steps`` steps, resuming from ``cfg.workdir`` if possible.
 
@@ -137,6 +164,7 @@ def run(recipe: Recipe, cfg: TrainConfig, *, eval_fn: EvalFn | None = None) -> T
     loader.check(example)  # sequence/batch mismatches fail here, before any compute
 
     workdir = Path(cfg.workdir)
+    check_workdir(workdir, resume=cfg.resume, overwrite=cfg.overwrite)
     workdir.mkdir(parents=True, exist_ok=True)
     cfg_dict = to_dict(cfg)
     lead = jax.process_index() == 0

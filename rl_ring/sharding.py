@@ -81,6 +81,14 @@ def parse_mesh_spec(spec: str | MeshSpec | dict[str, int]) -> MeshSpec:
     return MeshSpec(**sizes)
 
 
+def device_hint(wanted: int) -> str:
+    """How to get ``wanted`` devices, for error messages."""
+    return (f"on a CPU, start the process with XLA_FLAGS=--xla_force_host_platform_device_count="
+            f"{wanted} (set before JAX starts) for {wanted} fake devices; to use fewer devices "
+            "than the process has, pick the first N with --devices N (rl-ring train) and a mesh "
+            "of N devices")
+
+
 def make_mesh(
     spec: str | MeshSpec | dict[str, int] | None = None,
     devices: Sequence[jax.Device] | None = None,
@@ -100,7 +108,7 @@ def make_mesh(
     if ms.size != len(devices):
         raise ValueError(
             f"mesh spec '{ms}' has {ms.size} devices in all ({' x '.join(map(str, ms.shape))} over "
-            f"{AXES}) but {len(devices)} devices are available"
+            f"{AXES}) but {len(devices)} devices are available; {device_hint(ms.size)}"
         )
     # Devices are laid out so that the seq axis varies fastest after tensor: neighbours on the
     # ring are neighbours in device order (same host first on a multi-host mesh).

@@ -54,6 +54,7 @@ def main(argv: list[str]) -> int:
         def run(q, k, v, ct, seg, mesh=mesh, layout=layout):
             f = lambda q, k, v: attention(
                 q, k, v, impl="ring", mesh=mesh, causal=True, segment_ids=seg, layout=layout,
+                permuted_inputs=True,
                 q_chunk=8, k_chunk=8,
             )
             out, pullback = jax.vjp(f, q, k, v)

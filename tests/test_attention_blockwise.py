@@ -102,7 +102,7 @@ def test_permuted_layout_equals_permuted_output(layout):
     for impl in ("reference", "blockwise"):
         got = attention(
             pq, pk, pv, impl=impl, causal=True, segment_ids=pseg, layout=layout, num_shards=n,
-            q_chunk=8, k_chunk=8,
+            permuted_inputs=True, q_chunk=8, k_chunk=8,
         )
         assert_close(got, permute(want, n, layout), jnp.float32, f"{impl} {layout}")
     # Explicit positions give the same result as the layout's defaults.

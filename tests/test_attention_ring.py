@@ -55,8 +55,8 @@ def _check_ring(spec, layout="contiguous", kw=None, heads=(4, 2), dtype=jnp.floa
     q, k, v, ct = make_qkv(seed, b, t, heads[0], heads[1], 16, dtype)
     kw = _masks(b, t, n) if kw is None else kw
     fn = functools.partial(
-        attention, impl="ring", mesh=mesh, layout=layout, q_chunk=chunks[0], k_chunk=chunks[1],
-        **options, **kw,
+        attention, impl="ring", mesh=mesh, layout=layout, permuted_inputs=True,
+        q_chunk=chunks[0], k_chunk=chunks[1], **options, **kw,
     )
     what = f"ring[{spec}, {layout}, {sorted(kw)}]"
     check_against_reference(fn, q, k, v, ct, what, **_ref_kwargs(kw, layout, n, b, t))
@@ -120,6 +120,38 @@ def _reference_out_grads(q, k, v, ct, kw):
     return out, pullback(ct)
 
 
+@pytest.mark.parametrize("spec,layout", [("seq=2", "zigzag"), ("seq=4", "striped"),
+                                         ("seq=8", "zigzag"), ("data=2,seq=4", "zigzag")])
+def test_ring_layout_on_natural_order_inputs_equals_reference(spec, layout):
+    """The safe default: inputs in their natural order, any layout, the dense result on the
+    natural order (outputs and dq, dk, dv); the dispatcher permutes and unpermutes itself."""
+    mesh = _mesh(spec)
+    b, t = 2, 64
+    q, k, v, ct = make_qkv(7, b, t, 4, 2, 8)
+    kw = _masks(b, t, mesh.shape[SEQ])
+    fn = functools.partial(attention, impl="ring", mesh=mesh, layout=layout, q_chunk=8,
+                           k_chunk=8, **kw)
+    check_against_reference(fn, q, k, v, ct, f"ring natural {spec} {layout}", **kw)
+
+
+def test_layout_on_natural_inputs_is_a_no_op_for_single_device_impls():
+    q, k, v, ct = make_qkv(8, 2, 64, 2, 2, 8)
+    kw = {"causal": True, "segment_ids": segments(2, 64, [[10, 41], [30]])}
+    for impl in ("reference", "blockwise"):
+        fn = functools.partial(attention, impl=impl, layout="zigzag", num_shards=4, q_chunk=8,
+                               k_chunk=8, **kw)
+        check_against_reference(fn, q, k, v, ct, f"{impl} natural zigzag", **kw)
+
+
+def test_natural_order_inside_shard_map_with_a_layout_is_an_error():
+    mesh = _mesh("seq=4")
+    q, k, v, _ = make_qkv(2, 1, 32, 2, 2, 8)
+    spec = P(None, SEQ)
+    body = lambda q, k, v: attention(q, k, v, impl="ring", causal=True, layout="zigzag")
+    with pytest.raises(ValueError, match="permuted_inputs=True"):
+        jax.shard_map(body, mesh=mesh, in_specs=(spec,) * 3, out_specs=spec)(q, k, v)
+
+
 def test_ring_called_inside_an_outer_shard_map():
     """The model may already be inside shard_map over the mesh: the dispatcher then takes
     local shards and runs the ring directly (default positions from the layout)."""
@@ -128,7 +160,8 @@ def test_ring_called_inside_an_outer_shard_map():
     spec = P(None, SEQ)
 
     def body(q, k, v):
-        return attention(q, k, v, impl="ring", causal=True, layout="zigzag", q_chunk=4, k_chunk=4)
+        return attention(q, k, v, impl="ring", causal=True, layout="zigzag",
+                         permuted_inputs=True, q_chunk=4, k_chunk=4)
 
     sharded = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(spec,) * 3, out_specs=spec))
     got = sharded(*(permute(x, 8, "zigzag") for x in (q, k, v)))

@@ -116,7 +116,7 @@ def test_writer_is_atomic(tmp_path):
     write_d4rl(s, tmp_path / "x.hdf5")
     bad = EpisodeStore(**{**s.__dict__, "extras": {"infos/a": np.zeros(12), "a": np.zeros(12)}})
     with pytest.raises(ValueError, match="collides"):
-        write_d4rl(bad, tmp_path / "x.hdf5")
+        write_d4rl(bad, tmp_path / "x.hdf5", overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.hdf5"]
     assert read_d4rl(tmp_path / "x.hdf5").num_episodes == 3  # the old file is intact
 

@@ -31,6 +31,13 @@ def test_make_mesh_errors(spec, match):
         sharding.make_mesh(spec)
 
 
+def test_too_few_devices_says_how_to_get_them():
+    """`--mesh seq=3` on 1 device: the error names the fake-device flag and --devices."""
+    with pytest.raises(ValueError, match=r"seq=3.*xla_force_host_platform_device_count=3"
+                                         r".*--devices N"):
+        sharding.make_mesh("seq=3", devices=jax.devices()[:1])
+
+
 def test_partition_rules_match_and_fail_loudly():
     params = {"layers": {"attn": {"qkv": np.zeros((3, 8, 24))}, "mlp": {"w1": np.zeros((8, 32))}}}
     rules = [("attn/qkv", P("fsdp", "tensor")), ("mlp/w1", P("fsdp", "tensor"))]

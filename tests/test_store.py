@@ -43,8 +43,10 @@ def test_save_load_mmap_roundtrip(tmp_path):
     np.testing.assert_array_equal(s.extras["physics"], t.extras["physics"])
     np.testing.assert_array_equal(s.episode_extras["task_id"], t.episode_extras["task_id"])
     assert t.metadata == {"env_id": "test"} and t.discrete_actions
-    # overwrite in place is atomic and leaves no temporaries behind
-    s.select([2, 0]).save(tmp_path / "ds")
+    # replacing needs overwrite=True; it is atomic and leaves no temporaries behind
+    with pytest.raises(FileExistsError, match="overwrite"):
+        s.select([2, 0]).save(tmp_path / "ds")
+    s.select([2, 0]).save(tmp_path / "ds", overwrite=True)
     assert EpisodeStore.load(tmp_path / "ds").num_episodes == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
 

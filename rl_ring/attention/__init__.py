@@ -6,8 +6,11 @@
 - ``"ring"``: sequence-parallel over the mesh's ``seq`` axis (K/V blocks travel the ring).
 
 Tensors are ``[batch, seq, heads, head_dim]``; k/v may have fewer heads (grouped K/V).
-Masks come from global token positions (see ``masks.py``); ``layout`` says how the tokens
-were permuted for causal load balance (see ``layout.py``).
+Masks come from global token positions (see ``masks.py``). ``layout`` picks how the ring
+spreads tokens over devices for causal load balance (see ``layout.py``): by default the
+inputs are in their natural order and the dispatcher permutes and unpermutes them itself, so
+every layout gives the same numbers; ``permuted_inputs=True`` is the fast path for callers
+that keep their tokens permuted (the training loader permutes each batch once).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ def attention(
     segment_ids: jnp.ndarray | None = None,
     tokens_per_step: int = 1,
     layout: str = "contiguous",
+    permuted_inputs: bool = False,
     positions: jnp.ndarray | None = None,
     kv_mask: jnp.ndarray | None = None,
     options: AttentionOptions | None = None,
@@ -76,12 +80,17 @@ def attention(
         causal: (block-)causal mask on global positions.
         segment_ids: ``[batch, seq]`` int; tokens attend only within their segment.
         tokens_per_step: tokens of one environment step that see each other under ``causal``.
-        layout: ``"contiguous"``, ``"zigzag"`` or ``"striped"``: how the sequence axis of the
-            inputs is ordered (see ``rl_ring.attention.layout``).
-        positions: ``[batch, seq]`` int global positions (original order) of the tokens as
-            laid out. Default: ``layout_positions(seq, num_shards, layout)`` where the shard
-            count is the mesh's ``seq`` size, else ``options.num_shards``; a non-contiguous
-            layout without a mesh needs one of them (or explicit ``positions``).
+        layout: ``"contiguous"``, ``"zigzag"`` or ``"striped"``: how the ring places tokens
+            on devices (see ``rl_ring.attention.layout``). With natural-order inputs (the
+            default) the result does not depend on it; only the ring's work balance does.
+        permuted_inputs: the fast path: q/k/v, ``segment_ids``, ``kv_mask`` and
+            ``positions`` are already in ``layout`` order (``layout.permute``), and the
+            output comes back in that order. Inside a ``shard_map`` over the ring axis a
+            non-contiguous layout needs it (local shards cannot be permuted globally).
+        positions: ``[batch, seq]`` int global positions (original order) of the tokens, in
+            the order the inputs are given. Default: ``0 .. seq-1``, or with
+            ``permuted_inputs`` ``layout_positions(seq, num_shards, layout)`` where the shard
+            count is the mesh's ``seq`` size, else ``options.num_shards``.
         kv_mask: ``[batch, seq]`` bool, False for padding keys.
         options: :class:`AttentionOptions` (chunk sizes, scale, shard count, ring axis).
         **option_overrides: fields of AttentionOptions, e.g. ``q_chunk=256``.
@@ -100,11 +109,17 @@ def attention(
         q, k, v, segment_ids=segment_ids, positions=positions, kv_mask=kv_mask,
         tokens_per_step=tokens_per_step,
     )
+    if layout not in LAYOUTS:
+        raise ValueError(f"attention: layout={layout!r} is not one of {LAYOUTS}")
     semantics = dict(
         causal=causal, segment_ids=segment_ids, tokens_per_step=tokens_per_step, kv_mask=kv_mask
     )
     if impl == "ring":
+        if layout != "contiguous" and not permuted_inputs:
+            return _ring_natural(q, k, v, mesh, layout, positions, options, semantics)
         return _ring(q, k, v, mesh, layout, positions, options, semantics)
+    if not permuted_inputs:
+        layout = "contiguous"  # one device: the order changes nothing but the chunking
     n = _shard_count(mesh, options, layout, have_positions=positions is not None)
     if positions is None:
         positions = _default_positions(b, t, layout, n)
@@ -161,6 +176,30 @@ def _manual_axes() -> frozenset:
         return frozenset(jax.sharding.get_abstract_mesh().manual_axes)
     except AttributeError:  # no abstract mesh API: never inside shard_map as far as we know
         return frozenset()
+
+
+def _ring_natural(q, k, v, mesh, layout, positions, options, semantics):
+    """The ring over natural-order inputs: permute into ``layout``, run, unpermute."""
+    axis = options.axis_name
+    if axis in _manual_axes():
+        raise ValueError(
+            f"attention(impl='ring', layout={layout!r}) inside shard_map over {axis!r}: the "
+            "arrays are local shards and cannot be permuted here; permute the global arrays "
+            "with rl_ring.attention.layout.permute before shard_map and pass "
+            "permuted_inputs=True (or use layout='contiguous')"
+        )
+    mesh = make_mesh() if mesh is None else mesh
+    _check_mesh(mesh, axis)
+    n = int(mesh.shape[axis])
+    b, t = q.shape[:2]
+    check_layout(layout, t, n)
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    perm = lambda x: None if x is None else permute(x, n, layout)
+    semantics = {**semantics, "segment_ids": perm(semantics["segment_ids"]),
+                 "kv_mask": perm(semantics["kv_mask"])}
+    out = _ring(perm(q), perm(k), perm(v), mesh, layout, perm(positions), options, semantics)
+    return unpermute(out, n, layout)
 
 
 def _ring(q, k, v, mesh, layout, positions, options, semantics):

@@ -223,7 +223,9 @@ class Attention(nnx.Module):
             # Plain causal order over tokens: a step's action token must not be visible to
             # that step's state token, which predicts it.
             tokens_per_step=1,
+            # The loader hands batches over already in the layout, with global positions.
             layout=cfg.attn_layout,
+            permuted_inputs=True,
             positions=ctx.positions,
             kv_mask=ctx.kv_mask,
             **dict(cfg.attn_options),

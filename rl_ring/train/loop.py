@@ -81,7 +81,8 @@ def make_run_mesh(cfg: TrainConfig):
     if cfg.devices:
         if cfg.devices > len(devices):
             raise ValueError(
-                f"TrainConfig.devices={cfg.devices} but only {len(devices)} devices are available"
+                f"TrainConfig.devices={cfg.devices} but only {len(devices)} devices are "
+                f"available; {sharding.device_hint(cfg.devices)}"
             )
         devices = devices[: cfg.devices]
     return sharding.make_mesh(cfg.mesh or None, devices=devices)

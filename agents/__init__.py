@@ -3,36 +3,15 @@ shared trajectory transformer.
 
 ``agents.get(name)`` returns the agent's module, which provides ``NAME``, ``Config`` (a
 frozen dataclass with a ``tiny()`` preset), ``make_sampler``, ``make_model``, ``loss_fn``,
-``make_layout``, ``online_encoder`` and ``context_steps``. ``agents.policy`` turns a trained
-model into the evaluator's batched policy.
+``make_layout``, ``online_encoder``, ``context_steps`` and ``CONTEXT_ACROSS_TRIALS``.
+``agents.run`` trains one (``train(cfg)``: the agent becomes a Recipe for
+``rl_ring.train.run``) and loads its checkpoints; ``agents.presets`` holds the named
+training-step shapes; ``agents.policy`` turns a trained model into the evaluator's policy.
 """
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
-
-AGENTS: dict[str, str] = {
-    "at": "agents.at",
-    "dt": "agents.dt",
-    "bc": "agents.bc",
-    "ad": "agents.ad",
-}
-
-
-def get(name: str) -> ModuleType:
-    """The agent module registered under ``name`` (at, dt, bc, ad).
-
-    Raises:
-        ValueError: an unknown name, listing the known ones.
-    """
-    if name not in AGENTS:
-        raise ValueError(f"unknown agent {name!r}; known agents are {sorted(AGENTS)}")
-    return importlib.import_module(AGENTS[name])
-
-
-def names() -> tuple[str, ...]:
-    return tuple(AGENTS)
+from agents.registry import AGENTS, get, names
 
 
 def eval_policy_from_checkpoint(checkpoint_dir, *, action_space=None, **options):

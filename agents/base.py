@@ -5,7 +5,9 @@ An agent is a token layout (``rl_ring.data.tokens``), a sampler that lays episod
 (``rl_ring.data.samplers``), the one shared :class:`~rl_ring.models.TrajectoryTransformer`,
 the masked action loss, and an ``act`` rule: the action of a step is read from the model's
 prediction at the step's *predict token* (STATE, or STEP for Algorithm Distillation).
-Agent modules (``at``, ``dt``, ``bc``, ``ad``) only say which layout and sampler options.
+Agent modules (``at``, ``dt``, ``bc``, ``ad``) only say which layout and sampler options;
+:func:`agent_functions` here gives each its ``make_sampler`` and ``make_model``, and
+``agents.run`` turns an agent into the training loop's :class:`~rl_ring.train.recipe.Recipe`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,19 @@ from rl_ring.data.tokens import TokenLayout
 from rl_ring.models import ModelConfig, TrajectoryTransformer, action_loss
 
 DATA_SPEC_FORMAT = "rl_ring.DataSpec"
+
+
+@dataclass(frozen=True)
+class EvalDefaults:
+    """How the agent is evaluated unless told otherwise; saved with every checkpoint, so
+    ``rl-ring eval --checkpoint`` plays the trained agent the way its experiment did."""
+
+    greedy: bool = True
+    """Discrete actions: argmax of the model's prediction (True) or a sample from it."""
+    slide_steps: int = 1
+    """Steps that slide out of a full context at once (0: one episode of the evaluated env)."""
+    context_steps: int = 0
+    """Steps of context per evaluation row (0: the context the model was trained on)."""
 
 
 # ---------------------------------------------------------------------------------- data facts
@@ -114,6 +129,15 @@ class DataSpec:
 
 
 # ---------------------------------------------------------------------------------- model
+def paper_model() -> ModelConfig:
+    """The AT and DT papers' D4RL model (AT's Table 5 matches DT's): 3 layers, 1 head, width
+    128, ReLU, dropout 0.1, actions squashed into the data's box."""
+    return ModelConfig(
+        width=128, depth=3, num_heads=1, activation="relu", dropout=0.1, max_timestep=1000,
+        squash_actions=True,
+    )
+
+
 def model_config(base: ModelConfig, spec: DataSpec, layout: TokenLayout) -> ModelConfig:
     """The agent's model options completed with the data's shapes and the layout's widths.
 
@@ -149,13 +173,53 @@ def loss_fn(model: TrajectoryTransformer, tokens, *, mesh=None, rngs=None):
     return action_loss(pred, tokens, discrete=model.cfg.discrete_actions)
 
 
-def layout_norm(store: EpisodeStore | None, obs_dim: int, norm: Normalization | None):
-    """The normalisation to encode with: given, from the store, or the identity."""
-    if norm is not None:
-        return norm
-    if store is not None:
-        return Normalization.from_store(store)
-    return Normalization.identity(obs_dim)
+def spec_and_norm(
+    data: EpisodeStore | DataSpec, norm: Normalization | None = None
+) -> tuple[DataSpec, Normalization]:
+    """The data spec of a store (or a spec), and the normalisation to encode with: ``norm``
+    when given, else the store's statistics, else the identity."""
+    spec = DataSpec.coerce(data)
+    if norm is None:
+        if isinstance(data, EpisodeStore):
+            norm = Normalization.from_store(data)
+        else:
+            norm = Normalization.identity(spec.obs_dim)
+    return spec, norm
+
+
+def agent_functions(config_cls: type, sampler_cls: type, sampler_config_cls: type, make_layout):
+    """An agent's ``make_sampler`` and ``make_model``, from its Config class, its sampler (and
+    the sampler's config class) and its ``make_layout(cfg, spec, norm)``.
+
+    ``make_sampler(store, cfg, *, batch_size, seed, host_id=0, num_hosts=1, pad_multiple=1,
+    norm=None)`` is this host's sampler: the agent's sampling options (the fields its Config
+    inherits from the sampler's options class) plus the stream's batch size (global; this
+    host gets ``batch_size // num_hosts`` rows), seed and padding.
+
+    ``make_model(cfg, data, *, rngs)`` is the trajectory transformer: ``cfg.model`` shaped by
+    the data (an EpisodeStore or a DataSpec) and the agent's layout.
+    """
+
+    def make_sampler(store: EpisodeStore, cfg: Any, *, batch_size: int, seed: int,
+                     host_id: int = 0, num_hosts: int = 1, pad_multiple: int = 1,
+                     norm: Normalization | None = None):
+        check_agent_config(cfg, config_cls)
+        stream = {"batch_size": batch_size, "seed": seed, "pad_multiple": pad_multiple}
+        options = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(sampler_config_cls)
+                   if f.name not in stream}
+        scfg = sampler_config_cls(**options, **stream)
+        return sampler_cls(store, scfg, norm=norm, host_id=host_id, num_hosts=num_hosts)
+
+    def make_model(cfg: Any, data: EpisodeStore | DataSpec, *, rngs: nnx.Rngs):
+        check_agent_config(cfg, config_cls)
+        spec = DataSpec.coerce(data)
+        # The normalisation does not shape the model.
+        layout = make_layout(cfg, spec, Normalization.identity(spec.obs_dim))
+        return build_model(cfg.model, spec, layout, rngs=rngs)
+
+    make_sampler.__doc__ = f"This host's {sampler_cls.__name__} (see agent_functions)."
+    make_model.__doc__ = "The trajectory transformer for this agent and dataset."
+    return make_sampler, make_model
 
 
 # ---------------------------------------------------------------------------------- acting

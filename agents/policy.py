@@ -22,13 +22,14 @@ policies give the same actions.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from flax import nnx
 
-from agents import base
+from agents import base, registry
 from rl_ring.attention.decode import DecodeOptions
 from rl_ring.data.batch import Kind
 from rl_ring.data.tokens import TokenLayout
@@ -208,8 +209,8 @@ class CachedPolicy(ContextPolicy):
     refills are that many times rarer.
 
     Args:
-        model, layout, spec, context_steps, target_return, greedy, slide_steps,
-            trial_context: as :class:`ContextPolicy`.
+        model, layout, spec: as :class:`ContextPolicy`.
+        **policy_options: ``context_steps`` and the other options of :class:`ContextPolicy`.
         mesh: shard the cache over this mesh (rows over the batch axes, slots over ``seq``).
         options: cached-attention options (:class:`rl_ring.attention.decode.DecodeOptions`).
     """
@@ -220,18 +221,11 @@ class CachedPolicy(ContextPolicy):
         layout: TokenLayout,
         spec: base.DataSpec,
         *,
-        context_steps: int,
-        target_return: float | None = None,
-        greedy: bool = True,
-        slide_steps: int = 1,
-        trial_context: bool = True,
         mesh=None,
         options: DecodeOptions | None = None,
+        **policy_options,
     ):
-        super().__init__(
-            model, layout, spec, context_steps=context_steps, target_return=target_return,
-            greedy=greedy, slide_steps=slide_steps, trial_context=trial_context,
-        )
+        super().__init__(model, layout, spec, **policy_options)
         self.mesh, self.options = mesh, options
         self.decoder: Decoder | None = None
         self.calls = {"decode": 0, "prefill": 0}
@@ -306,12 +300,11 @@ def policy_from_model(
             :class:`ContextPolicy` oracle.
         **options: keyword options of the policy class.
     """
-    import agents
 
-    module = agents.get(agent_name)
+    module = registry.get(agent_name)
     options.setdefault("context_steps", module.context_steps(agent_cfg, spec))
     # Agents trained on windows inside one episode (DT, BC) start every trial afresh.
-    options.setdefault("trial_context", getattr(module, "CONTEXT_ACROSS_TRIALS", True))
+    options.setdefault("trial_context", module.CONTEXT_ACROSS_TRIALS)
     cls = CachedPolicy if cached else ContextPolicy
     return cls(model, layout, spec, **options)
 
@@ -322,10 +315,11 @@ def eval_policy_from_checkpoint(
     action_space: Any = None,
     step: int | None = None,
     target_return: float | None = None,
-    greedy: bool = True,
+    greedy: bool | None = None,
     cached: bool = True,
-    slide_steps: int = 1,
+    slide_steps: int | None = None,
     context_steps: int | None = None,
+    episode_steps: int | None = None,
     mesh=None,
 ) -> ContextPolicy:
     """The trained agent of a training work directory as an evaluation policy.
@@ -338,28 +332,39 @@ def eval_policy_from_checkpoint(
         action_space: the evaluated environment's action space, checked against the data.
         step: the checkpoint step (default: the latest).
         target_return: raw return to condition on (default: the data's best return).
-        greedy: discrete actions: argmax instead of sampling.
+        greedy: discrete actions: argmax instead of sampling (default: the checkpoint's
+            ``agent_config.evaluation``, see :class:`agents.base.EvalDefaults`).
         cached: decode with a KV cache (:class:`CachedPolicy`, the default) or recompute the
             whole context every step (:class:`ContextPolicy`, the oracle).
-        slide_steps: whole steps that slide out of a full context at once.
-        context_steps: steps of context per row (default: the trained context; fewer keep a
-            long-context model's cache small when only a few trials are played).
+        slide_steps: whole steps that slide out of a full context at once (default: the
+            checkpoint's; 0 means one episode, ``episode_steps``).
+        context_steps: steps of context per row (default: the checkpoint's, else the trained
+            context; fewer keep a long-context model's cache small when only a few trials
+            are played).
+        episode_steps: the evaluated env's episode length (needed when the slide is one
+            episode).
         mesh: shard the KV cache over this mesh (cached policy only).
 
     Raises:
         FileNotFoundError: no checkpoint in ``checkpoint_dir``.
         ValueError: the action space does not match the data the agent was trained on.
     """
-    import agents
-    from rl_ring.train import api
+    from agents.run import load_checkpoint
+    from rl_ring.train.checkpoint import checkpoint_meta
 
-    loaded = api.load_checkpoint(checkpoint_dir, step, attn_impl="blockwise")
-    meta = api.checkpoint_meta(checkpoint_dir, loaded.step)
+    loaded = load_checkpoint(checkpoint_dir, step, attn_impl="blockwise")
+    meta = checkpoint_meta(checkpoint_dir, loaded.step)
     spec = base.DataSpec.from_dict(meta["data_spec"])
     if action_space is not None:
         check_action_space(action_space, spec, where=str(checkpoint_dir))
     cfg = loaded.config
-    module = agents.get(cfg.agent)
+    module = registry.get(cfg.agent)
+    greedy, slide_steps, context_steps = eval_options(
+        cfg.agent_config, greedy=greedy, slide_steps=slide_steps, context_steps=context_steps,
+        episode_steps=episode_steps, where=str(checkpoint_dir))
+    note = horizon_warning(cfg.agent_config, spec, episode_steps)
+    if note:
+        warnings.warn(f"{checkpoint_dir}: {note}", UserWarning, stacklevel=2)
     layout = module.make_layout(cfg.agent_config, spec, loaded.norm)
     model = loaded.model
     if model.cfg.attn_layout != "contiguous":
@@ -384,6 +389,46 @@ def eval_policy_from_checkpoint(
         **({} if context_steps is None else {"context_steps": context_steps}),
         **({} if mesh is None else {"mesh": mesh}),
     )
+
+
+def horizon_warning(agent_cfg: Any, spec: base.DataSpec, episode_steps: int | None) -> str | None:
+    """Why an evaluation will mean little, or None: the agent was trained on trajectories cut
+    to ``max_steps`` (an AT chain's) far shorter than the evaluated episodes, so it never saw
+    the timesteps it will be asked to act at."""
+    cut = getattr(agent_cfg, "max_steps", None)
+    if not cut or not episode_steps:
+        return None
+    trained = min(cut, spec.max_episode_len) if spec.max_episode_len else cut
+    if episode_steps <= 2 * trained:
+        return None
+    return (f"the model was trained on trajectories of at most {trained} steps "
+            f"(agent_config.max_steps={cut}) but the evaluated episodes last {episode_steps} "
+            f"steps: past step {trained} it acts at timesteps it never saw, and its return "
+            "says little (train with a larger --agent-config.max-steps)")
+
+
+def eval_options(agent_cfg: Any, *, greedy: bool | None = None, slide_steps: int | None = None,
+                 context_steps: int | None = None, episode_steps: int | None = None,
+                 where: str = "") -> tuple[bool, int, int | None]:
+    """``(greedy, slide_steps, context_steps)``: the given values, else the agent config's
+    :class:`~agents.base.EvalDefaults`; a slide of 0 becomes ``episode_steps``.
+
+    Raises:
+        ValueError: a one-episode slide without ``episode_steps``, or a negative value.
+    """
+    defaults = getattr(agent_cfg, "evaluation", None) or base.EvalDefaults()
+    greedy = defaults.greedy if greedy is None else greedy
+    slide = defaults.slide_steps if slide_steps is None else slide_steps
+    context = defaults.context_steps if context_steps is None else context_steps
+    if slide < 0 or context < 0:
+        raise ValueError(f"{where}: slide_steps={slide}, context_steps={context}: expected >= 0")
+    if slide == 0:
+        if not episode_steps:
+            raise ValueError(f"{where}: the agent slides its context one episode at a time; "
+                             "pass the evaluated env's episode length (episode_steps) or "
+                             "slide_steps")
+        slide = int(episode_steps)
+    return bool(greedy), int(slide), (int(context) or None)
 
 
 def check_action_space(space: Any, spec: base.DataSpec, *, where: str = "") -> None:

@@ -30,11 +30,20 @@ def source_learning_curve(*args, **kwargs):
     return curve(*args, **kwargs)
 
 
+def load_dataset(path, *, task: str | None = None, **options):
+    """``rl_ring.data.load`` with the reward relabeller wired in: ``task=`` relabels an ExoRL
+    buffer for any task of its domain. See :func:`envs.relabel.load_dataset`."""
+    from envs.relabel import load_dataset as load
+
+    return load(path, task=task, **options)
+
+
 __all__ = [
     "EnvInfo",
     "UnknownEnvError",
     "env_info",
     "list_envs",
+    "load_dataset",
     "make",
     "make_policy",
     "optimal_return",

@@ -29,16 +29,19 @@ import numpy as np
 import tyro
 from tqdm import tqdm
 
+from envs.learners.grid import NoiseSchedule
 from envs.learners.history import LEARNERS, collect_histories, learning_curve
 from envs.learners.qlearning import QLearningConfig
 from envs.learners.sac import SACConfig, train_sac
 from envs.recording import episode_seed, run_episode
-from envs.registry import IN_CONTEXT, base_id, make, space_dict, task_split
+from envs.registry import IN_CONTEXT, base_id, make, space_dict, task_split, task_subset
 from envs.scripted import ORACLES, make_policy, scripted_envs
 from rl_ring.data import EpisodeStore
 from rl_ring.data.formats import check_dataset_target
+from rl_ring.io import jsonable
 
 POLICIES = ("random", "scripted", *LEARNERS, "sac")
+GRID_LEARNERS = ("noisy_oracle", "posterior", "optimistic")
 FORMATS = ("store", "exorl", "d4rl", "minari")
 
 
@@ -50,8 +53,10 @@ class CollectConfig:
     """Env id (see envs.list_envs()), e.g. dmc:cartpole-swingup, gym:Hopper-v5, darkroom."""
     out: Path
     """Output: a directory (store, exorl buffer, minari dataset) or a .hdf5 file (d4rl)."""
-    policy: Literal["random", "scripted", "qlearning", "ucb", "thompson", "sac"] = "random"
-    """Behaviour policy."""
+    policy: Literal["random", "scripted", "qlearning", "ucb", "thompson", "noisy_oracle",
+                    "posterior", "optimistic", "sac"] = "random"
+    """Behaviour policy: random, scripted, a source learner's learning histories (qlearning,
+    ucb, thompson; grid learners noisy_oracle, posterior, optimistic) or SAC's replay."""
     episodes: int | None = None
     """Episodes to collect (random, scripted); for learners, the total over all histories."""
     format: Literal["store", "exorl", "d4rl", "minari"] = "store"
@@ -62,6 +67,14 @@ class CollectConfig:
     """Scripted policy noise levels; episode i uses noise[i % len(noise)]."""
     tasks: Literal["train", "test", "all"] = "train"
     """Task split of an in-context env (tasks are used in turn)."""
+    num_tasks: int = 0
+    """Use only the first k tasks of the split after a fixed shuffle (0: all), the subset the
+    experiments' HistorySpec.num_tasks names."""
+    learner_noise: tuple[float, float, float] | None = None
+    """Grid learners (noisy_oracle, posterior, optimistic): random-action probability START
+    END DECAY_FRACTION over each history (default: the learner's own schedule)."""
+    q_eps_decay: float = QLearningConfig.eps_decay_fraction
+    """Q-learning: fraction of a history over which epsilon decays from 1 to 0.05."""
     episodes_per_history: int = 100
     """Episodes of each learning history (qlearning, ucb, thompson)."""
     histories: int | None = None
@@ -265,17 +278,26 @@ def run(cfg: CollectConfig) -> EpisodeStore:
         histories = cfg.histories
         if histories is None and cfg.episodes is not None:
             histories = max(1, cfg.episodes // cfg.episodes_per_history)
-        n_hist = histories or len(task_split(cfg.env, cfg.tasks))
+        task_ids = task_subset(cfg.env, cfg.tasks, cfg.num_tasks)
+        n_hist = histories or len(task_ids)
+        noise = None
+        if cfg.learner_noise is not None:
+            if cfg.policy not in GRID_LEARNERS:
+                raise ValueError(f"--learner-noise is for the grid learners {GRID_LEARNERS}, "
+                                 f"not --policy {cfg.policy}")
+            start, end, decay = cfg.learner_noise
+            noise = NoiseSchedule(start=start, end=end, decay_fraction=decay)
         bar = tqdm(total=n_hist * cfg.episodes_per_history, unit="ep", disable=cfg.quiet)
         store = collect_histories(
             cfg.env,
             cfg.policy,
-            tasks=cfg.tasks,
+            tasks=task_ids,
             episodes_per_history=cfg.episodes_per_history,
             histories=histories,
             seed=cfg.seed,
-            qlearning=QLearningConfig(),
+            qlearning=QLearningConfig(eps_decay_fraction=cfg.q_eps_decay),
             progress=bar.update,
+            noise=noise,
         )
         bar.close()
         store.metadata["source_format"] = "rl_ring.collect"
@@ -342,7 +364,7 @@ def main(argv: list[str]) -> int:
     except (ValueError, KeyError, RuntimeError) as err:
         print(f"rl-ring collect: {err}", file=sys.stderr)
         return 2
-    store.metadata["collect_args"] = {k: _jsonable(v) for k, v in asdict(cfg).items()}
+    store.metadata["collect_args"] = jsonable(asdict(cfg))
     try:
         path = write(store, cfg.format, cfg.out, dataset_id=cfg.dataset_id,
                      overwrite=cfg.overwrite)
@@ -354,9 +376,3 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _jsonable(v):
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, tuple):
-        return list(v)
-    return v

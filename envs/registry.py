@@ -91,6 +91,10 @@ class InContextFamily:
     """``optimal(task) -> optimal (expected) return``."""
     description: str
     """One line for ``env_info``."""
+    time_limit: bool = True
+    """Episodes end at ``episode_length`` by a time limit (truncated). False for bandits, whose
+    last pull terminates the episode: their spec carries no ``max_episode_steps``, or
+    ``gymnasium.make(env.spec)`` would add a TimeLimit reporting that pull truncated too."""
 
 
 IN_CONTEXT: dict[str, InContextFamily] = {
@@ -121,6 +125,7 @@ IN_CONTEXT: dict[str, InContextFamily] = {
         lambda s: bandit.task_split(s),
         lambda t: bandit.optimal_return(t, arms=5),
         "5-armed Bernoulli bandit, one pull per episode; task = seeded arm means",
+        time_limit=False,
     ),
     "bandit-10": InContextFamily(
         bandit.Bandit,
@@ -128,6 +133,7 @@ IN_CONTEXT: dict[str, InContextFamily] = {
         lambda s: bandit.task_split(s),
         lambda t: bandit.optimal_return(t, arms=10),
         "10-armed Bernoulli bandit, one pull per episode; task = seeded arm means",
+        time_limit=False,
     ),
 }
 
@@ -298,6 +304,17 @@ def _load_from_module(module, domain, task, seed, task_kwargs, env_kwargs):
     )
 
 
+def load_dmc(domain: str, task: str, *, seed: int | None = 0) -> Any:
+    """The raw dm_control environment of ``dmc:<domain>-<task>``, built as :func:`make` builds
+    it (suite task or this package's custom domain); reward relabelling uses its physics.
+
+    Raises:
+        UnknownEnvError: no such dm_control task.
+    """
+    _, detail = _parse(f"dmc:{domain}-{task}")
+    return _dmc_loader(*detail, {})(seed)
+
+
 class _SeedFirstReset(gym.Wrapper):
     """Seeds the first ``reset()`` (and the action space) with the seed given to ``make``."""
 
@@ -345,7 +362,7 @@ def make(env_id: str, *, task: int | None = None, seed: int | None = None, **kwa
         )
     if family == "in-context":
         env = detail.cls(task, seed=seed, **{**detail.kwargs, **kwargs})
-        max_steps = env.episode_length
+        max_steps = env.episode_length if detail.time_limit else None
     elif family == "dmc":
         domain, dmc_task = detail
         from envs.dmc import DMCEnv
@@ -392,6 +409,7 @@ def env_info(env_id: str) -> EnvInfo:
         max_steps = spec.max_episode_steps if spec is not None else None
         in_context = family == "in-context"
         if in_context:
+            max_steps = env.episode_length  # a bandit's horizon is its length, not a limit
             ref, desc, ntasks = "optimal_return", detail.description, len(detail.split("all"))
         elif family == "dmc":
             ref, ntasks = None, None
@@ -427,6 +445,21 @@ def task_split(env_id: str, split: str) -> list[int]:
             f"{env_id}: task_split applies to the in-context families {', '.join(IN_CONTEXT)}"
         )
     return list(_split(env_id, split))
+
+
+def task_subset(env_id: str, split: str, k: int = 0) -> list[int]:
+    """The first ``k`` tasks of ``split`` after a fixed shuffle, sorted (all when ``k`` is 0):
+    the same subset for every caller (experiments and ``rl-ring collect --num-tasks``).
+
+    Raises:
+        ValueError: ``k`` is negative or larger than the split.
+    """
+    tasks = task_split(env_id, split)
+    if k < 0 or k > len(tasks):
+        raise ValueError(f"num_tasks={k}: {env_id} has {len(tasks)} {split} tasks")
+    if not k:
+        return tasks
+    return sorted(np.random.default_rng(1234).permutation(tasks)[:k].tolist())
 
 
 @functools.cache

@@ -11,10 +11,8 @@ Each writes ``results/envs_<name>.json`` and a PNG beside it; ``docs/envs.md`` q
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import numpy as np
 from envs.collect import collect_random, collect_scripted
 from envs.learners.history import collect_histories, learning_curve
 from envs.learners.sac import SACConfig, train_sac
+from rl_ring.io import save_figure, write_json
 
 SCRIPTED_LEVELS = {
     "dmc:cartpole-swingup": (0.0, 0.3, 1.0, 2.0, 5.0),
@@ -40,17 +39,9 @@ def _write(out_dir: Path, name: str, payload: dict, fig=None) -> Path:
         "written": time.strftime("%Y-%m-%d %H:%M:%S"),
         **payload,
     }
-    path = out_dir / f"envs_{name}.json"
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".envs_{name}.", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, path)
+    path = write_json(payload, out_dir / f"envs_{name}.json")
     if fig is not None:
-        png = out_dir / f"envs_{name}.png"
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".envs_{name}.", suffix=".png")
-        os.close(fd)
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-        os.replace(tmp, png)
+        save_figure(fig, out_dir / f"envs_{name}.png", dpi=110, bbox_inches="tight")
     return path
 
 

@@ -24,35 +24,10 @@ command runs again. Run it as a module: it fakes 8 CPU devices before JAX starts
 
 from __future__ import annotations
 
-import os
-
-
-def device_flags(n: int, flags: str = "") -> str:
-    """``XLA_FLAGS`` with ``n`` fake CPU devices for ring attention (other flags kept).
-
-    Measured on a 2-core machine shared with other jobs: a training process whose 8 fake
-    devices shared XLA:CPU's thread pool with multi-threaded Eigen kernels twice stopped at a
-    collective with 6 of 8 devices arrived (XLA aborts after 40 s). Single-threaded kernels
-    (no throughput lost at these sizes: 10.8K vs 9.2K tokens/s) keep the pool free for the
-    devices, and the collective time limits are raised to 20 min for slow, loaded machines.
-    """
-    ours = ("--xla_force_host_platform_device_count", "--xla_cpu_collective_call",
-            "--xla_cpu_multi_thread_eigen")
-    keep = [f for f in flags.split() if not f.startswith(ours)]
-    return " ".join([*keep, f"--xla_force_host_platform_device_count={n}",
-                     "--xla_cpu_multi_thread_eigen=false",
-                     "--xla_cpu_collective_call_terminate_timeout_seconds=1200",
-                     "--xla_cpu_collective_call_warn_stuck_timeout_seconds=600"])
-
-
-def setup_cpu_devices(n: int = 8) -> None:
-    """Sets :func:`device_flags` and the CPU platform; call it before JAX starts."""
-    os.environ["XLA_FLAGS"] = device_flags(n, os.environ.get("XLA_FLAGS", ""))
-    os.environ["JAX_PLATFORMS"] = "cpu"
-
+from rl_ring.io import device_env, setup_cpu_devices
 
 if __name__ == "__main__":
-    setup_cpu_devices()
+    setup_cpu_devices(8)  # see rl_ring.io.device_flags for why these flags
 
 import dataclasses  # noqa: E402
 import json  # noqa: E402
@@ -83,16 +58,12 @@ def log(msg: str) -> None:
 # ---------------------------------------------------------------------- pieces
 def training_tasks(run: ADRun) -> list[int]:
     """The training tasks of a run: the split, or its first k after a fixed shuffle."""
-    import envs
+    from envs.registry import task_subset
 
-    tasks = envs.task_split(run.env, "train")
-    k = run.history.num_tasks
-    if k:
-        if k > len(tasks):
-            raise ValueError(f"HistorySpec.num_tasks={k}: {run.env} has {len(tasks)} "
-                             "training tasks")
-        tasks = sorted(np.random.default_rng(1234).permutation(tasks)[:k].tolist())
-    return tasks
+    try:
+        return task_subset(run.env, "train", run.history.num_tasks)
+    except ValueError as err:
+        raise ValueError(f"HistorySpec.{err}") from None
 
 
 def collect(run: ADRun, tasks: list[int] | str, seed_offset: int = 0):
@@ -113,6 +84,20 @@ def collect(run: ADRun, tasks: list[int] | str, seed_offset: int = 0):
     )
 
 
+def collect_argv(run: ADRun, out: str) -> list[str]:
+    """``rl-ring collect`` arguments that write the run's training histories (the same
+    arrays as :func:`collect` on :func:`training_tasks`) to ``out``."""
+    h = run.history
+    argv = [run.env, "--policy", h.learner, "--tasks", "train", "--num-tasks",
+            str(h.num_tasks), "--episodes-per-history", str(h.episodes_per_history),
+            "--histories", str(h.histories), "--seed", str(h.seed), "--q-eps-decay",
+            str(h.q_eps_decay), "--out", out]
+    if h.learner != "qlearning":
+        argv[-2:-2] = ["--learner-noise", str(h.noise_start), str(h.noise_end),
+                       str(h.noise_decay)]
+    return argv
+
+
 def train_config(run: ADRun, data: str, workdir: str, *, progress: bool = False):
     """The TrainConfig of a run (AD agent, ring attention on the run's mesh)."""
     import agents
@@ -122,8 +107,13 @@ def train_config(run: ADRun, data: str, workdir: str, *, progress: bool = False)
 
     model = ModelConfig(width=run.width, depth=run.depth, num_heads=run.heads,
                         activation="gelu", dropout=run.dropout, max_timestep=1000)
+    from agents.base import EvalDefaults
+
+    # The checkpoint carries how this run is evaluated (sampled or greedy actions, one
+    # episode of slide), so `rl-ring eval --checkpoint` reproduces the experiment's numbers.
     agent_cfg = agents.get("ad").Config(window_steps=run.window_steps, align=run.align,
-                                        model=model)
+                                        model=model,
+                                        evaluation=EvalDefaults(greedy=run.greedy, slide_steps=0))
     # Checkpoints every eval_every steps (all kept, to be evaluated), else every 100 steps
     # (the last two kept): a stalled training process resumes from there (see train_watched).
     ckpt = run.eval_every or min(100, run.steps)
@@ -159,8 +149,7 @@ def train_watched(run: ADRun, data: str, workdir: str, *, progress: bool = False
     job = Path(workdir).with_suffix(".job.json")
     job.write_text(json.dumps({"run": dataclasses.asdict(run), "data": data,
                                "workdir": workdir, "progress": progress}))
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": device_flags(8, os.environ.get("XLA_FLAGS", ""))}
+    env = {**device_env(8), "JAX_PLATFORMS": "cpu"}
     metrics = Path(workdir) / "metrics.jsonl"
     cmd = [sys.executable, "-m", "experiments.ad_darkroom", "--worker", str(job)]
     for attempt in range(restarts + 1):
@@ -189,8 +178,8 @@ def train_watched(run: ADRun, data: str, workdir: str, *, progress: bool = False
 
 def _worker(job_path: str) -> int:
     """Child process of :func:`train_watched`: one (resumable) training run."""
+    from agents.run import train
     from experiments.configs.ad_darkroom import HistorySpec
-    from rl_ring.train import train
 
     job = json.loads(Path(job_path).read_text())
     raw = dict(job["run"])
@@ -204,20 +193,41 @@ def evaluate_checkpoint(run: ADRun, workdir: str, split: str, seeds: int, out: s
     """In-context evaluation of a checkpoint on ``split`` tasks; per-episode mean returns."""
     import envs
     from agents.policy import eval_policy_from_checkpoint
+    from envs.evaluation import env_factory, eval_tasks
     from rl_ring.eval import EvalConfig, evaluate
 
-    policy = eval_policy_from_checkpoint(workdir, step=step, greedy=run.greedy,
-                                         slide_steps=EPISODE_STEPS[run.env])
+    # Decoding from the checkpoint's own evaluation defaults (see train_config): the same
+    # path as `rl-ring eval --checkpoint`.
+    policy = eval_policy_from_checkpoint(workdir, step=step, episode_steps=EPISODE_STEPS[run.env])
     cfg = EvalConfig(env=run.env, out=out, trials=run.eval_episodes, envs=run.eval_rows,
                      seeds=seeds, task_split=split, progress=False,
-                     x_label="in-context episode")
-    report = evaluate(cfg, policy=policy)
+                     x_label="in-context episode",
+                     overwrite=True)  # inside this experiment's own claimed work directory
+    report = evaluate(cfg, make_env=env_factory(run.env), tasks=eval_tasks(run.env, split),
+                      policy=policy)
     tasks = sorted({e["task"] for e in report["episodes"]})
     optimal = float(np.mean([envs.optimal_return(run.env, t) for t in tasks]))
     per_trial = report["summary"]["return"]["per_trial"]
+    by_seed = per_seed_curves(report)
+    seed_windows = [window_stats(c, optimal)["window_return"] for c in by_seed]
     return {"split": split, "tasks": tasks, "optimal": optimal, **window_stats(
         per_trial["mean"], optimal), "per_episode": per_trial["mean"],
+            "eval_seed_window_returns": seed_windows, "eval_seed_curves": by_seed,
             "per_episode_std_over_seeds": per_trial["std"], "wall_s": report["timing"]["wall_s"]}
+
+
+def per_seed_curves(report: dict[str, Any]) -> list[list[float]]:
+    """Each evaluation seed's mean return per in-context episode (over its rows)."""
+    seeds = sorted({e["seed"] for e in report["episodes"]})
+    trials = 1 + max(e["trial"] for e in report["episodes"])
+    curves = []
+    for s in seeds:
+        rows = np.full((trials, len(report["episodes"])), np.nan)
+        for i, e in enumerate(x for x in report["episodes"] if x["seed"] == s):
+            if e["return"] is not None:
+                rows[e["trial"], i] = e["return"]
+        curves.append(np.nanmean(rows, axis=1).tolist())
+    return curves
 
 
 def window_stats(per_episode: list[float | None], optimal: float) -> dict[str, Any]:
@@ -234,7 +244,7 @@ def loss_on(workdir: str, store, batches: int, seed: int = 777) -> dict[str, flo
     import jax.numpy as jnp
 
     import agents
-    from rl_ring.train import load_checkpoint
+    from agents.run import load_checkpoint
 
     model, cfg, norm, _ = load_checkpoint(workdir, attn_impl="blockwise")
     module = agents.get("ad")
@@ -261,11 +271,13 @@ def source_curve(run: ADRun, split: str = "test") -> dict[str, Any]:
 
 def random_baseline(run: ADRun, out: str) -> dict[str, Any]:
     """A uniformly random policy on the held-out tasks, 3 evaluation seeds."""
+    from envs.evaluation import env_factory, eval_tasks
     from rl_ring.eval import EvalConfig, evaluate
 
     cfg = EvalConfig(env=run.env, out=out, policy="random", trials=run.eval_episodes,
-                     envs=run.eval_rows, seeds=3, task_split="test", progress=False)
-    report = evaluate(cfg)
+                     envs=run.eval_rows, seeds=3, task_split="test", progress=False,
+                     overwrite=True)  # inside this experiment's own claimed work directory
+    report = evaluate(cfg, make_env=env_factory(run.env), tasks=eval_tasks(run.env, "test"))
     mean = report["summary"]["return"]["per_trial"]["mean"]
     return {"per_episode": mean, "mean": float(np.mean(mean))}
 
@@ -273,7 +285,7 @@ def random_baseline(run: ADRun, out: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------- one run
 def run_one(run: ADRun, workdir: Path, *, progress: bool = False) -> dict[str, Any]:
     """Collect -> train -> evaluate -> losses; the run's record (also saved in its dir)."""
-    from rl_ring.eval.report import write_json
+    from rl_ring.io import write_json
 
     rdir = workdir / run.name
     done = rdir / "record.json"
@@ -382,7 +394,7 @@ def results_name(env: str, kind: str = "") -> str:
 def run_main(args: Args, workdir: Path) -> dict[str, Any]:
     """The main run over training seeds, with baselines; writes <out>/ad_darkroom.json/png."""
     from experiments import ad_darkroom_report as report
-    from rl_ring.eval.report import write_json
+    from rl_ring.io import write_json
 
     base = tiny_run(args.env) if args.tiny else main_run(args.env)
     if args.steps:
@@ -412,7 +424,7 @@ def run_main(args: Args, workdir: Path) -> dict[str, Any]:
 def run_experiments(args: Args, names: list[str], workdir: Path) -> dict[str, Any]:
     """Runs the named experiments in sequence; the log is rewritten after every run."""
     from experiments import ad_darkroom_report as report
-    from rl_ring.eval.report import write_json
+    from rl_ring.io import write_json
 
     grid = experiments(args.env)
     unknown = [n for n in names if n not in grid]

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from rl_ring.io import save_figure
+
 
 def _arr(values) -> np.ndarray:
     return np.asarray([np.nan if v is None else v for v in values], np.float64)
@@ -16,6 +18,15 @@ def _mean_std(values: list[float]) -> dict[str, float | None]:
     v = np.asarray(values, np.float64)
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else None,
             "values": v.tolist()}
+
+
+def _mean_se(values: list[float]) -> dict[str, Any] | None:
+    """Mean and standard error (std with ddof=1 over sqrt(n)) of per-seed values."""
+    if not values:
+        return None
+    v = np.asarray(values, np.float64)
+    se = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None
+    return {"mean": float(v.mean()), "se": se, "n": len(v), "values": v.tolist()}
 
 
 def summarize_main(records: list[dict[str, Any]], baselines: dict[str, Any]) -> dict[str, Any]:
@@ -40,7 +51,15 @@ def summarize_main(records: list[dict[str, Any]], baselines: dict[str, Any]) -> 
             "window_return": _mean_std([e["window_return"] for e in evs]),
             "window_fraction_of_optimal": _mean_std(
                 [e["window_fraction_of_optimal"] for e in evs]),
+            # One value per (training seed, evaluation seed): a single evaluation seed is
+            # noise (measured: 36-81% of optimal for one quickstart model).
+            "by_eval_seed": _mean_se([w / evs[0]["optimal"] for e in evs
+                                      for w in e.get("eval_seed_window_returns", [])]),
         }
+        every = [c for e in evs for c in e.get("eval_seed_curves", [])]
+        if len(every) > 1:
+            y = np.stack([_arr(c) for c in every])
+            out[f"ad_{split}"]["per_episode_se"] = (y.std(0, ddof=1) / np.sqrt(len(y))).tolist()
     out["loss"] = {k: _mean_std([r["loss"][k]["loss"] for r in records])
                    for k in ("train_tasks", "heldout_tasks")}
     src = records[0]["source_heldout"]
@@ -122,6 +141,12 @@ def main_table(summary: dict[str, Any]) -> list[str]:
     row("optimal", [t["optimal"]] * n, f"{t['optimal']:.2f}", "100%")
     loss = summary["loss"]
     lines.append("")
+    by = t.get("by_eval_seed")
+    if by:
+        se = f" ± {100 * by['se']:.1f}" if by["se"] is not None else ""
+        lines.append(f"AD on held-out goals, episodes {lo}-{hi}: {100 * by['mean']:.1f}{se}% of "
+                     f"optimal (mean ± standard error over {by['n']} evaluations: "
+                     f"{len(summary['seeds'])} training seed(s) x evaluation seeds)")
     lines.append(f"loss on training-goal histories {_ms(loss['train_tasks'], '.3f')}, on "
                  f"held-out-goal histories {_ms(loss['heldout_tasks'], '.3f')}")
     return lines
@@ -150,17 +175,6 @@ def experiment_tables(log: dict[str, Any], names: list[str]) -> list[str]:
     return lines
 
 
-def _save(fig, path: Path) -> Path:
-    from rl_ring.eval.report import publish
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    publish(tmp, path)
-    return path
-
-
 def plot_main(summary: dict[str, Any], path: Path) -> Path:
     """Return against in-context episode: AD (held-out and training goals), the source, the
     baselines and the optimum."""
@@ -172,11 +186,19 @@ def plot_main(summary: dict[str, Any], path: Path) -> Path:
     t = summary["ad_test"]
     n = len(t["per_episode_mean"])
     x = np.arange(1, n + 1)
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    m, s = _arr(t["per_episode_mean"]), _arr(t["per_episode_std"])
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    m = _arr(t["per_episode_mean"])
+    seeds = len(summary["seeds"])
+    by = t.get("by_eval_seed") or {"n": 1}
+    if "per_episode_se" in t:
+        s, band = _arr(t["per_episode_se"]), f"± standard error over {by['n']} evaluations"
+    elif seeds > 1:
+        s, band = _arr(t["per_episode_std"]), f"± std over {seeds} training seeds"
+    else:
+        s, band = np.zeros_like(m), "one evaluation, no band"
     ax.plot(x, m, "o-", ms=3, color="C0",
-            label=f"AD, held-out goals (mean ± std, {len(summary['seeds'])} training seeds)")
-    ax.fill_between(x, m - s, m + s, color="C0", alpha=0.2)
+            label=f"AD, held-out goals ({seeds} training seed{'s' * (seeds > 1)}; {band})")
+    ax.fill_between(x, m - s, m + s, color="C0", alpha=0.25)
     for run in summary["runs"]:
         ax.plot(x, _arr(run["eval"]["test"]["per_episode"]), color="C0", lw=0.6, alpha=0.4)
     if "ad_train" in summary:
@@ -185,23 +207,26 @@ def plot_main(summary: dict[str, Any], path: Path) -> Path:
     src = summary["source_heldout"]
     y = _arr(src["mean"])[:n]
     ax.plot(np.arange(1, len(y) + 1), y, color="C1",
-            label=f"source ({src['learner']}) learning on held-out goals")
+            label=f"source ({src['learner']}) learning on held-out goals "
+                  f"(its histories are {len(_arr(src['mean']))} episodes long)")
     for i, (name, b) in enumerate(summary["baselines"].items()):
         y = _arr(b.get("per_episode", b.get("mean")))[:n]
         ax.plot(np.arange(1, len(y) + 1), y, color=f"C{3 + i}", lw=1,
                 label=name.replace("_", " ") + (" (held-out goals)" if name == "random" else ""))
     ax.axhline(t["optimal"], color="k", ls=":", label=f"optimal ({t['optimal']:.2f})")
     lo, hi = t["window"]
-    ax.axvspan(lo - 0.5, hi + 0.5, color="0.9", zorder=0)
+    ax.axvspan(lo - 0.5, hi + 0.5, color="0.9", zorder=0,
+               label=f"scoring window (episodes {lo}-{hi})")
     ax.set_xlabel("in-context episode")
     ax.set_ylabel("return")
-    ax.set_title(f"Algorithm Distillation, {summary['config']['env']}: "
-                 f"episodes {lo}-{hi} = {100 * t['window_fraction_of_optimal']['mean']:.0f}% "
-                 "of optimal on held-out goals")
-    ax.legend(fontsize=7, loc="center right")
+    frac = (by["mean"] if "mean" in by else t["window_fraction_of_optimal"]["mean"])
+    ax.set_title(f"Algorithm Distillation on {summary['config']['env']}, held-out goals\n"
+                 f"episodes {lo}-{hi}: {100 * frac:.0f}% of optimal", fontsize=10)
+    # Beside the axes, so that no curve is hidden behind it.
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    out = _save(fig, path)
+    out = save_figure(fig, path, dpi=100)
     plt.close(fig)
     return out
 
@@ -235,6 +260,6 @@ def plot_experiments(log: dict[str, Any], path: Path) -> Path:
     for ax in list(axes.flat)[len(exps):]:
         ax.axis("off")
     fig.tight_layout()
-    out = _save(fig, path)
+    out = save_figure(fig, path, dpi=100)
     plt.close(fig)
     return out

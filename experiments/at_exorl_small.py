@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import os
 
+from rl_ring.io import device_flags, write_json
+
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+    os.environ["XLA_FLAGS"] = device_flags(8, os.environ.get("XLA_FLAGS", ""))
 os.environ.setdefault("MUJOCO_GL", "disable")
 
 import dataclasses  # noqa: E402
@@ -90,9 +91,9 @@ def collect(task: TaskSpec, cfg: SmallConfig) -> Path:
 
 def load_store(task: TaskSpec, buffer: Path):
     """The buffer read back with rewards relabelled for the task (the ExoRL path)."""
-    from rl_ring.data import read_exorl
+    import envs
 
-    return read_exorl(buffer, task=task.relabel, workers=1)
+    return envs.load_dataset(buffer, task=task.relabel, workers=1)
 
 
 def dataset_stats(store) -> dict[str, Any]:
@@ -170,7 +171,7 @@ def train_config(cfg: SmallConfig, task: TaskSpec, s: Setting, seed: int, buffer
 def train_run(cfg: SmallConfig, task: TaskSpec, s: Setting, seed: int, buffer: Path,
               store) -> dict[str, Any]:
     """Trains one (task, setting, seed) unless its summary exists; returns the summary."""
-    from rl_ring.train import train
+    from agents.run import train
 
     tc = train_config(cfg, task, s, seed, buffer, int(np.diff(store.episode_starts).max()))
     path = Path(tc.workdir) / TRAIN_SUMMARY
@@ -218,6 +219,7 @@ def eval_run(cfg: SmallConfig, task: TaskSpec, s: Setting, seed: int,
     their training windows start anywhere.
     """
     from agents.policy import eval_policy_from_checkpoint
+    from envs.evaluation import env_factory
     from rl_ring.eval.evaluate import EvalConfig, evaluate
 
     workdir = run_dir(cfg, task, s, seed)
@@ -238,10 +240,12 @@ def eval_run(cfg: SmallConfig, task: TaskSpec, s: Setting, seed: int,
         f"{cfg.eval_seeds} seeds")
     ec = EvalConfig(env=task.env, out=str(out), checkpoint=str(workdir), trials=cfg.trials,
                     envs=cfg.eval_envs, seeds=cfg.eval_seeds, first_seed=0, task_split="none",
-                    progress=cfg.progress)
+                    progress=cfg.progress,
+                    overwrite=True)  # inside this experiment's own claimed work directory
     t0 = time.perf_counter()
-    rep = evaluate(ec, policy=lambda space: eval_policy_from_checkpoint(
-        workdir, action_space=space, slide_steps=slide))
+    rep = evaluate(ec, make_env=env_factory(task.env),
+                   policy=lambda space: eval_policy_from_checkpoint(
+                       workdir, action_space=space, slide_steps=slide))
     write_json({"slide_steps": slide, "cached": True}, policy_file)
     scores = report.run_scores(rep)
     log(f"  done in {time.perf_counter() - t0:.0f} s: last {scores['last']:.2f}, best of "
@@ -273,14 +277,6 @@ def run(cfg: SmallConfig, *, tiny: bool = False) -> dict[str, Any]:
                               wall_s=time.perf_counter() - t_start)
     report.write(result, Path(cfg.out))
     return result
-
-
-def write_json(obj: Any, path: Path) -> None:
-    """Writes JSON to a temporary name and renames it (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:

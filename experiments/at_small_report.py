@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from rl_ring.io import save_figure, write_json
+
 #: Compiled step variants of the memory plan: attention, mesh.
 MEMORY_VARIANTS = (("reference", "seq=1"), ("blockwise", "seq=1"), ("ring", "seq=8"))
 
@@ -99,7 +101,7 @@ def checks(table: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
 def memory_plan(cfg, task, settings, run_dir: Callable) -> list[dict[str, Any]]:
     """Compiled per-device memory of every AT setting's training step (seed 0's shape) with
     dense, blockwise and ring attention; nothing runs, nothing is allocated."""
-    from rl_ring.train.api import shape_from_workdir
+    from agents.run import shape_from_workdir
     from rl_ring.train.plan import plan_step
 
     # Compiling takes minutes: the plan is kept in the workdir for the settings it covers.
@@ -129,9 +131,7 @@ def memory_plan(cfg, task, settings, run_dir: Callable) -> list[dict[str, Any]]:
                 "command": f"rl-ring plan {workdir} --impl {impl} --layout contiguous "
                            f"--mesh {mesh}",
             })
-    tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"settings": key, "rows": rows}, indent=1))
-    tmp.replace(cache)
+    write_json({"settings": key, "rows": rows}, cache)
     return rows
 
 
@@ -198,19 +198,10 @@ def table_lines(result: dict[str, Any]) -> list[str]:
 # ---------------------------------------------------------------------- files
 def write(result: dict[str, Any], out: Path) -> None:
     """The JSON, the results plot and (with a memory plan) the memory plot."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(out)
+    write_json(result, out)
     plot(result, out.with_suffix(".png"))
     if result.get("memory"):
         plot_memory(result["memory"], out.with_name(out.stem + "_memory.png"))
-
-
-def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -262,7 +253,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         row[1].set_title(f"{task}: return per trial")
         row[1].legend(fontsize=7)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -287,5 +278,5 @@ def plot_memory(memory: list[dict[str, Any]], path: Path) -> None:
     ax.set_title("compiled memory (XLA:CPU), equal tokens per batch")
     ax.legend()
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)

@@ -50,21 +50,20 @@ def quick_run(tiny: bool = False):
     """The quickstart's run: the main AD configuration, shortened to fit a few minutes."""
     from experiments.configs.ad_darkroom import HistorySpec, main_run
 
-    run = main_run("darkroom").replace(name="quickstart", steps=800, eval_train_seeds=0,
+    run = main_run("darkroom").replace(name="ad", steps=800, eval_train_seeds=0,
                                        loss_batches=2)
     if tiny:
         run = run.replace(
-            name="quickstart-tiny", history=HistorySpec(episodes_per_history=10, histories=32),
+            name="ad-tiny", history=HistorySpec(episodes_per_history=10, histories=32),
             window_episodes=4, width=32, depth=2, steps=60, batch_size=8, warmup_steps=10,
-            eval_episodes=12, eval_rows=8)
+            eval_episodes=12, eval_rows=8, eval_test_seeds=2)
     return run
 
 
 def _rerun(argv: list[str]) -> int:
-    from experiments.ad_darkroom import device_flags
+    from rl_ring.io import device_env
 
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": device_flags(DEVICES, os.environ.get("XLA_FLAGS", ""))}
+    env = {**device_env(DEVICES), "JAX_PLATFORMS": "cpu"}
     cmd = [sys.executable, "-m", "experiments.quickstart", *argv]
     return subprocess.run(cmd, env=env, check=False).returncode
 
@@ -82,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         print(f"rl-ring quickstart: {err}", file=sys.stderr)
         return 2
-    from experiments.ad_darkroom import setup_cpu_devices
+    from rl_ring.io import setup_cpu_devices
     from rl_ring.train.plan import ensure_cpu_devices
 
     # The flags take effect only if JAX's backend has not started yet; the caller's
@@ -110,8 +109,7 @@ def run_quickstart(args: QuickstartArgs) -> int:
     """Collect -> train (ring, seq=8) -> evaluate -> table and plot; returns an exit code."""
     from experiments import ad_darkroom as ad
     from experiments import ad_darkroom_report as report
-    from rl_ring.eval.report import write_json
-    from rl_ring.io import claim_run_dir
+    from rl_ring.io import claim_run_dir, write_json
 
     t0 = time.perf_counter()
     run = quick_run(args.tiny)
@@ -120,12 +118,17 @@ def run_quickstart(args: QuickstartArgs) -> int:
     out = claim_run_dir(args.out, kind="quickstart", overwrite=args.overwrite)
     ad.log(f"quickstart: Algorithm Distillation on Dark Room, ring attention over {DEVICES} "
            f"CPU devices, results in {out}")
-    record = ad.run_one(run, out / "runs", progress=args.progress)
-    random = ad.random_baseline(run, str(out / "runs" / "baseline_random"))
+    # <out>/<run name>/{data, train (the checkpoint), eval_*}
+    record = ad.run_one(run, out, progress=args.progress)
+    checkpoint = out / run.name / "train"
+    random = ad.random_baseline(run, str(out / "baseline_random"))
     summary = report.summarize_main([record], {"random": random})
     summary["format"] = "rl_ring.Quickstart"
     summary["wall_s"] = time.perf_counter() - t0
     summary["devices"] = DEVICES
+    summary["checkpoint"] = str(checkpoint)
+    summary["collect_command"] = "rl-ring collect " + " ".join(
+        ad.collect_argv(run, str(out / "data")))
     first = record["train"]["history"][0]["loss"]
     last = report.compact(record)["final_train_loss"]
     summary["train_loss"] = {"first": first, "last": last}
@@ -135,7 +138,8 @@ def run_quickstart(args: QuickstartArgs) -> int:
     for line in report.main_table(summary):
         print(line)
     print(f"\ntraining loss {first:.3f} -> {last:.3f}; total {summary['wall_s']:.0f} s; "
-          f"wrote {out / 'quickstart.json'} and {out / 'quickstart.png'}")
+          f"wrote {out / 'quickstart.json'} and {out / 'quickstart.png'}; the trained model "
+          f"(checkpoint) is in {checkpoint}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Mesh axis names, mesh construction, parameter partition rules and multi-host start-up.
+"""Mesh axis names, mesh construction, batch placement and multi-host start-up.
 
 Every other module refers to mesh axes through the constants here; nothing else spells
 "seq" or "data". A mesh is described by a spec string such as ``"data=2,seq=4"``.
@@ -136,87 +136,13 @@ def batch_sharding(mesh: Mesh, ndim: int = 2, *, seq_sharded: bool = True) -> Na
     return NamedSharding(mesh, PartitionSpec(*spec, *([None] * (ndim - 2))))
 
 
-# ----------------------------------------------------------------------------------------
-# Parameter partition rules.
-#
-# Each rule is (regex over the parameter's path joined with '/', PartitionSpec over the
-# parameter's axes). The first rule that matches wins; a parameter no rule matches is an
-# error, so a new layer cannot silently end up replicated.
-# ----------------------------------------------------------------------------------------
+def fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh | None) -> PartitionSpec:
+    """``spec`` with every array axis that its mesh axes do not divide left replicated.
 
-Rule = tuple[str, PartitionSpec]
-
-P = PartitionSpec
-
-# The trajectory transformer (rl_ring.models). Weight matrices of the layers split their
-# input features over fsdp and their output features (heads, FFN hidden) over tensor; the
-# second matmul of each pair is transposed so activations between the two stay
-# tensor-sharded. Embedding tables, per-kind input maps, the action head and vectors are small
-# and stay replicated: a table sharded over its feature axis makes every lookup's output
-# feature-sharded, which GSPMD can only turn into the batch/sequence sharding of activations
-# by replicating it ("involuntary full rematerialization"). Scanned layers carry a leading
-# layer axis that match_partition_rules leaves unsharded.
-MODEL_RULES: tuple[Rule, ...] = (
-    (r"(^|/)embed/inputs/\w+/(kernel|bias)(/|$)", P()),
-    (r"(^|/)embed/(kind_table|time_table)/embedding(/|$)", P()),
-    (r"(^|/)attn/(wq|wk|wv)/kernel(/|$)", P(FSDP, TENSOR)),
-    (r"(^|/)attn/(wq|wk|wv)/bias(/|$)", P(TENSOR)),
-    (r"(^|/)attn/wo/kernel(/|$)", P(TENSOR, FSDP)),
-    (r"(^|/)attn/wo/bias(/|$)", P(None)),
-    (r"(^|/)ffn/w_in(/|$)", P(FSDP, TENSOR)),
-    (r"(^|/)ffn/b_in(/|$)", P(TENSOR)),
-    (r"(^|/)ffn/w_out(/|$)", P(TENSOR, FSDP)),
-    (r"(^|/)ffn/b_out(/|$)", P(None)),
-    (r"(^|/)\w*norm/(scale|bias)(/|$)", P(None)),
-    (r"(^|/)head/(kernel|bias)(/|$)", P()),
-)
-
-
-def match_partition_rules(
-    rules: Sequence[Rule], params: dict | object, *, mesh: Mesh | None = None
-) -> object:
-    """Maps each leaf of ``params`` to the PartitionSpec of the first matching rule.
-
-    The spec is trimmed or left-padded with None so it has the leaf's rank (scanned layers
-    carry a leading layer axis that is never sharded), and an axis whose size the mesh axis
-    does not divide is left replicated.
-
-    Raises:
-        ValueError: naming every parameter path that no rule matches.
+    Parameter placement rules live beside the model (``rl_ring.models.placement``); this is
+    the mesh's part of them.
     """
-    compiled = [(re.compile(pat), spec) for pat, spec in rules]
-    unmatched: list[str] = []
-
-    def leaf_spec(path, leaf) -> PartitionSpec:
-        name = "/".join(_key_str(k) for k in path)
-        shape = getattr(leaf, "shape", ())
-        for pat, spec in compiled:
-            if pat.search(name):
-                return _fit_spec(spec, shape, mesh)
-        unmatched.append(f"{name} {tuple(shape)}")
-        return P()
-
-    specs = jax.tree_util.tree_map_with_path(leaf_spec, params)
-    if unmatched:
-        raise ValueError(
-            "no partition rule matches these parameters (add a rule in rl_ring/sharding.py): "
-            + ", ".join(unmatched)
-        )
-    return specs
-
-
-def _key_str(k) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
-
-
-def _fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh | None) -> PartitionSpec:
-    parts = list(spec)
-    if len(parts) > len(shape):
-        parts = parts[len(parts) - len(shape) :]
-    parts = [None] * (len(shape) - len(parts)) + parts
+    parts = list(spec) + [None] * (len(shape) - len(spec))
     if mesh is not None:
         for i, ax in enumerate(parts):
             if ax is None:
@@ -225,7 +151,7 @@ def _fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh | None) ->
             n = int(np.prod([axis_size(mesh, a) for a in names]))
             if shape[i] % n != 0:
                 parts[i] = None
-    return P(*parts)
+    return PartitionSpec(*parts)
 
 
 # ----------------------------------------------------------------------------------------

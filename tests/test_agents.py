@@ -7,6 +7,7 @@ from flax import nnx
 
 import agents
 from agents import base
+from agents.presets import train_preset
 from rl_ring.data.batch import Kind
 from rl_ring.data.store import EpisodeStore
 
@@ -60,8 +61,9 @@ def test_dt_default_config_is_the_dt_papers():
     cfg = agents.get("dt").Config()
     m = cfg.model
     assert (m.depth, m.num_heads, m.width, m.dropout, cfg.context_steps) == (3, 1, 128, 0.1, 20)
-    rec = agents.get("dt").RECOMMENDED_TRAINING
-    assert (rec["lr"], rec["warmup_steps"], rec["batch_size"], rec["grad_clip"]) == (
+    # The DT paper's training settings are the d4rl-dt preset's.
+    rec = train_preset("d4rl-dt", "dt")
+    assert (rec.optim.lr, rec.optim.warmup_steps, rec.batch_size, rec.optim.grad_clip) == (
         1e-4,
         10_000,
         64,

@@ -6,12 +6,12 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from flax import nnx
+from model_oracle import assert_trees_close
 
 import agents
 from agents import base
 from agents.policy import ContextPolicy, check_action_space, policy_from_model
 from rl_ring.data.store import EpisodeStore
-from rl_ring.models.testing import assert_trees_close
 
 
 def small_store(discrete=False, seed=0):
@@ -128,7 +128,8 @@ def test_action_space_check_and_missing_target():
 
 
 def test_checkpoint_becomes_a_policy(tmp_path):
-    from rl_ring.train import TrainConfig, load_checkpoint, train
+    from agents.run import load_checkpoint, train
+    from rl_ring.train import TrainConfig
     from rl_ring.train.optim import OptimConfig
 
     store = small_store()
@@ -165,3 +166,18 @@ def test_checkpoint_becomes_a_policy(tmp_path):
     assert_trees_close(policy.act(obs, np.ones(2, bool)), direct.act(obs, np.ones(2, bool)))
     with pytest.raises(ValueError, match="trained on box actions"):
         agents.eval_policy_from_checkpoint(tmp_path / "run", action_space=gym.spaces.Discrete(3))
+
+
+def test_horizon_warning_when_episodes_outlast_the_trained_trajectories():
+    """The tiny AT preset cuts trajectories to 8 steps: evaluated on 1,000-step episodes it
+    must say so; a model trained on whole episodes (or DT's sliding windows) must not."""
+    from agents import at, dt
+    from agents.base import DataSpec
+    from agents.policy import horizon_warning
+
+    spec = DataSpec(obs_dim=3, act_dim=1, discrete_actions=False, max_episode_len=1000)
+    note = horizon_warning(at.Config.tiny(), spec, 1000)
+    assert note is not None and "at most 8 steps" in note and "last 1000 steps" in note
+    assert horizon_warning(at.Config.tiny(), spec, 16) is None  # within 2x of what it saw
+    assert horizon_warning(at.Config(max_steps=None), spec, 1000) is None
+    assert horizon_warning(dt.Config.tiny(), spec, 1000) is None

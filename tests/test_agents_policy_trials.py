@@ -5,12 +5,12 @@ or recomputed); AT keeps earlier trials in context, as its chain of hindsight ne
 import numpy as np
 import pytest
 from flax import nnx
+from model_oracle import assert_trees_close
 
 import agents
 from agents import base
 from agents.policy import CachedPolicy, ContextPolicy, policy_from_model
 from rl_ring.data.store import EpisodeStore
-from rl_ring.models.testing import assert_trees_close
 
 
 def _store(seed: int = 0) -> EpisodeStore:

@@ -96,3 +96,43 @@ def test_default_chunks_per_backend_and_zigzag_cap():
     # One 512-chunk per device spans both halves: all 8 key chunks computed, none skipped
     # (8 pairs of 512 = 32 pairs of 256, against 17 with the cap).
     np.testing.assert_array_equal(block_work(4096, 8, "zigzag", 512), np.full(8, 8))
+
+
+@pytest.mark.parametrize("n", [1, 4])
+@pytest.mark.parametrize("layout", ["contiguous", "zigzag", "striped"])
+def test_one_pad_rule_for_attention_loader_and_model(n, layout):
+    """One rule decides which lengths split over n seq devices: ``pad_multiple``. Zigzag
+    needs 2n on several devices; on one device every layout is the identity, so any length
+    goes (the model used to demand an even length there while the loader padded to 1)."""
+    import jax
+
+    from rl_ring import sharding
+    from rl_ring.attention.layout import check_layout, pad_multiple
+    from rl_ring.models import ModelConfig, check_tokens
+    from rl_ring.train.loader import MeshLoader
+
+    want = 2 * n if layout == "zigzag" and n > 1 else n
+    assert pad_multiple(n, layout) == want
+    mesh = sharding.make_mesh(f"seq={n}", devices=jax.devices()[:n])
+    cfg = ModelConfig.tiny(attn_layout=layout)
+
+    def accepted(check, *args) -> bool:
+        try:
+            check(*args)
+        except ValueError:
+            return False
+        return True
+
+    for t in range(1, 3 * want + 2):
+        tokens = {
+            "kind": np.zeros((1, t), np.int32),
+            "values": np.zeros((1, t, 8), np.float32),
+            "positions": np.zeros((1, t), np.int32),
+            "timesteps": np.zeros((1, t), np.int32),
+        }
+        verdicts = {
+            "attention": accepted(check_layout, layout, t, n),
+            "loader": accepted(MeshLoader(mesh, 1, layout).check_seq_len, t),
+            "model": accepted(check_tokens, tokens, cfg, mesh),
+        }
+        assert set(verdicts.values()) == {t % want == 0}, (t, verdicts)

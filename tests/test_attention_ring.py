@@ -104,14 +104,17 @@ def test_ring_inside_jit_with_sharded_inputs():
     def step(q, k, v, seg, valid):
         out = attention(q, k, v, impl="ring", mesh=mesh, causal=True, segment_ids=seg,
                         kv_mask=valid, q_chunk=8, k_chunk=8)
-        return out, jax.grad(lambda q: jnp.sum(attention(
+        _, pullback = jax.vjp(lambda q, k, v: attention(
             q, k, v, impl="ring", mesh=mesh, causal=True, segment_ids=seg, kv_mask=valid
-        ) * ct))(q)
+        ), q, k, v)
+        return out, pullback(ct)
 
-    out, dq = step(*args)
-    want, (want_dq, _, _) = _reference_out_grads(q, k, v, ct, kw)
+    out, (dq, dk, dv) = step(*args)
+    want, (want_dq, want_dk, want_dv) = _reference_out_grads(q, k, v, ct, kw)
     assert_close(out, want, jnp.float32, "ring in jit")
     assert_close(dq, want_dq, jnp.float32, "ring in jit dq")
+    assert_close(dk, want_dk, jnp.float32, "ring in jit dk")
+    assert_close(dv, want_dv, jnp.float32, "ring in jit dv")
     assert out.sharding.is_equivalent_to(batch_sharding(mesh, 4), 4)
 
 
@@ -156,7 +159,7 @@ def test_ring_called_inside_an_outer_shard_map():
     """The model may already be inside shard_map over the mesh: the dispatcher then takes
     local shards and runs the ring directly (default positions from the layout)."""
     mesh = _mesh("seq=8")
-    q, k, v, _ = make_qkv(2, 1, 64, 2, 2, 8)
+    q, k, v, ct = make_qkv(2, 1, 64, 2, 2, 8)
     spec = P(None, SEQ)
 
     def body(q, k, v):
@@ -164,9 +167,15 @@ def test_ring_called_inside_an_outer_shard_map():
                          permuted_inputs=True, q_chunk=4, k_chunk=4)
 
     sharded = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(spec,) * 3, out_specs=spec))
-    got = sharded(*(permute(x, 8, "zigzag") for x in (q, k, v)))
-    want = permute(reference_attention(q, k, v, causal=True), 8, "zigzag")
+    zig = lambda x: permute(x, 8, "zigzag")
+    got = sharded(*(zig(x) for x in (q, k, v)))
+    want = zig(reference_attention(q, k, v, causal=True))
     assert_close(got, want, jnp.float32, "ring in outer shard_map")
+    # Gradients through the outer shard_map: the permuted reference gradients.
+    _, pullback = jax.vjp(sharded, *(zig(x) for x in (q, k, v)))
+    _, want_grads = _reference_out_grads(q, k, v, ct, {"causal": True})
+    for name, g, w in zip(("dq", "dk", "dv"), pullback(zig(ct)), want_grads, strict=True):
+        assert_close(g, zig(w), jnp.float32, f"ring in outer shard_map {name}")
 
 
 # ----------------------------------------------------------------------------------------

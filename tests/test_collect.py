@@ -7,7 +7,7 @@ import pytest
 
 import envs
 from envs.collect import collect_random, collect_scripted, main
-from envs.learners.sac import SACConfig, train_sac
+from envs.learners.sac import SAC, Batch, SACConfig, actor_loss, critic_loss, train_sac
 from envs.recording import episode_seed
 from rl_ring.data import EpisodeStore, read_d4rl, read_exorl, read_minari
 
@@ -162,3 +162,35 @@ def test_tiny_sac_run_is_reproducible_and_learns_on_its_replay():
     assert abs(acts[:200].mean()) < 0.15 and np.all(np.abs(acts) <= 1.0)
     leaves = jax.tree.leaves(a.state.actor)
     assert all(np.all(np.isfinite(np.asarray(x))) for x in leaves)
+
+    # Learning on the replay. Swing-up pays nothing in 1000 steps (every reward is 0), so
+    # returns cannot rise and the action statistics stay within noise of uniform (post-warm-up
+    # std 0.38-0.59 over seeds 0-5, uniform 0.58); the losses the learner minimises are the
+    # signal. On the run's one episode, against an untrained learner from the run's init key:
+    # the soft Bellman error fell 35-350x (seeds 0-5; bound: 20x), and under the trained
+    # critic the trained actor's loss is 0.049-0.065 lower (bound: 0.02).
+    env = envs.make("dmc:pendulum-swingup")
+    sac = SAC(env.observation_space.shape[0], env.action_space.low, env.action_space.high, cfg)
+    env.close()
+    fresh = sac.init(jax.random.split(jax.random.key(0), 3)[0])
+    trained = a.state
+    ep = a.store.episode(0)
+    batch = Batch(
+        ep["observations"], ep["actions"], ep["rewards"], ep["next_observations"],
+        ep["terminals"].astype(np.float32),
+    )  # fmt: skip
+    key = jax.random.key(123)
+
+    def bellman(s):
+        return float(critic_loss(s.critic, s.target, s.actor, s.log_alpha, batch, key,
+                                 cfg.gamma, sac.bounds))  # fmt: skip
+
+    def policy_loss(actor):
+        return float(actor_loss(actor, trained.critic, trained.log_alpha, batch, key,
+                                sac.bounds)[0])  # fmt: skip
+
+    assert bellman(trained) < bellman(fresh) / 20, (bellman(trained), bellman(fresh))
+    assert policy_loss(trained.actor) < policy_loss(fresh.actor) - 0.02, (
+        policy_loss(trained.actor),
+        policy_loss(fresh.actor),
+    )

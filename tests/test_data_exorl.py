@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from envs.relabel import RELABELLER, relabel
 from rl_ring.data import DatasetError, EpisodeStore, load, read_exorl, write_exorl
-from rl_ring.data.relabel import relabel
 
 STEPS = 25
 
@@ -108,13 +108,14 @@ def test_relabelled_rewards_equal_live_rewards(tmp_path, task):
     assert live.max() > 1e-3, "rollout too uneventful to test the relabeller"
     buffer = tmp_path / task / "buffer"
     _save(buffer, 0, arrays)
-    s = read_exorl(buffer, task=task, workers=1, cache=False)
+    s = read_exorl(buffer, task=task, relabel=RELABELLER, workers=1, cache=False)
     np.testing.assert_allclose(s.rewards, live, rtol=0, atol=1e-6)
     assert s.metadata["reward_task"] == task
     if task in ("cartpole_swingup", "point_mass_maze_reach_top_left"):
         # These pay a control cost: leaving the control at zero (ExoRL's relabelling)
         # gives different rewards, so the test above does exercise the control path.
-        s0 = read_exorl(buffer, task=task, workers=1, cache=False, use_actions=False)
+        s0 = read_exorl(buffer, task=task, relabel=RELABELLER, workers=1, cache=False,
+                        use_actions=False)
         assert np.max(np.abs(s0.rewards - live)) > 1e-4
 
 
@@ -196,7 +197,7 @@ def test_relabel_workers_and_cache(tmp_path):
         arrays, live = _rollout("walker_run", seed=10 + i, steps=12)
         _save(buffer, i, arrays)
         lives.append(live)
-    s = read_exorl(buffer, task="walker_run", workers=1)
+    s = read_exorl(buffer, task="walker_run", relabel=RELABELLER, workers=1)
     np.testing.assert_allclose(s.rewards, np.concatenate(lives), atol=1e-6)
     # A pool of two processes over chunks of episodes gives the same numbers.
     pooled = relabel("walker_run", s.extras["next_physics"], s.actions, s.episode_starts,
@@ -205,14 +206,30 @@ def test_relabel_workers_and_cache(tmp_path):
     # The cache sits beside buffer/ and is used: plant values and read them back.
     (cache,) = (tmp_path / "walker" / "rnd" / ".rl_ring_cache").glob("walker_run-*.npy")
     np.save(cache, np.full(s.num_steps, 7.0, np.float32))
-    assert (read_exorl(buffer, task="walker_run").rewards == 7.0).all()
+    assert (read_exorl(buffer, task="walker_run", relabel=RELABELLER).rewards == 7.0).all()
     # A new episode file changes the file-list hash: relabelled afresh, a second cache file.
     arrays, live = _rollout("walker_run", seed=20, steps=5)
     _save(buffer, 3, arrays)
-    again = read_exorl(buffer, task="walker_run", workers=1)
+    again = read_exorl(buffer, task="walker_run", relabel=RELABELLER, workers=1)
     np.testing.assert_allclose(again.rewards, np.concatenate([*lives, live]), atol=1e-6)
     assert len(list(cache.parent.glob("*.npy"))) == 2
     assert not list(cache.parent.glob("*.tmp"))
+
+
+def test_task_needs_a_relabeller_and_envs_load_dataset_passes_it(tmp_path):
+    """rl_ring.data never imports envs: task= without relabel= names the remedy; the envs
+    convenience wires the relabeller and gives the live rewards."""
+    import envs
+
+    arrays, live = _rollout("walker_run", seed=1, steps=6)
+    _save(tmp_path / "buffer", 0, arrays)
+    with pytest.raises(ValueError, match=r"relabel=envs.relabel.RELABELLER.*envs.load_dataset"):
+        read_exorl(tmp_path / "buffer", task="walker_run")
+    with pytest.raises(ValueError, match="envs.load_dataset"):
+        load(tmp_path / "buffer", task="walker_run")
+    s = envs.load_dataset(tmp_path / "buffer", task="walker_run", workers=1, cache=False)
+    np.testing.assert_allclose(s.rewards, live, atol=1e-6)
+    assert s.metadata["reward_task"] == "walker_run"
 
 
 def test_relabel_rejects_states_of_another_domain(tmp_path):
@@ -223,10 +240,11 @@ def test_relabel_rejects_states_of_another_domain(tmp_path):
         pytest.raises(DatasetError, match=r"\[physics\]: relabel cartpole_swingup: physics "
                       r"states have shape \(4, 18\), expected \(T, 4\)"),
     ):
-        read_exorl(tmp_path / "buffer", task="cartpole_swingup", cache=False)
+        read_exorl(tmp_path / "buffer", task="cartpole_swingup", relabel=RELABELLER,
+                   cache=False)
     # walker and cheetah states are both 18 wide; the observation width tells them apart
     with pytest.warns(UserWarning, match="observations are 24 wide but cheetah_run's are 17"):
-        read_exorl(tmp_path / "buffer", task="cheetah_run", cache=False)
+        read_exorl(tmp_path / "buffer", task="cheetah_run", relabel=RELABELLER, cache=False)
 
 
 def _good_buffer(tmp_path):

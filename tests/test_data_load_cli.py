@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from rl_ring.cli.data import main
 from rl_ring.data import (
     DatasetError,
     EpisodeStore,
@@ -12,7 +13,6 @@ from rl_ring.data import (
     write_exorl,
     write_minari,
 )
-from rl_ring.data.cli import main
 from rl_ring.data.store import memory_probe
 
 # Three episodes with returns 1.5, 4.0 and 10.0 and lengths 2, 3, 4.

@@ -117,6 +117,13 @@ def test_store_round_trip(tmp_path, discrete):
         g = f["episode_1"]
         assert g.attrs["total_steps"] == 5 and g["observations"].shape == (6, 4)
         assert g["infos/physics"].shape == (6, 6)  # T+1 rows, like Minari's infos
+        # the last episode ends with neither flag (a D4RL trailing run): Minari's collector
+        # never writes such an end, so the file marks it truncated; the others are as stored
+        ends = [(bool(f[f"episode_{i}/terminations"][-1]), bool(f[f"episode_{i}/truncations"][-1]))
+                for i in range(3)]
+        assert ends == [(True, False), (False, True), (False, True)]
+        assert not f["episode_2/truncations"][:-1].any()
+    assert meta_json["rl_ring"]["truncated_ends"] == [2]
 
 
 def test_writer_is_atomic(tmp_path):

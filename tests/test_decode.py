@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from model_oracle import assert_trees_close
 
 import agents
 from rl_ring.attention import reference_attention
@@ -20,8 +21,7 @@ from rl_ring.attention.decode import (
     sharded_write_positions,
 )
 from rl_ring.data.store import EpisodeStore
-from rl_ring.models.decode import Decoder, init_cache
-from rl_ring.models.testing import assert_trees_close
+from rl_ring.models.decode import Decoder, decode, init_cache, prefill
 from rl_ring.sharding import make_mesh
 
 FIELDS = ("kind", "values", "positions", "timesteps")
@@ -227,18 +227,18 @@ def test_one_compilation_as_the_context_grows_and_the_cache_is_donated():
     assert again.compilations == {"decode": 0, "prefill": 0}
 
 
-def test_model_methods_prefill_and_decode_under_jit():
+def test_prefill_and_decode_functions_under_jit():
     model, tokens = agent_model_and_tokens("dt")  # rows of 9 and 15 real tokens
     want = forward(model, tokens)
     b, cap = tokens["kind"].shape
 
     @nnx.jit
     def run(model, tokens):
-        cache = model.init_cache(b, cap)
+        cache = init_cache(model, b, cap)
         head = {**tokens, "valid": tokens["valid"] & (np.arange(cap) < 6)}
-        pred_head, cache = model.prefill(head, cache, jnp.ones(b, bool))
+        pred_head, cache = prefill(model, head, cache, jnp.ones(b, bool))
         new = {f: tokens[f][:, 6:9] for f in FIELDS}
-        pred_new, cache = model.decode(new, cache, jnp.array([3, 3]))
+        pred_new, cache = decode(model, new, cache, jnp.array([3, 3]))
         return pred_head, pred_new, cache.length
 
     pred_head, pred_new, length = run(model, {**{f: tokens[f] for f in FIELDS},

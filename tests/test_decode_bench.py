@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-import bench_eval  # noqa: E402
+from experiments.bench import eval as bench_eval
 
 
 @pytest.mark.slow

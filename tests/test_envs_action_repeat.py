@@ -11,6 +11,7 @@ import envs
 from envs.collect import collect_scripted, write
 from envs.dmc import flatten_observation
 from envs.registry import base_id, split_options
+from envs.relabel import RELABELLER
 from envs.scripted import make_policy
 from rl_ring.data import read_exorl
 
@@ -108,7 +109,7 @@ def test_exorl_relabelling_reproduces_repeated_rewards(tmp_path, env_id, task, s
     assert store.metadata["env_id"] == env_id
     assert store.num_steps == 4 * steps
     write(store, "exorl", tmp_path / "buffer")
-    back = read_exorl(tmp_path / "buffer", task=task, cache=False)
+    back = read_exorl(tmp_path / "buffer", task=task, relabel=RELABELLER, cache=False)
     np.testing.assert_allclose(back.rewards, store.rewards, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(back.observations, store.observations)
     # Not a trivial match: rewards span most of [0, 1] (hanging down to swung up).

@@ -184,6 +184,30 @@ def test_bandit_horizon_variant():
     assert ends == [False, False, True]
 
 
+@pytest.mark.parametrize("env_id", ["bandit", "bandit-10", "darkroom"])
+def test_spec_and_vector_envs_end_episodes_like_make(env_id):
+    """gymnasium.make(env.spec) and a vector env report the flags envs.make does: a bandit
+    pull terminates (no TimeLimit marks it truncated too); Dark Room truncates at 20 steps."""
+    import gymnasium
+
+    length = envs.env_info(env_id).max_episode_steps
+
+    def flags(env):
+        env.reset(seed=0)
+        return [tuple(bool(f) for f in env.step(0)[2:4]) for _ in range(length)]
+
+    direct = flags(envs.make(env_id, task=3, seed=0))
+    assert direct == [(False, False)] * (length - 1) + [(env_id.startswith("bandit"),
+                                                        not env_id.startswith("bandit"))]
+    assert flags(gymnasium.make(envs.make(env_id, task=3).spec)) == direct
+    vec = gymnasium.vector.SyncVectorEnv([lambda: envs.make(env_id, task=3)] * 2)
+    vec.reset(seed=0)
+    got = [vec.step(np.zeros(2, np.int64))[2:4] for _ in range(length)]
+    assert [(bool(t[0]), bool(u[0])) for t, u in got] == direct
+    assert all((t[0] == t[1]) and (u[0] == u[1]) for t, u in got)
+    vec.close()
+
+
 # ---------------------------------------------------------------------- shared behaviour
 @pytest.mark.parametrize("env_id", ["darkroom", "darkroom-hard", "keydoor", "bandit", "bandit-10"])
 def test_splits_fixed_disjoint_and_complete(env_id):

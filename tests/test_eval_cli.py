@@ -8,17 +8,17 @@ import signal
 
 import numpy as np
 import pytest
+from toy_envs import BanditEnv, CountdownEnv
 
-from rl_ring.eval.cli import main
+from rl_ring.cli.eval import main
 from rl_ring.eval.env_spec import EnvSpec, episode_seed
 from rl_ring.eval.evaluate import EvalConfig, evaluate
 from rl_ring.eval.policy import RowPolicy
 from rl_ring.eval.report import validate_report
 from rl_ring.eval.rollout import run_seed
-from rl_ring.eval.toy import CountdownEnv
 from rl_ring.eval.workers import InProcessWorkers, SubprocessWorkers
 
-COUNTDOWN = "rl_ring.eval.toy:CountdownEnv"
+COUNTDOWN = "toy_envs:CountdownEnv"
 
 
 def test_cli_writes_report_and_plot(tmp_path, capsys):
@@ -128,7 +128,7 @@ def test_video_records_the_chosen_trial(tmp_path):
 
 
 def test_render_failure_keeps_scores():
-    specs = [EnvSpec("bandit", task=0, factory="rl_ring.eval.toy:BanditEnv")]
+    specs = [EnvSpec("bandit", task=0, factory=BanditEnv)]
     with InProcessWorkers(1) as workers:
         res = run_seed(workers, lambda space: RowPolicy(lambda obs: 0, space), specs,
                        seed=0, trials=2, record_row=0)
@@ -139,7 +139,7 @@ def test_render_failure_keeps_scores():
 def test_bench_tiny_variant(tmp_path):
     """The worker benchmark's tiny CPU variant: every configuration ran its episodes."""
     pytest.importorskip("envs")
-    from rl_ring.eval import bench
+    from experiments.bench import eval_workers as bench
 
     assert bench.main(["--envs", "darkroom", "--rows", "1", "3", "--modes", "inprocess",
                        "--repeats", "1", "--steps", "60", "--out", str(tmp_path)]) == 0
@@ -149,3 +149,24 @@ def test_bench_tiny_variant(tmp_path):
     assert got == {("inprocess", 1): 60, ("inprocess", 3): 60}
     assert all(r["steps_per_s_median"] > 0 for r in result["rows"])
     assert (tmp_path / "bench_eval_workers.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_asks_for_what_it_does_not_build(tmp_path):
+    """Evaluation never looks up envs or agents by name: a scripted or trained policy and the
+    tasks of a split are passed in, and leaving one out names the missing argument."""
+    base = {"env": "countdown", "progress": False, "envs": 2, "seeds": 1, "trials": 1}
+    with pytest.raises(ValueError, match=r"--policy 'scripted' needs policy="):
+        evaluate(EvalConfig(out=str(tmp_path / "a"), policy="scripted", **base))
+    with pytest.raises(ValueError, match=r"--checkpoint runs/x needs policy="):
+        evaluate(EvalConfig(out=str(tmp_path / "b"), checkpoint="runs/x", **base))
+    with pytest.raises(ValueError, match=r"task_split='test' needs tasks="):
+        evaluate(EvalConfig(out=str(tmp_path / "c"), **base), make_env=CountdownEnv)
+    with pytest.raises(ValueError, match=r"--env-factory toy_envs:CountdownEnv and make_env="):
+        evaluate(EvalConfig(out=str(tmp_path / "d"), env_factory=COUNTDOWN, **base),
+                 make_env=CountdownEnv)
+    # the factory passed in builds every row; tasks=[None] is a single-task env
+    report = evaluate(EvalConfig(out=str(tmp_path / "e"), **base), make_env=CountdownEnv,
+                      tasks=[None], policy=lambda space: RowPolicy(lambda obs: 0, space))
+    length = CountdownEnv.episode_length(episode_seed(0, 1, 0))
+    assert [e["length"] for e in report["episodes"]] == [
+        CountdownEnv.episode_length(episode_seed(0, 0, 0)), length]

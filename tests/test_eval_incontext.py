@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from toy_envs import ArmSearchPolicy, BanditEnv
 
 from rl_ring.eval.env_spec import EnvSpec, assign_tasks, episode_seed
 from rl_ring.eval.report import aggregate, tables
 from rl_ring.eval.rollout import run_seed
-from rl_ring.eval.toy import ArmSearchPolicy
 from rl_ring.eval.workers import InProcessWorkers, make_workers
 
-BANDIT = "rl_ring.eval.toy:BanditEnv"
+BANDIT = BanditEnv
 
 
 def bandit_specs(arms):
@@ -59,16 +59,18 @@ def test_rows_get_their_own_tasks_and_trials_their_own_seeds():
         episode_seed(0, -1, 0)
 
 
-def test_registry_darkroom_oracle_scores_optimal_on_held_out_goals(tmp_path):
+@pytest.mark.parametrize("mode", ["inprocess", "subprocess"])
+def test_registry_darkroom_oracle_scores_optimal_on_held_out_goals(tmp_path, mode):
     """The scripted Dark Room oracle (noise 0) earns each row's optimal return; rows of
-    successive seeds walk through the held-out goals."""
-    envs = pytest.importorskip("envs")
-    pytest.importorskip("envs.scripted")
+    successive seeds walk through the held-out goals. The env registry, its tasks and the
+    oracle are passed in (rl-ring eval's wiring); worker processes unpickle the factory."""
+    import envs
+    from rl_ring.cli.eval import wiring
     from rl_ring.eval.evaluate import EvalConfig, evaluate
 
     cfg = EvalConfig(env="darkroom", policy="scripted", out=str(tmp_path), trials=2, envs=3,
-                     seeds=2, progress=False)
-    report = evaluate(cfg)
+                     seeds=2, progress=False, mode=mode, workers=2)
+    report = evaluate(cfg, **wiring(cfg))
     goals = envs.task_split("darkroom", "test")
     for e in report["episodes"]:
         task = assign_tasks(goals, e["seed"], 3)[e["env_index"]]

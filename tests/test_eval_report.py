@@ -10,8 +10,9 @@ import math
 import numpy as np
 import pytest
 
-from rl_ring.eval.report import aggregate, build_report, validate_report, write_json
+from rl_ring.eval.report import aggregate, build_report, validate_report
 from rl_ring.eval.rollout import FAILED, NOT_RUN, OK, EpisodeRecord, SeedResult
+from rl_ring.io import write_json
 
 NAN = math.nan
 # [seeds, envs, trials]; seed 1 row 1 failed in trial 0, so that row is left out.

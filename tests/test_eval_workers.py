@@ -7,14 +7,14 @@ import signal
 
 import numpy as np
 import pytest
+from toy_envs import CountdownEnv
 
 from rl_ring.eval.env_spec import EnvSpec, env_seed, episode_seed, make_env, policy_seed
 from rl_ring.eval.policy import RandomPolicy, RowPolicy
 from rl_ring.eval.rollout import FAILED, NOT_RUN, OK, run_seed
-from rl_ring.eval.toy import CountdownEnv
 from rl_ring.eval.workers import InProcessWorkers, SubprocessWorkers, make_workers
 
-COUNTDOWN = "rl_ring.eval.toy:CountdownEnv"
+COUNTDOWN = CountdownEnv  # a picklable factory: subprocess workers unpickle it
 
 
 def plain_loop(spec, seed, env_index, trials, choose, max_steps=None):
@@ -142,9 +142,13 @@ def test_env_raising_mid_episode_fails_only_its_row(mode):
         assert [(by[(i, k)].episode_return, by[(i, k)].length) for k in range(trials)] == want
 
 
+def _no_such_env(**kwargs):
+    raise LookupError("NoSuchEnv: this factory cannot build anything")
+
+
 def test_env_that_cannot_be_built_fails_its_row():
     specs = [EnvSpec("countdown", factory=COUNTDOWN),
-             EnvSpec("countdown", factory="rl_ring.eval.toy:NoSuchEnv")]
+             EnvSpec("countdown", factory=_no_such_env)]
     with InProcessWorkers(2) as workers:
         res = run_seed(workers, RandomPolicy, specs, seed=0, trials=2)
     by = {(e.env_index, e.trial): e for e in res.episodes}
@@ -182,9 +186,10 @@ def test_killed_worker_fails_its_rows_others_complete_and_restart():
 
 @pytest.mark.parametrize("env_id, task", [("darkroom", 10), ("dmc:cartpole-swingup", None)])
 def test_registry_envs_match_plain_loop_in_worker_processes(env_id, task):
-    pytest.importorskip("envs")
+    from envs.evaluation import env_factory
+
     n, trials, seed, cap = 2, 2, 4, 25
-    spec = EnvSpec(env_id, task=task)
+    spec = EnvSpec(env_id, task=task, factory=env_factory(env_id))  # pickled to the workers
     with SubprocessWorkers(n, 2) as workers:
         res = run_seed(workers, RandomPolicy, [spec] * n, seed=seed, trials=trials, max_steps=cap)
     got = returns_of(res)

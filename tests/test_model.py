@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
+from model_oracle import assert_trees_close, random_tokens
 
 from rl_ring import sharding
 from rl_ring.attention import layout as attn_layout
@@ -16,10 +17,10 @@ from rl_ring.models import (
     TrajectoryTransformer,
     action_loss,
     param_specs,
+    placement,
     shard_model,
 )
 from rl_ring.models.layers import FeedForward, blockwise_apply, chunk_size, dropout, rotary
-from rl_ring.models.testing import assert_trees_close, random_tokens
 
 AT_KINDS = (Kind.RTG, Kind.STATE, Kind.ACTION, Kind.REWARD)
 OBS, ACT = 3, 2
@@ -287,10 +288,23 @@ def test_every_parameter_matches_a_partition_rule():
     q = [s for k, s in flat.items() if "'wq'" in k and "'kernel'" in k]
     ffn_out = [s for k, s in flat.items() if "'w_out'" in k]
     assert q == [P(None, "fsdp", "tensor")] and ffn_out == [P(None, "tensor", "fsdp")]
+    # Embedding tables, input maps and the action head stay replicated (see placement.RULES).
+    embed_and_head = [s for k, s in flat.items() if k.startswith(("['embed']", "['head']"))]
+    assert embed_and_head and all(s == P() or set(s) == {None} for s in embed_and_head)
+    # The specs have the shape of the pure parameter dict the trainer holds.
+    assert jax.tree.structure(specs, is_leaf=lambda x: isinstance(x, P)) == jax.tree.structure(
+        nnx.to_pure_dict(nnx.state(model))
+    )
 
-    # A new parameter no rule covers fails loudly, naming it.
+    # A new parameter without logical axes, or with one no rule maps, fails loudly, naming it.
     model.head.extra = nnx.Param(jnp.zeros((3, 5)))
-    with pytest.raises(ValueError, match=r"no partition rule matches.*head/extra.*\(3, 5\)"):
+    with pytest.raises(ValueError, match=r"no placement rule.*head/extra \(3, 5\) declares no"):
+        param_specs(model, mesh)
+    model.head.extra = placement.param(jnp.zeros((3, 5)), placement.EMBED, "experts")
+    with pytest.raises(ValueError, match=r"head/extra \(3, 5\) has logical axes \['experts'\]"):
+        param_specs(model, mesh)
+    model.head.extra = placement.param(jnp.zeros((3, 5)), placement.EMBED)
+    with pytest.raises(ValueError, match=r"head/extra \(3, 5\) declares 1 logical axes"):
         param_specs(model, mesh)
 
 
@@ -315,7 +329,7 @@ def test_blockwise_ffn_never_keeps_the_whole_hidden_activation():
     # Compiled (not run) training steps: the whole-sequence FFN keeps [T, ffn] hiddens per
     # layer for the backward pass; the blockwise one keeps only chunk inputs, whatever the
     # remat policy. 2048 tokens x 256 hidden x 4 bytes = 2 MiB per hidden tensor.
-    from rl_ring.models.memory import step_memory
+    from experiments.bench.model_memory import step_memory
 
     seq, depth = 2048, 2
     hidden = seq * 256 * 4

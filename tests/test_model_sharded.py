@@ -5,13 +5,13 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from model_oracle import assert_trees_close
 
 import agents
 from rl_ring import sharding
 from rl_ring.attention import layout as attn_layout
 from rl_ring.data.batch import TOKEN_FIELDS
 from rl_ring.data.store import EpisodeStore
-from rl_ring.models.testing import assert_trees_close
 
 # Small chunks so that each device's block is itself several query/key chunks.
 CHUNKS = (("q_chunk", 4), ("k_chunk", 4))

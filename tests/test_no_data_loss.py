@@ -10,8 +10,8 @@ import pytest
 from envs.collect import collect_random
 from envs.collect import main as collect_main
 from rl_ring import io
+from rl_ring.cli.data import main as data_main
 from rl_ring.data import EpisodeStore, load, read_exorl, write_d4rl, write_exorl, write_minari
-from rl_ring.data.cli import main as data_main
 
 FOREIGN = "my_notes.txt"
 TEXT = "precious data that rl_ring did not write\n"
@@ -187,7 +187,7 @@ def test_data_convert_refuses_a_dir_with_a_foreign_file(tmp_path, small_store, c
 
 
 def test_eval_out_refuses_a_dir_with_a_foreign_file(tmp_path, capsys):
-    from rl_ring.eval.cli import main as eval_main
+    from rl_ring.cli.eval import main as eval_main
 
     out = tmp_path / "eval"
     foreign = _foreign(out)
@@ -202,7 +202,7 @@ def test_eval_out_refuses_a_dir_with_a_foreign_file(tmp_path, capsys):
 
 
 def test_train_workdir_refuses_a_dir_that_is_not_a_run(tmp_path, small_store, capsys):
-    from rl_ring.train.cli import main as train_main
+    from rl_ring.cli.train import main as train_main
 
     data = small_store.save(tmp_path / "data")
     work = tmp_path / "work"

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from agents.presets import PAPER_AT_EXORL, get_shape
 from rl_ring import sharding
+from rl_ring.cli.plan import main
 from rl_ring.data.batch import TOKEN_FIELDS, TokenBatch
 from rl_ring.models import TrajectoryTransformer
 from rl_ring.train.loader import MeshLoader
 from rl_ring.train.optim import OptimConfig, make_optimizer
-from rl_ring.train.plan import main, plan_step
-from rl_ring.train.presets import PAPER_AT_EXORL, get_shape
+from rl_ring.train.plan import plan_step
 from rl_ring.train.recipe import rule_specs
 from rl_ring.train.state import build_state
 
@@ -103,3 +104,26 @@ def test_paper_preset_has_350m_parameters_and_512k_tokens():
 def test_plan_errors(argv, match, capsys):
     assert main(argv) == 2
     assert match in capsys.readouterr().err
+
+
+def test_train_and_plan_take_one_set_of_preset_names(capsys):
+    from agents.presets import PRESETS, SHAPES, step_shape
+    from agents.run import resolve_config
+    from rl_ring.cli.plan import PlanArgs, resolve_shape
+    from rl_ring.cli.train import parse
+
+    assert set(PRESETS) == {"default", "tiny", *SHAPES}
+    for name in PRESETS:
+        agent = SHAPES[name].agent if name in SHAPES else "dt"
+        cfg = resolve_config(parse(["--agent", agent, "--preset", name]))
+        shape = resolve_shape(PlanArgs(config=name, agent=agent))
+        assert shape.agent == cfg.agent == agent
+        assert shape.model.width == cfg.agent_config.model.width, name
+    # `tiny` (a train preset) is a plan preset too: the agent's tiny model and context.
+    tiny = step_shape("tiny", "dt", obs_dim=4, act_dim=2)
+    assert (tiny.steps_per_sequence, tiny.tokens_per_step, tiny.seq_len) == (5, 3, 15)
+    assert main(["tiny", "--agent", "dt"]) == 0
+    assert "batch 8 x 15 tokens" in capsys.readouterr().out
+    # Both commands name the same presets when one is unknown.
+    assert main(["nope"]) == 2
+    assert str(list(PRESETS)) in capsys.readouterr().err

@@ -9,12 +9,12 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from flax import nnx
+from model_oracle import assert_trees_close
 
 import agents
 from agents import base
 from agents.policy import CachedPolicy, ContextPolicy
 from rl_ring.data.store import EpisodeStore
-from rl_ring.models.testing import assert_trees_close
 
 # Weights large enough that predictions differ clearly from token to token and row to row,
 # small enough that two summation orders of attention agree to float32 tolerance (at 0.5 the
@@ -143,7 +143,7 @@ def test_evaluator_gives_the_same_episodes_with_either_policy(tmp_path):
     reports = []
     for name, policy in (("oracle", oracle), ("cached", cached)):
         cfg = EvalConfig(
-            env="countdown", env_factory="rl_ring.eval.toy:CountdownEnv", out=str(tmp_path / name),
+            env="countdown", env_factory="toy_envs:CountdownEnv", out=str(tmp_path / name),
             trials=3, envs=3, seeds=1, task_split="none", progress=False,
         )
         reports.append(evaluate(cfg, policy=policy))
@@ -155,7 +155,8 @@ def test_evaluator_gives_the_same_episodes_with_either_policy(tmp_path):
 
 
 def _train_tiny(tmp_path, agent="at"):
-    from rl_ring.train import TrainConfig, train
+    from agents.run import train
+    from rl_ring.train import TrainConfig
     from rl_ring.train.optim import OptimConfig
 
     cfg = TrainConfig(
@@ -177,12 +178,12 @@ def test_checkpoint_gives_a_cached_policy_by_default_and_the_cli_uses_it(tmp_pat
     history = drive([oracle, cached], steps=10, discrete=True)
     assert_same_actions(history, True)
 
-    from rl_ring.eval import cli
+    from rl_ring.cli import eval as cli
 
     outs = {}
     for name, extra in (("cached", []), ("recompute", ["--policy", "recompute"])):
         argv = ["--checkpoint", str(run), "--env", "countdown", "--env-factory",
-                "rl_ring.eval.toy:CountdownEnv", "--task-split", "none", "--trials", "2",
+                "toy_envs:CountdownEnv", "--task-split", "none", "--trials", "2",
                 "--envs", "2", "--seeds", "1", "--out", str(tmp_path / name), "--no-progress",
                 *extra]
         assert cli.main(argv) == 0, capsys.readouterr().err

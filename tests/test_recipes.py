@@ -13,11 +13,11 @@ from flax import nnx
 
 import agents
 from agents import base
+from agents.run import resolve_config
 from experiments.recipes import configs, launch
+from rl_ring.cli.train import parse
 from rl_ring.data.scores import has_reference
 from rl_ring.models import TrajectoryTransformer
-from rl_ring.train.api import resolve_config
-from rl_ring.train.cli import parse
 from rl_ring.train.config import to_dict
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "experiments" / "recipes"

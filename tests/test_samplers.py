@@ -16,15 +16,14 @@ from rl_ring.attention import reference_attention
 from rl_ring.data.batch import Kind
 from rl_ring.data.normalize import Normalization
 from rl_ring.data.samplers import (
-    BCConfig,
     BCSampler,
+    BCSamplerConfig,
     ChainConfig,
     ChainSampler,
-    DTConfig,
     DTSampler,
+    DTSamplerConfig,
     HistoryConfig,
     HistorySampler,
-    make_sampler,
     ranges,
     top_percent_episodes,
 )
@@ -228,7 +227,7 @@ def test_chain_replacement_and_errors():
 def test_dt_windows_rtg_and_packing():
     lengths = (5, 7, 2, 6)
     store = make_store(lengths)
-    cfg = DTConfig(batch_size=5, context_steps=4, pack=3, pad_multiple=8)
+    cfg = DTSamplerConfig(batch_size=5, context_steps=4, pack=3, pad_multiple=8)
     sampler = DTSampler(store, cfg, norm=ID)
     assert sampler.seq_len == 40  # 3 windows x 4 steps x 3 tokens = 36 -> 40
     starts = set()
@@ -262,14 +261,14 @@ def test_dt_windows_rtg_and_packing():
     # windows start anywhere in an episode (DT's uniform start), including the last step
     assert (1, 6) in starts or (0, 4) in starts or (3, 5) in starts
     with pytest.raises(ValueError, match="context_steps=8 is larger than every episode"):
-        DTSampler(store, DTConfig(context_steps=8), norm=ID)
+        DTSampler(store, DTSamplerConfig(context_steps=8), norm=ID)
     with pytest.raises(ValueError, match="pack must be"):
-        DTSampler(store, DTConfig(pack=0), norm=ID)
+        DTSampler(store, DTSamplerConfig(pack=0), norm=ID)
 
 
 def test_segments_do_not_leak_through_attention():
     store = make_store((5, 7, 6, 6))
-    sampler = DTSampler(store, DTConfig(batch_size=2, context_steps=4, pack=3), norm=ID)
+    sampler = DTSampler(store, DTSamplerConfig(batch_size=2, context_steps=4, pack=3), norm=ID)
     batch = sampler.batch_at(0)
     rng = np.random.default_rng(0)
     proj = rng.normal(size=(3, 3, 2, 4)).astype(np.float32)  # values -> q, k, v (2 heads)
@@ -315,7 +314,7 @@ def test_bc_samples_only_top_episodes():
     returns = store.episode_returns
     expect = set(np.argsort(-returns, kind="stable")[:3].tolist())
     for state_only in (False, True):
-        cfg = BCConfig(batch_size=8, top_percent=30, context_steps=3, state_only=state_only)
+        cfg = BCSamplerConfig(batch_size=8, top_percent=30, context_steps=3, state_only=state_only)
         sampler = BCSampler(store, cfg, norm=ID)
         assert set(sampler.selected.tolist()) == expect
         k = sampler.layout.tokens_per_step
@@ -407,8 +406,8 @@ def all_samplers():
     hstore, _, _ = history_store()
     return (
         [ChainSampler, chain_store, ChainConfig(batch_size=4, num_trajectories=2, pad_multiple=4)],
-        [DTSampler, chain_store, DTConfig(batch_size=4, context_steps=3, pack=2)],
-        [BCSampler, chain_store, BCConfig(batch_size=4, top_percent=50, context_steps=2)],
+        [DTSampler, chain_store, DTSamplerConfig(batch_size=4, context_steps=3, pack=2)],
+        [BCSampler, chain_store, BCSamplerConfig(batch_size=4, top_percent=50, context_steps=2)],
         [HistorySampler, hstore, HistoryConfig(batch_size=4, window_steps=6)],
     )
 
@@ -423,7 +422,7 @@ def assert_batches_equal(a, b):
 def test_determinism_hosts_and_resume(which):
     cls, store, cfg = all_samplers()[which]
     a = cls(store, cfg, norm=ID)
-    b = make_sampler(store, cfg, norm=ID)
+    b = cls(store, cfg, norm=ID)
     first = [a.next_batch() for _ in range(3)]
     for x in first:
         assert_batches_equal(x, b.next_batch())
@@ -483,8 +482,8 @@ def test_prefetch_hands_over_errors_in_order():
                 raise RuntimeError("store went away at step 2")
             return super().batch_at(step)
 
-    sampler = Failing(store, DTConfig(batch_size=2, context_steps=3), norm=ID)
-    plain = DTSampler(store, DTConfig(batch_size=2, context_steps=3), norm=ID)
+    sampler = Failing(store, DTSamplerConfig(batch_size=2, context_steps=3), norm=ID)
+    plain = DTSampler(store, DTSamplerConfig(batch_size=2, context_steps=3), norm=ID)
     it = sampler.prefetch(depth=3)
     assert_batches_equal(next(it), plain.batch_at(0))
     assert_batches_equal(next(it), plain.batch_at(1))

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from experiments import bench_data as bd
+from experiments.bench import data as bd
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,4 @@
 import jax
-import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -38,24 +37,11 @@ def test_too_few_devices_says_how_to_get_them():
         sharding.make_mesh("seq=3", devices=jax.devices()[:1])
 
 
-def test_partition_rules_match_and_fail_loudly():
-    params = {"layers": {"attn": {"qkv": np.zeros((3, 8, 24))}, "mlp": {"w1": np.zeros((8, 32))}}}
-    rules = [("attn/qkv", P("fsdp", "tensor")), ("mlp/w1", P("fsdp", "tensor"))]
+def test_fit_spec_leaves_indivisible_axis_replicated():
     mesh = sharding.make_mesh("fsdp=2,tensor=4")
-    specs = sharding.match_partition_rules(rules, params, mesh=mesh)
-    # leading scan axis left unsharded; sizes divisible keep their axes
-    assert specs["layers"]["attn"]["qkv"] == P(None, "fsdp", "tensor")
-    assert specs["layers"]["mlp"]["w1"] == P("fsdp", "tensor")
-    with pytest.raises(ValueError, match=r"no partition rule matches.*mlp/w1 \(8, 32\)"):
-        sharding.match_partition_rules(rules[:1], params)
-
-
-def test_partition_rule_leaves_indivisible_axis_replicated():
-    mesh = sharding.make_mesh("fsdp=2,tensor=4")
-    specs = sharding.match_partition_rules(
-        [("w", P("fsdp", "tensor"))], {"w": np.zeros((6, 6))}, mesh=mesh
-    )
-    assert specs["w"] == P("fsdp", None)
+    assert sharding.fit_spec(P("fsdp", "tensor"), (6, 6), mesh) == P("fsdp", None)
+    assert sharding.fit_spec(P("fsdp", "tensor"), (6, 8), mesh) == P("fsdp", "tensor")
+    assert sharding.fit_spec(P("fsdp"), (6, 6), None) == P("fsdp", None)
 
 
 def test_init_distributed_argument_errors(monkeypatch):

@@ -12,8 +12,8 @@ from rl_ring.data.normalize import Normalization
 from rl_ring.data.samplers import (
     ChainConfig,
     ChainSampler,
-    DTConfig,
     DTSampler,
+    DTSamplerConfig,
     HistoryConfig,
     HistorySampler,
 )
@@ -218,7 +218,7 @@ def test_online_encoder_matches_chain_sampler(discrete):
 
 def test_online_encoder_matches_dt_sampler():
     store = _store()
-    sampler = DTSampler(store, DTConfig(batch_size=4, context_steps=3))
+    sampler = DTSampler(store, DTSamplerConfig(batch_size=4, context_steps=3))
     batch, specs = sampler.batch_at(1), sampler.specs_at(1)
     for r in range(4):
         ep, off = int(specs["episode"][r, 0]), int(specs["offset"][r, 0])

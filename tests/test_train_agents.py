@@ -9,16 +9,17 @@ import json
 import jax
 import numpy as np
 import pytest
+from model_oracle import tolerance
 
 import agents
+from agents.run import load_checkpoint, saved_config, train
+from rl_ring.cli.plan import main as plan_main
+from rl_ring.cli.train import main as cli_main
 from rl_ring.data.store import EpisodeStore
-from rl_ring.models.testing import tolerance
-from rl_ring.train import TrainConfig, load_checkpoint, saved_config, train
+from rl_ring.train import TrainConfig
 from rl_ring.train.checkpoint import Checkpointer
-from rl_ring.train.cli import main as cli_main
 from rl_ring.train.metrics import read_metrics
 from rl_ring.train.optim import OptimConfig
-from rl_ring.train.plan import main as plan_main
 
 W = np.array([[1.5, -1.0, 0.5], [-0.5, 2.0, 1.0]], np.float32)  # [act, obs]
 # Losses of the same f32 steps on different meshes differ only in summation order (measured:
@@ -101,17 +102,29 @@ def test_ring_meshes_follow_the_single_device_reference(tmp_path, data_dirs):
         assert res.model.cfg.attn_impl == "ring"
 
 
-def test_cli_trains_and_load_checkpoint_returns_the_model(tmp_path, data_dirs, capsys):
+def test_cli_trains_and_load_checkpoint_returns_the_model(tmp_path, data_dirs, capsys,
+                                                          monkeypatch):
+    import rl_ring.cli.train as cli_train
+
+    # The CLI runs agents.run.train in this process: keep what it returns, the parameters
+    # and model the run held in memory when it finished, to compare the checkpoint with.
+    trained = []
+
+    def keep_result(cfg, **kw):
+        trained.append(train(cfg, **kw))
+        return trained[-1]
+
+    monkeypatch.setattr(cli_train, "train", keep_result)
     workdir = tmp_path / "cli"
     code = cli_main(["--agent", "dt", "--preset", "tiny", "--data", data_dirs[False],
-                     "--env", "toy-env", "--workdir", str(workdir), "--mesh", "seq=1",
+                     "--env", "dmc:cartpole-swingup", "--workdir", str(workdir), "--mesh", "seq=1",
                      "--devices", "1", "--steps", "30", "--ckpt-every", "10",
                      "--log-every", "10", "--no-progress", "--agent-config.context-steps", "4"])
     assert code == 0, capsys.readouterr().err
     assert "trained dt to step 30" in capsys.readouterr().out
     assert [r["step"] for r in read_metrics(workdir)] == [1, 10, 20, 30]
     model, cfg, norm, step = load_checkpoint(workdir)
-    assert step == 30 and cfg.agent == "dt" and cfg.env == "toy-env"
+    assert step == 30 and cfg.agent == "dt" and cfg.env == "dmc:cartpole-swingup"
     assert cfg.agent_config.context_steps == 4  # the CLI option reached the agent
     store = EpisodeStore.load(data_dirs[False])
     np.testing.assert_allclose(norm.obs_mean, store.observations.mean(0), rtol=1e-4, atol=1e-5)
@@ -122,11 +135,24 @@ def test_cli_trains_and_load_checkpoint_returns_the_model(tmp_path, data_dirs, c
     from flax import nnx
 
     loaded = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    (result,) = trained
+    assert result.step == 30
+
+    def same(a, b) -> bool:
+        return all(jax.tree.leaves(jax.tree.map(
+            lambda x, y: bool(np.array_equal(np.asarray(x), np.asarray(y))), a, b)))
+
+    # The loaded parameters are the ones the training run ended with, bit for bit.
+    assert jax.tree.structure(loaded) == jax.tree.structure(result.state.params)
+    assert same(loaded, result.state.params)
+    assert same(loaded, nnx.to_pure_dict(nnx.state(result.model, nnx.Param)))
     agent = agents.get("dt")
     sampler = agent.make_sampler(store, cfg.agent_config, batch_size=4, seed=9, norm=norm)
     batch = sampler.next_batch().tokens()
     loss, _ = agent.loss_fn(model, batch)
+    trained_loss, _ = agent.loss_fn(result.model, batch)
     assert np.isfinite(float(loss))
+    np.testing.assert_array_equal(np.asarray(loss), np.asarray(trained_loss))
     # The whole train state restored by a resumed run (nothing left to train) holds the
     # same parameters, bit for bit.
     again = train(saved_config(workdir))
@@ -153,6 +179,9 @@ def test_cli_trains_and_load_checkpoint_returns_the_model(tmp_path, data_dirs, c
      "mesh spec 'seq=4' has 4 devices"),
     (["--agent", "at", "--preset", "d4rl-dt"], "preset 'd4rl-dt' is for agent 'dt'"),
     (["--agent", "at", "--preset", "nope"], "unknown preset 'nope'"),
+    # the env is checked against the registry before anything trains (as collect and eval do)
+    (["--agent", "at", "--data", "DATA", "--env", "dmc:cartpole-swingpu"],
+     "unknown dm_control env id 'dmc:cartpole-swingpu'"),
     (["--agent", "at", "--data", "DATA", "--attention", "flash"], "attention='flash'"),
     (["--agent", "at", "--data", "DATA", "--batch-size", "3", "--mesh", "data=2",
       "--devices", "2"], "batch_size=3 must be a positive multiple"),
@@ -162,3 +191,14 @@ def test_cli_bad_configs_fail_before_compute(tmp_path, data_dirs, argv, match, c
     assert cli_main([*argv, "--workdir", str(tmp_path / "w"), "--no-progress"]) == 2
     assert match in capsys.readouterr().err
     assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_cli_takes_agent_names_in_any_case(tmp_path, data_dirs, capsys):
+    workdir = tmp_path / "upper"
+    code = cli_main(["--agent", "AT", "--preset", "tiny", "--data", data_dirs[False],
+                     "--workdir", str(workdir), "--devices", "1", "--steps", "2",
+                     "--no-progress", "--no-tensorboard"])
+    assert code == 0, capsys.readouterr().err
+    assert "trained at to step 2" in capsys.readouterr().out
+    assert saved_config(workdir).agent == "at"  # stored as the registry's name
+    assert agents.get("Dt") is agents.get("dt")

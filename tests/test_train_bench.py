@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-import bench_train  # noqa: E402
+from experiments.bench import train as bench_train
 
 
 @pytest.mark.slow

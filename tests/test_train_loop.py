@@ -3,6 +3,7 @@ loss decrease, metrics, in-process resume, NaN stop, checkpoints, bad configurat
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -11,18 +12,18 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from model_oracle import tolerance
 from test_train_standin import StandInModel, StandInSampler, loss_fn, standin_recipe
 
 from rl_ring.attention import layout as layout_lib
 from rl_ring.data.batch import TOKEN_FIELDS
-from rl_ring.models.testing import tolerance
 from rl_ring.train.checkpoint import Checkpointer
 from rl_ring.train.config import TrainConfig
 from rl_ring.train.loader import MeshLoader, host_share
 from rl_ring.train.loop import NonFiniteError, make_run_mesh, run
 from rl_ring.train.metrics import read_metrics
 from rl_ring.train.optim import OptimConfig, make_optimizer
-from rl_ring.train.state import build_state
+from rl_ring.train.state import TrainState, build_state
 from rl_ring.train.step import jit_step, make_step_fn
 
 # f32 losses of the same math on different meshes differ only by reduction order.
@@ -215,16 +216,74 @@ def test_nan_batch_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
     assert last["step"] == 27 and last["loss"] == "nan"
 
 
+def _kept_states(recipe, cfg: TrainConfig) -> dict[int, TrainState]:
+    """Every checkpoint the run kept, restored into the run's own state layout."""
+    tx, _ = make_optimizer(cfg.optim, cfg.steps)
+    abstract, _, _ = build_state(recipe.make_model, tx, cfg.seed, make_run_mesh(cfg),
+                                 recipe.param_specs, materialize=False)
+    ck = Checkpointer(cfg.workdir, read_only=True)
+    out = {}
+    for s in ck.steps():
+        state, meta, step = ck.restore(abstract, s)
+        assert step == s and meta["step"] == s
+        out[s] = state
+    return out
+
+
+def _assert_all_finite(states: dict[int, TrainState]) -> None:
+    for s, state in states.items():
+        for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+            leaf = np.asarray(leaf)
+            if np.issubdtype(leaf.dtype, np.inexact):
+                assert np.all(np.isfinite(leaf)), f"checkpoint {s}: {jax.tree_util.keystr(path)}"
+
+
 def test_huge_learning_rate_stops_before_saving_a_bad_state(tmp_path):
-    cfg = _cfg(tmp_path, steps=40, ckpt_every=5, log_every=1,
+    # lr 1e30: step 1 moves every weight by ~1e30 (still finite, saved at once since
+    # ckpt_every=1); step 2's forward pass overflows, so its loss is NaN and nothing of
+    # step 2 may be saved.
+    recipe = standin_recipe(dropout=False)
+    cfg = _cfg(tmp_path, steps=40, ckpt_every=1, log_every=1,
                optim=OptimConfig(lr=1e30, warmup_steps=0, grad_clip=0.0, b2=0.0))
-    with pytest.raises(NonFiniteError) as err:
-        run(standin_recipe(dropout=False), cfg)
-    kept = Checkpointer(cfg.workdir, read_only=True).steps()
-    assert all(s < err.value.step for s in kept)
-    for s in kept:  # whatever was kept is finite
-        meta, _ = Checkpointer(cfg.workdir, read_only=True).read_meta(s)
-        assert meta["step"] == s
+    with pytest.raises(NonFiniteError, match=r"step 2: loss is nan.*last good checkpoint is "
+                                             r"step 1") as err:
+        run(recipe, cfg)
+    assert err.value.step == 2 and err.value.metric == "loss"
+    assert err.value.last_checkpoint == 1
+    kept = _kept_states(recipe, cfg)
+    assert sorted(kept) == [1]
+    # the saved state is the trained one (not the initial one) and every leaf is finite
+    assert np.max(np.abs(np.asarray(kept[1].params["head"]["kernel"]))) > 1e29
+    _assert_all_finite(kept)
+
+
+def _drift_loss(model, t, *, mesh=None, rngs=None):
+    # Linear in every weight, scaled so that sums of weights near f32's maximum stay finite
+    # while the gradient (1e-4 / size) stays well above Adam's eps: the loss and gradient
+    # stay finite however large the weights grow, so only the parameters can go non-finite.
+    loss = sum(jnp.mean(1e-4 * x) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    return loss, {"mse": loss}
+
+
+def test_parameters_going_infinite_at_a_save_step_are_not_saved(tmp_path):
+    # Adam normalises the gradient: each step moves every weight by the learning rate,
+    # 3e38, so weights are finite (~ -3e38) after step 1 and -inf after step 2 while the
+    # loss and gradient norm of step 2 (computed before its update) are still finite: only
+    # the parameter check before saving step 2 can stop the run.
+    recipe = dataclasses.replace(standin_recipe(dropout=False), loss_fn=_drift_loss)
+    cfg = _cfg(tmp_path, steps=10, ckpt_every=1, log_every=1,
+               optim=OptimConfig(lr=3e38, warmup_steps=0, grad_clip=0.0, weight_decay=0.0))
+    with pytest.raises(NonFiniteError, match=r"step 2: params is nan.*last good checkpoint is "
+                                             r"step 1") as err:
+        run(recipe, cfg)
+    assert err.value.step == 2 and err.value.metric == "params"
+    assert err.value.last_checkpoint == 1
+    rows = {r["step"]: r for r in read_metrics(cfg.workdir)}
+    assert np.isfinite(float(rows[2]["loss"])) and np.isfinite(float(rows[2]["grad_norm"]))
+    kept = _kept_states(recipe, cfg)
+    assert sorted(kept) == [1]
+    assert np.max(np.abs(np.asarray(kept[1].params["head"]["kernel"]))) > 1e38
+    _assert_all_finite(kept)
 
 
 # ------------------------------------------------------------------ configuration errors

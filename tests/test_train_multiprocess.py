@@ -34,10 +34,10 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path):
+    from model_oracle import tolerance
     from test_train_agents import policy_store
 
-    from rl_ring.models.testing import tolerance
-    from rl_ring.train import train
+    from agents.run import train
 
     data = str(policy_store(False).save(tmp_path / "data"))
     port = _free_port()
@@ -69,7 +69,7 @@ def test_two_processes_train_like_one(tmp_path):
     rtol, atol = tolerance("float32")
     np.testing.assert_allclose(multi[0]["losses"], single.losses, rtol=rtol, atol=atol)
     # the checkpoint the two processes wrote together restores in one process
-    from rl_ring.train import load_checkpoint
+    from agents.run import load_checkpoint
 
     _, _, _, step = load_checkpoint(tmp_path / "multi")
     assert step == STEPS
@@ -81,7 +81,7 @@ def _worker(coordinator: str, pid: int, data: str, workdir: str, out: str) -> No
     sharding.init_distributed(coordinator, 2, pid, local_device_count=4)
     import dataclasses
 
-    from rl_ring.train import train
+    from agents.run import train
     from rl_ring.train.loader import host_share
     from rl_ring.train.loop import make_run_mesh
 

@@ -15,7 +15,8 @@ import numpy as np
 from conftest import XLA_FLAGS_AT_START
 from test_train_agents import policy_store
 
-from rl_ring.train import TrainConfig, load_checkpoint, train
+from agents.run import load_checkpoint, train
+from rl_ring.train import TrainConfig
 from rl_ring.train.checkpoint import Checkpointer
 from rl_ring.train.optim import OptimConfig
 

@@ -78,7 +78,7 @@ class ADRun:
     """In-context episodes per evaluation row (one context across all of them)."""
     eval_rows: int = 16
     """Evaluation rows side by side (one task each)."""
-    eval_test_seeds: int = 1
+    eval_test_seeds: int = 5
     """Evaluation seeds on held-out tasks (seed j takes the split's tasks j*rows...)."""
     eval_train_seeds: int = 4
     """Evaluation seeds on training tasks (0 = skip)."""
@@ -111,7 +111,8 @@ def tiny_run(env: str = "darkroom") -> ADRun:
         name="tiny", env=env,
         history=HistorySpec(episodes_per_history=4, histories=8, num_tasks=4),
         window_episodes=2, width=32, depth=1, heads=2, steps=60, batch_size=8, lr=3e-3,
-        warmup_steps=5, eval_episodes=3, eval_rows=4, eval_train_seeds=1, loss_batches=1,
+        warmup_steps=5, eval_episodes=3, eval_rows=4, eval_test_seeds=2, eval_train_seeds=1,
+        loss_batches=1,
     )
 
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from agents.presets import D4RL_DT, PAPER_AT_EXORL, kind_features, train_preset
 from rl_ring.train.config import TrainConfig
-from rl_ring.train.presets import D4RL_DT, PAPER_AT_EXORL, StepShape, kind_features, train_preset
+from rl_ring.train.plan import StepShape
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,8 @@ class RunArgs:
     """Processes for the convert stage's relabelling (0: one per core)."""
     dry_run: bool = False
     """Print the commands and the distributed setup, run nothing."""
+    overwrite: bool = False
+    """Replace an earlier evaluation report of this run (without it, one is refused)."""
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,7 @@ def _option(name: str, value) -> list[str]:
 
 
 def _preset_agent_config(cfg):
-    from rl_ring.train.presets import train_preset
+    from agents.presets import train_preset
 
     return train_preset(cfg.preset, cfg.agent).agent_config
 
@@ -173,7 +175,8 @@ def eval_config(recipe: Recipe, args: RunArgs):
     p = run_paths(recipe, args)
     return EvalConfig(env=recipe.env, out=str(p["eval"]), checkpoint=str(p["workdir"]),
                       trials=recipe.trials, envs=recipe.eval_envs, seeds=recipe.eval_seeds,
-                      task_split="none", score_name=recipe.score_name or None)
+                      task_split="none", score_name=recipe.score_name or None,
+                      overwrite=args.overwrite)
 
 
 def run(args: RunArgs) -> int:
@@ -202,12 +205,12 @@ def run(args: RunArgs) -> int:
                   f"{recipe.target_return}")
         return 0
     if "convert" in stages and not p["data"].exists():
-        from rl_ring.data.cli import main as data_main
+        from rl_ring.cli.data import main as data_main
 
         if data_main(convert_argv(recipe, args)) != 0:
             return 2
     if "train" in stages:
-        from rl_ring.train.cli import main as train_main
+        from rl_ring.cli.train import main as train_main
 
         join_processes(dist)
         status = train_main(train_argv(recipe, args))
@@ -221,13 +224,16 @@ def run(args: RunArgs) -> int:
 def evaluate(recipe: Recipe, args: RunArgs) -> dict:
     """Evaluates the run's last checkpoint with the recipe's target return."""
     from agents.policy import eval_policy_from_checkpoint
+    from envs.evaluation import env_factory
     from rl_ring.eval.evaluate import evaluate as run_eval
     from rl_ring.eval.evaluate import summary_lines
 
     cfg = eval_config(recipe, args)
     context = {"context_steps": recipe.eval_context_steps} if recipe.eval_context_steps else {}
-    report = run_eval(cfg, policy=lambda space: eval_policy_from_checkpoint(
-        cfg.checkpoint, action_space=space, target_return=recipe.target_return, **context))
+    report = run_eval(cfg, make_env=env_factory(cfg.env),
+                      policy=lambda space: eval_policy_from_checkpoint(
+                          cfg.checkpoint, action_space=space,
+                          target_return=recipe.target_return, **context))
     for line in summary_lines(report):
         print(line)
     return report
@@ -258,7 +264,7 @@ def plan(args: PlanArgs) -> int:
     report = plan_step(shape, optim=recipe.train.optim)
     print(report.table())
     if args.json_out:
-        from rl_ring.eval.report import write_json
+        from rl_ring.io import write_json
 
         write_json(dataclasses.asdict(report), args.json_out)
     return 0

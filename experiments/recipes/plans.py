@@ -14,7 +14,6 @@ Nothing is allocated: the numbers are XLA:CPU's buffer assignment of the partiti
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from typing import Literal
 import tyro
 
 from experiments.recipes.configs import D4RL_DATASETS, EXORL_TASKS
+from rl_ring.io import atomic_file, device_env, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 GIB = 1024**3
@@ -80,11 +80,7 @@ def run_case(case: Case, timeout: int) -> dict:
     n = 1
     for part in case.mesh.split(","):
         n *= int(part.split("=")[1])
-    env = dict(os.environ)
-    flags = [f for f in env.get("XLA_FLAGS", "").split()
-             if "xla_force_host_platform_device_count" not in f]
-    env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={n}"])
-    env["JAX_PLATFORMS"] = "cpu"
+    env = {**device_env(n), "JAX_PLATFORMS": "cpu"}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "plan.json"
         cmd = [sys.executable, "-m", *case_argv(case)]
@@ -124,13 +120,9 @@ def text(rows: list[dict]) -> str:
 
 
 def write(rows: list[dict], stem: Path) -> None:
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    for suffix, content in ((".json", json.dumps({"accelerators": ACCELERATORS, "plans": rows},
-                                                  indent=1)), (".txt", text(rows))):
-        path = stem.with_suffix(suffix)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(content)
-        tmp.replace(path)
+    write_json({"accelerators": ACCELERATORS, "plans": rows}, stem.with_suffix(".json"))
+    with atomic_file(stem.with_suffix(".txt")) as tmp:
+        tmp.write_text(text(rows))
 
 
 @dataclass(frozen=True)

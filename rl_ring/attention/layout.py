@@ -26,6 +26,24 @@ from __future__ import annotations
 import numpy as np
 
 LAYOUTS = ("contiguous", "zigzag", "striped")
+"""Every token layout; the model config, the loader and the attention dispatcher use this list."""
+
+
+def pad_multiple(num_shards: int, layout: str = "contiguous") -> int:
+    """The multiple a sequence length must be to split over ``num_shards`` devices in ``layout``.
+
+    ``num_shards`` for contiguous and striped; ``2 * num_shards`` for zigzag (two chunks per
+    device) on more than one device. On one device every layout is the identity order, so
+    any length splits: zigzag needs no even length there.
+
+    Raises:
+        ValueError: an unknown layout or a shard count below 1.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r} is not one of {LAYOUTS}")
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    return 2 * num_shards if layout == "zigzag" and num_shards > 1 else num_shards
 
 
 def check_layout(layout: str, seq_len: int, num_shards: int) -> None:
@@ -36,11 +54,7 @@ def check_layout(layout: str, seq_len: int, num_shards: int) -> None:
         seq_len: sequence length (all shards together).
         num_shards: number of devices on the sequence axis.
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout={layout!r} is not one of {LAYOUTS}")
-    if num_shards < 1:
-        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-    parts = 2 * num_shards if layout == "zigzag" and num_shards > 1 else num_shards
+    parts = pad_multiple(num_shards, layout)
     if seq_len % parts != 0:
         raise ValueError(
             f"layout={layout!r} with num_shards={num_shards} needs the sequence length to be a "

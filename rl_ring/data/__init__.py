@@ -7,11 +7,10 @@ from rl_ring.data.formats import DatasetError, detect_format, load
 from rl_ring.data.minari import read_minari, write_minari
 from rl_ring.data.normalize import Normalization
 from rl_ring.data.samplers import (
-    BCConfig,
+    BCSamplerConfig,
     ChainConfig,
-    DTConfig,
+    DTSamplerConfig,
     HistoryConfig,
-    make_sampler,
 )
 from rl_ring.data.scores import has_reference, normalized_score
 from rl_ring.data.store import EpisodeStore, returns_to_go
@@ -19,13 +18,12 @@ from rl_ring.data.tokens import TokenLayout
 
 __all__ = ["EpisodeStore", "Kind", "TokenBatch", "returns_to_go"]
 __all__ += [
-    "BCConfig",
+    "BCSamplerConfig",
     "ChainConfig",
-    "DTConfig",
+    "DTSamplerConfig",
     "HistoryConfig",
     "Normalization",
     "TokenLayout",
-    "make_sampler",
 ]
 __all__ += [
     "DatasetError",

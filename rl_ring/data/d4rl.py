@@ -23,7 +23,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from rl_ring.data.formats import (
+from rl_ring.data.checks import (
     DatasetError,
     as_flags,
     check_kind,
@@ -32,8 +32,8 @@ from rl_ring.data.formats import (
     portable_metadata,
     record_skipped,
 )
-from rl_ring.data.store import EpisodeStore, _json_default
-from rl_ring.io import atomic_output
+from rl_ring.data.store import EpisodeStore
+from rl_ring.io import atomic_output, jsonable
 
 _MANIFEST = "metadata/rl_ring"
 _STARTS = "metadata/rl_ring_episode_starts"
@@ -345,7 +345,7 @@ def write_d4rl(store: EpisodeStore, path: str | os.PathLike, *, overwrite: bool 
                 name = f"{_EP_EXTRAS}/{i}"
                 f.create_dataset(name, data=np.asarray(arr))
                 manifest["episode_extras"][name] = key
-            f[_MANIFEST] = json.dumps(manifest, default=_json_default)
+            f[_MANIFEST] = json.dumps(jsonable(manifest))
     return path
 
 

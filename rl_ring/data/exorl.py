@@ -12,8 +12,9 @@ reward and discount are placeholders: zeros, 0 and 1), rows 1..L the steps. In t
     extras["discount"] = discount[1:, 0]
 
 so the reward of row ``t`` is a function of ``next_physics[t]`` (and ``actions[t]``), which
-is what :mod:`rl_ring.data.relabel` uses to label any task of the domain. Episodes end by
-the time limit (``timeouts[-1] = True``) unless the discount drops to 0 (a termination).
+is what the relabeller passed in as ``relabel=`` (``envs.relabel``) uses to label any task of
+the domain. Episodes end by the time limit (``timeouts[-1] = True``) unless the discount
+drops to 0 (a termination).
 Unknown per-step keys are kept as extras (a row 0 that is not the placeholder - zeros, or a
 discount of 1 - goes to ``episode_extras["exorl_first/<key>"]``);
 keys named ``episode.<name>`` hold per-episode extras. The writer rebuilds the files
@@ -28,15 +29,14 @@ import json
 import logging
 import os
 import re
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from rl_ring.data.formats import (
+from rl_ring.data.checks import (
     DatasetError,
     check_finite,
     check_kind,
@@ -44,7 +44,7 @@ from rl_ring.data.formats import (
     record_skipped,
 )
 from rl_ring.data.store import EpisodeStore
-from rl_ring.io import atomic_output
+from rl_ring.io import atomic_file, atomic_output
 
 log = logging.getLogger(__name__)
 _SIDECAR = ".rl_ring.json"  # metadata our writer saves beside the episodes
@@ -89,10 +89,28 @@ def episode_files(buffer_dir: str | os.PathLike) -> list[tuple[int, int, Path]]:
     return sorted(out)
 
 
+class Relabel(Protocol):
+    """Computes a task's rewards from saved physics states (``envs.relabel.RELABELLER``)."""
+
+    version: int
+    """Part of the relabel cache key: a new version recomputes cached rewards."""
+
+    def __call__(self, task: str, next_physics: np.ndarray, actions: np.ndarray | None,
+                 episode_starts: np.ndarray, *, workers: int | None,
+                 use_actions: bool) -> np.ndarray:
+        """``[N]`` float32 rewards of ``task`` for ``next_physics [N, state_size]``."""
+        ...
+
+    def obs_size(self, task: str) -> int:
+        """Width of ``task``'s flat observation."""
+        ...
+
+
 def read_exorl(
     buffer_dir: str | os.PathLike,
     task: str | None = None,
     *,
+    relabel: Relabel | None = None,
     skip_bad: bool = False,
     workers: int | None = None,
     use_actions: bool = True,
@@ -102,11 +120,13 @@ def read_exorl(
 
     Args:
         buffer_dir: the ``buffer/`` directory (or the directory above it).
-        task: relabel rewards for this task (e.g. ``"walker_run"``); None keeps the stored
-            rewards.
+        task: relabel rewards for this task (e.g. ``"walker_run"``) with ``relabel``; None
+            keeps the stored rewards.
+        relabel: the relabeller that ``task`` needs, ``envs.relabel.RELABELLER`` (or call
+            ``envs.load_dataset(path, task=...)``, which passes it).
         skip_bad: skip unreadable / inconsistent / non-finite episode files instead of
             raising; their count goes to ``metadata["skipped"]``.
-        workers: processes for relabelling (see :func:`rl_ring.data.relabel.relabel`).
+        workers: processes for relabelling (see :func:`envs.relabel.relabel`).
         use_actions: relabel with each step's control set (the live reward); False leaves
             the control at zero like ExoRL's own relabelling.
         cache: keep relabelled rewards in ``<buffer_dir>/../.rl_ring_cache/`` (keyed by a hash
@@ -114,7 +134,13 @@ def read_exorl(
 
     Raises:
         DatasetError: a bad file (naming it and the key), unless ``skip_bad``.
+        ValueError: ``task`` without ``relabel``.
     """
+    if task is not None and relabel is None:
+        raise ValueError(
+            f"read_exorl(task={task!r}) needs the relabeller that computes {task}'s rewards: "
+            "pass relabel=envs.relabel.RELABELLER, or call envs.load_dataset(path, task=...)"
+        )
     bdir = buffer_path(buffer_dir)
     files = episode_files(bdir)
     total = sum(length for _, length, _ in files)
@@ -145,7 +171,7 @@ def read_exorl(
         store.metadata = {**meta, **store.metadata}
     record_skipped(store.metadata, bdir, skipped)
     if task is not None:
-        rewards = _relabelled(store, task, bdir, good, workers, use_actions, cache)
+        rewards = _relabelled(store, task, relabel, bdir, good, workers, use_actions, cache)
         store.rewards = rewards
         store.metadata["reward_task"] = task
         store.metadata["relabel_use_actions"] = use_actions
@@ -296,13 +322,12 @@ class _Buffers:
 
 
 # ---------------------------------------------------------------------------- relabelling
-def _relabelled(store, task, bdir: Path, files, workers, use_actions, cache) -> np.ndarray:
-    from rl_ring.data.relabel import RELABEL_VERSION, relabel
-
+def _relabelled(store, task, relabel: Relabel, bdir: Path, files, workers, use_actions,
+                cache) -> np.ndarray:
     if "next_physics" not in store.extras:
         raise DatasetError(bdir, f"relabelling to {task!r} needs the 'physics' key", "physics")
     key = {
-        "version": RELABEL_VERSION,
+        "version": relabel.version,
         "task": task,
         "use_actions": use_actions,
         "files": [(f.name, f.stat().st_size) for f in files],
@@ -318,7 +343,7 @@ def _relabelled(store, task, bdir: Path, files, workers, use_actions, cache) -> 
                 return cached
         except (OSError, ValueError):
             pass  # a broken cache is recomputed and overwritten
-    _check_domain(store, task, bdir)
+    _check_domain(store, task, relabel.obs_size(task), bdir)
     try:
         rewards = relabel(
             task, store.extras["next_physics"], store.actions if use_actions else None,
@@ -328,11 +353,8 @@ def _relabelled(store, task, bdir: Path, files, workers, use_actions, cache) -> 
         raise DatasetError(bdir, str(err), "physics") from None
     if cache:
         try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".npy.tmp")
-            with os.fdopen(fd, "wb") as fh:
+            with atomic_file(cache_file) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, rewards, allow_pickle=False)
-            os.replace(tmp, cache_file)
             store.metadata["relabel_cache"] = str(cache_file)
         except OSError as err:
             msg = f"{cache_file}: could not cache relabelled rewards ({err})"
@@ -341,15 +363,12 @@ def _relabelled(store, task, bdir: Path, files, workers, use_actions, cache) -> 
     return rewards
 
 
-def _check_domain(store: EpisodeStore, task: str, bdir: Path) -> None:
+def _check_domain(store: EpisodeStore, task: str, expected: int, bdir: Path) -> None:
     """Warns when the observations are not as wide as ``task``'s (a dataset of another domain).
 
     Walker and cheetah states have the same size, so the physics shape alone cannot tell them
     apart; their observations (24 and 17 wide) can.
     """
-    from rl_ring.data.relabel import RewardLabeller
-
-    expected = RewardLabeller(task, use_actions=False).obs_size
     if store.obs_dim != expected:
         msg = (f"{bdir}: observations are {store.obs_dim} wide but {task}'s are {expected}: "
                "is this dataset of another domain?")

@@ -17,7 +17,12 @@ Tuple, Text and image-encoded observations raise a clear error.
 
 The writer stores our extras and per-episode extras in ``infos`` and in ``rl_ring/<key>``
 episode attributes, and keeps their names and the store metadata in
-``metadata.json["rl_ring"]``; ``minari.load_dataset`` ignores both.
+``metadata.json["rl_ring"]``; ``minari.load_dataset`` ignores both. An episode that ends with
+neither flag (a D4RL file's trailing run) is written with ``truncations[-1] = True``, as
+Minari's own collector marks every episode end; ``metadata.json["rl_ring"]["truncated_ends"]``
+lists those episodes so that this reader gives the store back unchanged. A store without
+``extras["next_observations"]`` is written with its last observation repeated as the final
+one (``"final_observation": "repeated"``).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from rl_ring.data.formats import (
+from rl_ring.data.checks import (
     DatasetError,
     as_flags,
     check_finite,
@@ -39,8 +44,8 @@ from rl_ring.data.formats import (
     portable_metadata,
     record_skipped,
 )
-from rl_ring.data.store import EpisodeStore, _json_default
-from rl_ring.io import atomic_output
+from rl_ring.data.store import EpisodeStore
+from rl_ring.io import atomic_output, jsonable
 
 MINARI_VERSION = "0.5.4"  # the format version our writer produces
 _EP_ATTR = "rl_ring/"
@@ -86,6 +91,7 @@ def read_minari(dataset_dir: str | os.PathLike, *, skip_bad: bool = False) -> Ep
     names = ours.get("extras", {})
     ep_names = ours.get("episode_extras", {})
     no_final_obs = ours.get("final_observation") == "repeated"
+    marked_ends = set(ours.get("truncated_ends", []))  # flags the writer added (see above)
 
     h5_path = ddir / "main_data.hdf5"
     try:
@@ -110,6 +116,9 @@ def read_minari(dataset_dir: str | os.PathLike, *, skip_bad: bool = False) -> Ep
                 continue
             if no_final_obs:
                 ep.pop("next_observations")
+            if i in marked_ends:
+                ep["timeouts"] = ep["timeouts"].copy()
+                ep["timeouts"][-1] = False
             episodes.append({names.get(k, k): v for k, v in ep.items()})
             ep_extras.append(extra)
     if not episodes:
@@ -322,6 +331,11 @@ def write_minari(
                 ours["extras"][name] = key
     for key in store.episode_extras:
         ours["episode_extras"][_EP_ATTR + key] = key
+    last = store.episode_starts[1:] - 1
+    # Minari episodes always end terminated or truncated: an end with neither is written
+    # truncated, and listed so that read_minari restores the store's flags.
+    unflagged = ~(np.asarray(store.terminals[last]) | np.asarray(store.timeouts[last]))
+    ours["truncated_ends"] = [int(i) for i in np.flatnonzero(unflagged)]
     with atomic_output(out, directory=True, overwrite=overwrite, owned=minari_files,
                        what="a Minari dataset") as tmp:
         ddir = tmp / "data"
@@ -348,7 +362,7 @@ def write_minari(
         env_spec = store.metadata.get("minari_metadata", {}).get("env_spec")
         if isinstance(env_spec, str):
             metadata["env_spec"] = env_spec
-        (ddir / "metadata.json").write_text(json.dumps(metadata, default=_json_default))
+        (ddir / "metadata.json").write_text(json.dumps(jsonable(metadata)))
     return out
 
 
@@ -386,7 +400,10 @@ def _write_episode(f: h5py.File, store: EpisodeStore, i: int, has_next: bool) ->
     g.create_dataset("actions", data=act.astype(np.int64 if act.ndim == 1 else np.float32))
     g.create_dataset("rewards", data=np.asarray(ep["rewards"], np.float32))
     g.create_dataset("terminations", data=np.asarray(ep["terminals"], bool))
-    g.create_dataset("truncations", data=np.asarray(ep["timeouts"], bool))
+    truncations = np.array(ep["timeouts"], bool)
+    if t and not (truncations[-1] or bool(np.asarray(ep["terminals"])[-1])):
+        truncations[-1] = True  # Minari's collector never ends an episode unflagged
+    g.create_dataset("truncations", data=truncations)
     for key, arr in ep.items():
         if key in ("observations", "actions", "rewards", "terminals", "timeouts",
                    "next_observations"):

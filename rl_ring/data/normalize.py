@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from rl_ring.data.store import EpisodeStore
+from rl_ring.io import atomic_file
 
 NORM_FORMAT = "rl_ring.Normalization"
 # Features whose standard deviation is below this are left unscaled (constant features).
@@ -159,15 +159,8 @@ class Normalization:
     def save(self, path: str | os.PathLike) -> Path:
         """Writes JSON to ``path`` atomically (temporary file in the same folder, then rename)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(self.to_json())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(path) as tmp:
+            tmp.write_text(self.to_json())
         return path
 
     @classmethod

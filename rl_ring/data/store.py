@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from rl_ring.io import atomic_output
+from rl_ring.io import atomic_output, jsonable
 
 STORE_FORMAT = "rl_ring.EpisodeStore"
 STORE_VERSION = 1
@@ -228,7 +228,7 @@ class EpisodeStore:
                 "arrays": arrays,
                 "metadata": self.metadata,
             }
-            (tmp / "store.json").write_text(json.dumps(manifest, indent=1, default=_json_default))
+            (tmp / "store.json").write_text(json.dumps(jsonable(manifest), indent=1))
         return path
 
     @classmethod
@@ -290,14 +290,6 @@ def store_files(path: str | os.PathLike) -> list[str]:
     except (OSError, ValueError, AttributeError):
         return []
     return ["store.json", *(str(f) for f in arrays.values() if isinstance(f, str))]
-
-
-def _json_default(o):
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def returns_to_go(rewards: np.ndarray, discount: float = 1.0) -> np.ndarray:

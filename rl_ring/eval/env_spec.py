@@ -1,13 +1,16 @@
 """Which environment each evaluation row runs, with which task and which seeds.
 
 An :class:`EnvSpec` is a small picklable description (an id, an optional task, keyword
-arguments, an optional ``"module:callable"`` factory) so that worker processes can build
-their own environments. :func:`make_env` turns it into a Gymnasium-style environment:
+arguments, a factory) so that worker processes can build their own environments.
+:func:`make_env` turns it into a Gymnasium-style environment:
 
-- an explicit ``factory`` is imported and called with ``(task=..., seed=..., **kwargs)``;
-- an rl_ring id goes to ``envs.make(env_id, task=..., seed=..., **kwargs)``
-  (``dmc:cartpole-swingup``, ``gym:Hopper-v5``, ``darkroom``, ...);
-- an id the registry does not know is handed to ``gymnasium.make`` (``CartPole-v1``).
+- a ``factory`` passed in by the caller (``rl-ring eval`` gives the env registry's ``make``
+  bound to the id, or the user's ``--env-factory``) is called as
+  ``factory(task=..., seed=..., **kwargs)``;
+- without one, ``env_id`` must be a Gymnasium id (``CartPole-v1``) and goes to
+  ``gymnasium.make``.
+
+The evaluation never looks an environment up by name itself: what builds it is passed in.
 
 Seeds are derived, never chosen by position in a worker: row ``i`` of evaluation seed ``s``
 is built with ``env_seed(s, i)`` and its trial ``k`` starts with
@@ -19,9 +22,8 @@ spread over processes.
 
 from __future__ import annotations
 
-import importlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -48,13 +50,15 @@ class EnvSpec:
     """A picklable recipe for one evaluation environment."""
 
     env_id: str
-    """Registry id (``envs.make``) or Gymnasium id."""
+    """The env's id (reports, errors); built by ``gymnasium.make`` when there is no factory."""
     task: Any = None
-    """Task passed to ``envs.make`` (e.g. a Dark Room goal); ``None`` for single-task envs."""
+    """Task passed to the factory (e.g. a Dark Room goal); ``None`` for single-task envs."""
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for the constructor (e.g. ``render_mode``)."""
-    factory: str | None = None
-    """Optional ``"module:callable"`` used instead of the registries."""
+    factory: Callable[..., Env] | None = None
+    """Builds the env as ``factory(task=..., seed=..., **kwargs)``. Worker processes get it
+    pickled, so it must be a module-level function or class (or a ``functools.partial`` of
+    one); ``None``: ``env_id`` is a Gymnasium id."""
 
 
 def _derive(seed: int, env_index: int, trial: int, tag: int) -> int:
@@ -80,93 +84,37 @@ def policy_seed(seed: int, env_index: int) -> int:
     return _derive(seed, env_index, 0, _POLICY_TAG)
 
 
-def _registry():
-    """The project's env registry, or None while it is not importable/has no ``make``."""
-    try:
-        mod = importlib.import_module("envs")
-    except ImportError:
-        return None
-    return mod if hasattr(mod, "make") else None
-
-
-def _unknown_id_error() -> type[BaseException]:
-    reg = _registry()
-    err = getattr(reg, "UnknownEnvError", None) if reg is not None else None
-    return err if isinstance(err, type) else _NeverRaised
-
-
-class _NeverRaised(Exception):
-    """Stands in for the registry's unknown-id error while there is no registry."""
-
-
 def headless_gl_default() -> None:
     """Uses EGL for MuJoCo rendering when there is no display, unless MUJOCO_GL is set.
 
     Must run before dm_control is imported (it picks its GL backend on import); without it a
     headless machine prints GLFW display warnings and cannot render videos.
     """
-    if "DISPLAY" not in os.environ:
-        os.environ.setdefault("MUJOCO_GL", "egl")
+    if "DISPLAY" in os.environ or "MUJOCO_GL" in os.environ:
+        return
+    import ctypes.util
 
-
-def import_callable(path: str):
-    """Imports ``"package.module:name"``; errors name the path."""
-    module, sep, name = path.partition(":")
-    if not sep or not module or not name:
-        raise ValueError(f"factory {path!r}: expected 'module:callable'")
-    try:
-        obj = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"factory {path!r}: cannot import ({err})") from None
-    return obj
+    # EGL renders offscreen where its library exists; elsewhere rendering is switched off
+    # (physics, collection and relabelling need none; a video then fails with its reason).
+    os.environ["MUJOCO_GL"] = "egl" if ctypes.util.find_library("EGL") else "disable"
 
 
 def make_env(spec: EnvSpec, seed: int) -> Env:
     """Builds the environment described by ``spec`` (see module docstring for the order)."""
     if spec.factory is not None:
-        return import_callable(spec.factory)(task=spec.task, seed=seed, **spec.kwargs)
-    reg = _registry()
-    if reg is not None:
-        try:
-            return reg.make(spec.env_id, task=spec.task, seed=seed, **spec.kwargs)
-        except _unknown_id_error() as err:
-            registry_error = str(err)
-    else:
-        registry_error = "the rl_ring env registry (envs.make) is not available"
+        return spec.factory(task=spec.task, seed=seed, **spec.kwargs)
     import gymnasium
 
     if spec.env_id not in gymnasium.registry:
         raise ValueError(
-            f"env {spec.env_id!r}: not in the rl_ring registry ({registry_error}) "
-            "nor in gymnasium.registry"
+            f"env {spec.env_id!r}: not in gymnasium.registry, and no factory builds it "
+            "(EnvSpec(factory=...); rl-ring eval passes the env registry's, or --env-factory)"
         )
     if spec.task is not None:
         raise ValueError(f"env {spec.env_id!r}: a Gymnasium env takes no task, got {spec.task!r}")
     env = gymnasium.make(spec.env_id, **spec.kwargs)
     env.action_space.seed(seed)
     return env
-
-
-def env_tasks(env_id: str, split: str | None) -> list[Any]:
-    """Tasks to evaluate on: ``envs.task_split(env_id, split)``, or ``[None]`` if single-task.
-
-    Args:
-        env_id: the environment id.
-        split: ``"train"``, ``"test"`` or ``None`` (no task: single-task environments).
-    """
-    if split is None:
-        return [None]
-    if split not in ("train", "test"):
-        raise ValueError(f"task split must be 'train', 'test' or None, got {split!r}")
-    reg = _registry()
-    task_split = getattr(reg, "task_split", None) if reg is not None else None
-    if task_split is None:
-        return [None]
-    try:
-        tasks = list(task_split(env_id, split))
-    except ValueError:  # single-task env (or unknown id, which make_env reports clearly)
-        return [None]
-    return tasks or [None]
 
 
 def assign_tasks(tasks: Sequence[Any], seed_index: int, num_envs: int) -> list[Any]:

@@ -1,4 +1,8 @@
-"""``evaluate(cfg)``: seeds x rows x trials of in-context evaluation, written to a report.
+"""``evaluate(cfg, ...)``: seeds x rows x trials of in-context evaluation, written to a report.
+
+What evaluation does not know is passed in: the env factory (``make_env``), the tasks the
+rows cycle through (``tasks``) and the policy; ``rl-ring eval`` (:mod:`rl_ring.cli.eval`)
+wires the env registry, its scripted controllers and trained checkpoints.
 
 For each seed the same backend (in-process or worker processes) is rebuilt with that seed's
 environments, and :func:`rl_ring.eval.rollout.run_seed` plays every row's trials. The
@@ -11,28 +15,20 @@ half way (an exception, Ctrl-C), the seeds already finished are still written, w
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from rl_ring.eval.env_spec import EnvSpec, assign_tasks, env_tasks
-from rl_ring.eval.policies import policy_factory
-from rl_ring.eval.policy import Policy
-from rl_ring.eval.report import (
-    build_report,
-    plot_report,
-    publish,
-    validate_report,
-    write_json,
-)
+from rl_ring.eval.env_spec import Env, EnvSpec, assign_tasks
+from rl_ring.eval.policy import Policy, RandomPolicy
+from rl_ring.eval.report import build_report, plot_report, validate_report
 from rl_ring.eval.rollout import SeedResult, run_seed
 from rl_ring.eval.workers import Workers, make_workers
-from rl_ring.io import check_output_dir
+from rl_ring.io import atomic_file, check_output_dir, write_json
+from rl_ring.plugins import load_plugin
 
 
 @dataclass(frozen=True)
@@ -40,7 +36,7 @@ class EvalConfig:
     """Options of ``rl-ring eval``."""
 
     env: str
-    """Environment id (rl_ring registry, or Gymnasium such as CartPole-v1)."""
+    """Environment id (the env registry's, or Gymnasium's such as CartPole-v1)."""
     out: str
     """Output directory for report.json, returns.png and episode.gif."""
     checkpoint: str | None = None
@@ -80,14 +76,26 @@ class EvalConfig:
     """X axis label of the plot ('in-context episode' for AD)."""
     progress: bool = True
     """Show a progress bar with env steps/s."""
+    sample: bool = False
+    """With --checkpoint: sample discrete actions from the model (default: the checkpoint's
+    evaluation setting, e.g. AD samples, AT/DT/BC take the argmax)."""
+    greedy: bool = False
+    """With --checkpoint: take the argmax action (default: the checkpoint's setting)."""
+    slide_steps: int | None = None
+    """With --checkpoint: steps that slide out of a full context at once (default: the
+    checkpoint's: one episode for AD, 1 for the others; 0 = one episode)."""
+    context_steps: int | None = None
+    """With --checkpoint: steps of context per row (default: the checkpoint's, else the
+    context the model was trained on)."""
     overwrite: bool = False
     """Allow --out to hold files already: replace only report.json, returns.png and
     episode.gif, keep every other file. Without it a non-empty --out is refused."""
 
 
-def _specs(cfg: EvalConfig, tasks: list[Any], seed_index: int) -> list[EnvSpec]:
+def _specs(cfg: EvalConfig, factory: Callable[..., Env] | None, tasks: list[Any],
+           seed_index: int) -> list[EnvSpec]:
     row_tasks = assign_tasks(tasks, seed_index, cfg.envs)
-    specs = [EnvSpec(cfg.env, task=t, factory=cfg.env_factory) for t in row_tasks]
+    specs = [EnvSpec(cfg.env, task=t, factory=factory) for t in row_tasks]
     if cfg.video and seed_index == 0:
         kwargs = _render_kwargs(cfg.env) if cfg.env_factory is None else {}
         specs[0] = dataclasses.replace(specs[0], kwargs=kwargs)
@@ -103,6 +111,8 @@ def _render_kwargs(env_id: str) -> dict[str, Any]:
 def evaluate(
     cfg: EvalConfig,
     *,
+    make_env: Callable[..., Env] | None = None,
+    tasks: Sequence[Any] | None = None,
     policy: Policy | Callable[[Any], Policy] | None = None,
     workers: Workers | None = None,
 ) -> dict[str, Any]:
@@ -110,21 +120,46 @@ def evaluate(
 
     Args:
         cfg: the options.
-        policy: a policy or ``(action_space) -> Policy`` to use instead of
-            ``cfg.policy`` / ``cfg.checkpoint`` (tests, notebooks).
+        make_env: builds one row's env as ``make_env(task=..., seed=..., **kwargs)``;
+            picklable for ``mode="subprocess"`` (see :class:`EnvSpec`). ``None``: the
+            ``cfg.env_factory`` plugin if set, else ``cfg.env`` is a Gymnasium id.
+        tasks: the tasks rows cycle through (:func:`assign_tasks`), e.g. the held-out tasks
+            of ``cfg.task_split``; ``None`` means one task-less env. Required with
+            ``make_env`` unless ``cfg.task_split == "none"``: a multi-task env built without
+            a task would draw one at random, silently not the split asked for.
+        policy: a policy or ``(action_space) -> Policy``; ``None`` is the random policy, the
+            only one evaluation builds itself (``cfg.policy == "random"``, no checkpoint).
         workers: a backend to use instead of building one from ``cfg.mode`` (not closed here).
 
     Returns:
         The report (also in ``cfg.out/report.json``).
+
+    Raises:
+        ValueError: bad counts, an occupied ``cfg.out``, a policy or tasks that ``cfg``
+            needs but that were not passed in (the message names the argument).
     """
     for name in ("trials", "envs", "seeds"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.sample and cfg.greedy:
+        raise ValueError("--sample and --greedy: give at most one")
+    decoding = [n for n in ("sample", "greedy", "slide_steps", "context_steps")
+                if getattr(cfg, n) not in (False, None)]
+    if decoding and cfg.checkpoint is None:
+        raise ValueError(f"--{decoding[0].replace('_', '-')} applies to a trained agent: "
+                         "give --checkpoint")
     check_output_dir(cfg.out, overwrite=cfg.overwrite, what="an evaluation report")
+    factory = _factory(cfg, make_env)
     if policy is None:
-        policy = policy_factory(cfg.policy, cfg.checkpoint, env_id=cfg.env,
-                                noise=cfg.policy_noise)
-    tasks = env_tasks(cfg.env, None if cfg.task_split == "none" else cfg.task_split)
+        policy = _default_policy(cfg)
+    if tasks is None:
+        if make_env is not None and cfg.task_split != "none":
+            raise ValueError(
+                f"evaluate: task_split={cfg.task_split!r} needs tasks= (the env's task ids of "
+                "that split; [None] for a single-task env), or task_split='none'"
+            )
+        tasks = [None]
+    tasks = list(tasks) or [None]
     own_workers = workers is None
     if workers is None:
         workers = make_workers(cfg.envs, cfg.mode, num_workers=cfg.workers or None)
@@ -138,7 +173,7 @@ def evaluate(
     try:
         for s in range(cfg.seeds):
             res = run_seed(
-                workers, policy, _specs(cfg, tasks, s), seed=cfg.first_seed + s,
+                workers, policy, _specs(cfg, factory, tasks, s), seed=cfg.first_seed + s,
                 trials=cfg.trials, max_steps=cfg.max_steps or None,
                 record_row=0 if cfg.video and s == 0 else None, record_trial=cfg.video_trial,
                 on_steps=bar.step if bar is not None else None,
@@ -155,6 +190,25 @@ def evaluate(
         if results:
             report = _write(cfg, results, complete, out_dir, frames, video_error)
     return report
+
+
+def _factory(cfg: EvalConfig, make_env: Callable[..., Env] | None) -> Callable[..., Env] | None:
+    if cfg.env_factory is None:
+        return make_env
+    if make_env is not None:
+        raise ValueError(f"evaluate: --env-factory {cfg.env_factory} and make_env= both given; "
+                         "pass one")
+    return load_plugin(cfg.env_factory, option="--env-factory")
+
+
+def _default_policy(cfg: EvalConfig) -> Callable[[Any], Policy]:
+    if cfg.checkpoint is not None:
+        raise ValueError(f"evaluate: --checkpoint {cfg.checkpoint} needs policy= (the trained "
+                         "agent as a Policy; rl-ring eval builds it from the checkpoint)")
+    if cfg.policy != "random":
+        raise ValueError(f"evaluate: --policy {cfg.policy!r} needs policy= (rl-ring eval builds "
+                         "the scripted policies); evaluation itself builds only 'random'")
+    return RandomPolicy
 
 
 def _write(cfg, results, complete, out_dir, frames, video_error) -> dict[str, Any]:
@@ -187,15 +241,8 @@ def write_video(frames: list[np.ndarray], path: Path, *, max_frames: int = 300,
 
     idx = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), max_frames)).astype(int))
     stack = np.stack([np.asarray(frames[i], dtype=np.uint8) for i in idx])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".gif", dir=path.parent)
-    os.close(fd)
-    try:
-        iio.imwrite(tmp, stack, duration=1000 / fps, loop=0)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        iio.imwrite(tmp, stack, extension=".gif", duration=1000 / fps, loop=0)
     return path
 
 

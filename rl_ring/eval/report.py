@@ -20,10 +20,8 @@ The JSON schema (``format: "rl_ring.EvalReport"``, ``version: 1``) is documented
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from rl_ring.eval.rollout import OK, SeedResult
+from rl_ring.io import save_figure
 
 REPORT_FORMAT = "rl_ring.EvalReport"
 REPORT_VERSION = 1
@@ -324,30 +323,6 @@ def validate_report(report: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------- files
-def write_json(report: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Writes ``report`` to ``path`` atomically (temporary file in the same dir, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(report, f, indent=1, allow_nan=False)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Renames a finished temporary file into place with the usual permissions (mkstemp
-    creates files readable by their owner only)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)
-    os.replace(tmp, path)
-
-
 def plot_report(report: dict[str, Any], path: str | os.PathLike, *,
                 x_label: str = "trial") -> Path:
     """PNG of mean return (and normalised score) against trial, +-std over seeds, with
@@ -382,13 +357,10 @@ def plot_report(report: dict[str, Any], path: str | os.PathLike, *,
         ax.grid(alpha=0.3)
     fig.suptitle(f"{report['config'].get('env_id', '')} - {report['config'].get('policy', '')}")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    publish(tmp, path)
-    return path
+    try:
+        return save_figure(fig, path, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def _fmt(stat: dict[str, float | None]) -> str:

@@ -25,6 +25,7 @@ import numpy as np
 from rl_ring.eval.env_spec import EnvSpec, env_seed, episode_seed, policy_seed
 from rl_ring.eval.policy import Policy
 from rl_ring.eval.workers import StepResult, Workers
+from rl_ring.io import jsonable
 
 OK, FAILED, NOT_RUN = "ok", "failed", "not_run"
 
@@ -59,7 +60,7 @@ class EpisodeRecord:
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["return"] = out.pop("episode_return")
-        out["task"] = _jsonable(self.task)
+        out["task"] = jsonable(self.task)
         return out
 
 
@@ -83,20 +84,6 @@ class SeedResult:
     """Rendered frames of the recorded episode (``record_row``), if any."""
     video_error: str | None = None
     """Why recording stopped, if rendering failed (the evaluation itself goes on)."""
-
-
-def _jsonable(x: Any) -> Any:
-    if x is None or isinstance(x, str | bool | int | float):
-        return x
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    return repr(x)
 
 
 def run_seed(

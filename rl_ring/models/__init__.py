@@ -4,7 +4,7 @@ KV-cached decoding."""
 from rl_ring.models.config import ModelConfig, default_token_features
 from rl_ring.models.decode import Decoder, KVCache, decode, init_cache, prefill
 from rl_ring.models.losses import action_loss
-from rl_ring.models.partition import param_shardings, param_specs, shard_model
+from rl_ring.models.placement import param_specs, shard_model
 from rl_ring.models.transformer import TrajectoryTransformer, check_tokens
 
 __all__ = [
@@ -17,7 +17,6 @@ __all__ = [
     "decode",
     "default_token_features",
     "init_cache",
-    "param_shardings",
     "param_specs",
     "prefill",
     "shard_model",

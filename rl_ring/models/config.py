@@ -14,10 +14,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rl_ring.attention import IMPLS
+from rl_ring.attention import IMPLS, LAYOUTS
 from rl_ring.data.batch import Kind
 
-LAYOUTS = ("contiguous", "zigzag", "striped")
 NORMS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("gelu", "relu", "silu")
 DTYPES = ("float32", "bfloat16", "float16")

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rl_ring.data.batch import NUM_KINDS, Kind
+from rl_ring.models import placement as pl
 from rl_ring.models.config import ModelConfig
 
 
@@ -23,7 +24,7 @@ class TokenEmbedding(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         pdt = jnp.dtype(cfg.param_dtype)
-        init = nnx.initializers.normal(cfg.init_std)
+        init = pl.logical_init(nnx.initializers.normal(cfg.init_std), pl.VOCAB, pl.IO_EMBED)
         self.inputs = nnx.Dict(
             {
                 name.lower(): nnx.Linear(
@@ -31,7 +32,10 @@ class TokenEmbedding(nnx.Module):
                     cfg.width,
                     dtype=cfg.compute_dtype,
                     param_dtype=pdt,
-                    kernel_init=nnx.initializers.lecun_normal(),
+                    kernel_init=pl.logical_init(
+                        nnx.initializers.lecun_normal(), pl.FEATURES, pl.IO_EMBED
+                    ),
+                    bias_init=pl.logical_init(nnx.initializers.zeros, pl.IO_EMBED),
                     rngs=rngs,
                 )
                 for name, width in cfg.kind_features.items()

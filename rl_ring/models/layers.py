@@ -19,6 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from rl_ring import sharding
 from rl_ring.attention import attention
+from rl_ring.models import placement as pl
 from rl_ring.models.config import ModelConfig
 
 _ACTIVATIONS = {"gelu": jax.nn.gelu, "relu": jax.nn.relu, "silu": jax.nn.silu}
@@ -111,19 +112,37 @@ def blockwise_apply(fn, x_btd: jax.Array, *, chunk: int, mesh=None) -> jax.Array
 
 
 def make_norm(cfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
-    kw = dict(dtype=cfg.compute_dtype, param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+    kw = dict(
+        dtype=cfg.compute_dtype,
+        param_dtype=jnp.dtype(cfg.param_dtype),
+        scale_init=pl.logical_init(nnx.initializers.ones, pl.NORM),
+        rngs=rngs,
+    )
     if cfg.norm == "rmsnorm":
         return nnx.RMSNorm(cfg.width, epsilon=1e-6, **kw)
-    return nnx.LayerNorm(cfg.width, epsilon=1e-5, **kw)
+    return nnx.LayerNorm(
+        cfg.width, epsilon=1e-5, bias_init=pl.logical_init(nnx.initializers.zeros, pl.NORM), **kw
+    )
 
 
-def linear(cfg: ModelConfig, d_in: int, d_out: int, *, std: float, rngs: nnx.Rngs) -> nnx.Linear:
+def linear(
+    cfg: ModelConfig,
+    d_in: int,
+    d_out: int,
+    *,
+    std: float,
+    axes: tuple[str, str],
+    bias_axis: str,
+    rngs: nnx.Rngs,
+) -> nnx.Linear:
+    """A linear map whose kernel has the logical ``axes`` and whose bias has ``bias_axis``."""
     return nnx.Linear(
         d_in,
         d_out,
         dtype=cfg.compute_dtype,
         param_dtype=jnp.dtype(cfg.param_dtype),
-        kernel_init=nnx.initializers.normal(std),
+        kernel_init=pl.logical_init(nnx.initializers.normal(std), *axes),
+        bias_init=pl.logical_init(nnx.initializers.zeros, bias_axis),
         rngs=rngs,
     )
 
@@ -153,10 +172,12 @@ class FeedForward(nnx.Module):
         pdt = jnp.dtype(cfg.param_dtype)
         init = nnx.initializers.normal(cfg.init_std)
         out_init = nnx.initializers.normal(cfg.init_std / (2 * cfg.depth) ** 0.5)
-        self.w_in = nnx.Param(init(rngs.params(), (cfg.width, cfg.ffn_dim), pdt))
-        self.b_in = nnx.Param(jnp.zeros((cfg.ffn_dim,), pdt))
-        self.w_out = nnx.Param(out_init(rngs.params(), (cfg.ffn_dim, cfg.width), pdt))
-        self.b_out = nnx.Param(jnp.zeros((cfg.width,), pdt))
+        self.w_in = pl.param(init(rngs.params(), (cfg.width, cfg.ffn_dim), pdt), pl.EMBED, pl.MLP)
+        self.b_in = pl.param(jnp.zeros((cfg.ffn_dim,), pdt), pl.MLP)
+        self.w_out = pl.param(
+            out_init(rngs.params(), (cfg.ffn_dim, cfg.width), pdt), pl.MLP, pl.EMBED
+        )
+        self.b_out = pl.param(jnp.zeros((cfg.width,), pdt), pl.RESIDUAL)
 
     def token_fn(self):
         """The per-token function ``x -> w_out(act(w_in x))`` over plain arrays."""
@@ -190,10 +211,14 @@ class Attention(nnx.Module):
         self.cfg = cfg
         hd = cfg.head_dim
         out_std = cfg.init_std / (2 * cfg.depth) ** 0.5
-        self.wq = linear(cfg, cfg.width, cfg.num_heads * hd, std=cfg.init_std, rngs=rngs)
-        self.wk = linear(cfg, cfg.width, cfg.kv_heads * hd, std=cfg.init_std, rngs=rngs)
-        self.wv = linear(cfg, cfg.width, cfg.kv_heads * hd, std=cfg.init_std, rngs=rngs)
-        self.wo = linear(cfg, cfg.num_heads * hd, cfg.width, std=out_std, rngs=rngs)
+        qkv = dict(std=cfg.init_std, axes=(pl.EMBED, pl.HEADS), bias_axis=pl.HEADS, rngs=rngs)
+        self.wq = linear(cfg, cfg.width, cfg.num_heads * hd, **qkv)
+        self.wk = linear(cfg, cfg.width, cfg.kv_heads * hd, **qkv)
+        self.wv = linear(cfg, cfg.width, cfg.kv_heads * hd, **qkv)
+        self.wo = linear(
+            cfg, cfg.num_heads * hd, cfg.width, std=out_std, axes=(pl.HEADS, pl.EMBED),
+            bias_axis=pl.RESIDUAL, rngs=rngs,
+        )
 
     def project(
         self, x_btd: jax.Array, positions_bt: jax.Array

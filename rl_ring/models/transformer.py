@@ -12,6 +12,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rl_ring import sharding
+from rl_ring.attention.layout import pad_multiple
+from rl_ring.models import placement as pl
 from rl_ring.models.config import ModelConfig
 from rl_ring.models.embed import TokenEmbedding
 from rl_ring.models.layers import Block, LayerContext, constrain, dropout, linear, make_norm
@@ -27,13 +29,16 @@ class TrajectoryTransformer(nnx.Module):
         self.embed = TokenEmbedding(cfg, rngs=rngs)
 
         @nnx.split_rngs(splits=cfg.depth)
-        @nnx.vmap(in_axes=(0,), out_axes=0)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: pl.LAYERS})
         def make_blocks(rngs: nnx.Rngs) -> Block:
             return Block(cfg, rngs=rngs)
 
         self.blocks = make_blocks(rngs)
         self.final_norm = make_norm(cfg, rngs=rngs)
-        self.head = linear(cfg, cfg.width, cfg.out_dim, std=cfg.init_std, rngs=rngs)
+        self.head = linear(
+            cfg, cfg.width, cfg.out_dim, std=cfg.init_std, axes=(pl.IO_EMBED, pl.ACTION),
+            bias_axis=pl.ACTION, rngs=rngs,
+        )
 
     def __call__(
         self,
@@ -104,27 +109,6 @@ class TrajectoryTransformer(nnx.Module):
         )
         return self.final_norm(x)
 
-    # ------------------------------------------------------------------ KV-cached decoding
-    def init_cache(self, batch: int, capacity: int, *, mesh=None):
-        """An empty KV cache (see :func:`rl_ring.models.decode.init_cache`)."""
-        from rl_ring.models.decode import init_cache
-
-        return init_cache(self, batch, capacity, mesh=mesh)
-
-    def decode(self, tokens: dict[str, jax.Array], cache, num_new, *, mesh=None, options=None):
-        """New tokens against the cache: ``(pred [B, m, out_dim], cache)`` (see
-        :func:`rl_ring.models.decode.decode`)."""
-        from rl_ring.models.decode import decode
-
-        return decode(self, tokens, cache, num_new, mesh=mesh, options=options)
-
-    def prefill(self, tokens: dict[str, jax.Array], cache, rows, *, mesh=None):
-        """Refills cache rows from whole contexts: ``(pred [B, T, out_dim], cache)`` (see
-        :func:`rl_ring.models.decode.prefill`)."""
-        from rl_ring.models.decode import prefill
-
-        return prefill(self, tokens, cache, rows, mesh=mesh)
-
     def predict(self, h_btd: jax.Array) -> jax.Array:
         """Action head over hidden states: ``[B, T, width] -> [B, T, out_dim]`` float32."""
         cfg = self.cfg
@@ -169,7 +153,7 @@ def check_tokens(tokens: dict, cfg: ModelConfig, mesh) -> None:
         )
     b, t = shape
     seq = sharding.axis_size(mesh, sharding.SEQ)
-    blocks = 2 * seq if cfg.attn_layout == "zigzag" else seq
+    blocks = pad_multiple(seq, cfg.attn_layout)
     if t % blocks:
         raise ValueError(
             f"sequence length {t} is not divisible by {blocks} (the mesh's {sharding.SEQ} axis "

@@ -15,16 +15,29 @@ a temporary directory that is ignored (and cleaned up by the next manager).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import jax
+import optax
 import orbax.checkpoint as ocp
 
-from rl_ring.train.state import TrainState
+from rl_ring.train.state import TrainState, init_fn
 
 CKPT_SUBDIR = "checkpoints"
+
+
+class _QuietReadOnly(logging.Filter):
+    """Drops orbax's "Given directory is read only" warning: rl_ring opens checkpoints read
+    only on purpose (evaluation, plans), once per load, and the warning said nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Given directory is read only")
+
+
+logging.getLogger("absl").addFilter(_QuietReadOnly())
 
 
 def _to_tree(state: TrainState) -> dict[str, Any]:
@@ -168,3 +181,36 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def checkpoint_meta(workdir: str | os.PathLike, step: int | None = None) -> dict[str, Any]:
+    """The JSON saved with a checkpoint (config, recipe meta, sampler state), latest by default."""
+    ckpt = Checkpointer(workdir, read_only=True)
+    try:
+        meta, _ = ckpt.read_meta(step)
+    finally:
+        ckpt.close()
+    return meta
+
+
+def restore_model(workdir: str | os.PathLike, make_model, step: int | None = None):
+    """The model ``make_model(rngs)`` builds, with checkpoint ``step``'s variables, on one
+    device (the optimiser state is never read).
+
+    Returns:
+        ``(model, step)``.
+
+    Raises:
+        FileNotFoundError: no checkpoint (for ``step``) in ``workdir``.
+    """
+    init, parts = init_fn(make_model, optax.identity(), 0)
+    abstract = jax.eval_shape(init)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                          {"params": abstract.params, "rest": abstract.rest})
+    ckpt = Checkpointer(workdir, read_only=True)
+    try:
+        model_vars, step = ckpt.restore_model(target, step)
+    finally:
+        ckpt.close()
+    return parts["parts"].merge(model_vars["params"], model_vars["rest"]), step

@@ -92,6 +92,45 @@ class TrainConfig(Generic[A]):
         return dataclasses.replace(self, **changes)
 
 
+ATTENTION_CHOICES = ("auto", "reference", "blockwise", "ring")
+
+
+def run_model_config(cfg: TrainConfig, model: Any) -> Any:
+    """The agent's ``ModelConfig`` with the run's attention, layout and compute dtype applied.
+
+    ``attention="auto"`` uses ring attention when the mesh's seq axis has more than one
+    device and the model's own choice otherwise; ``layout`` overrides the token layout when
+    given.
+
+    Raises:
+        ValueError: an unknown attention choice.
+    """
+    if cfg.attention not in ATTENTION_CHOICES:
+        raise ValueError(f"TrainConfig.attention={cfg.attention!r}: expected one of "
+                         f"{ATTENTION_CHOICES}")
+    changes: dict[str, Any] = {}
+    if cfg.attention == "auto":
+        if _seq_devices(cfg) > 1:
+            changes["attn_impl"] = "ring"
+    else:
+        changes["attn_impl"] = cfg.attention
+    if cfg.layout:
+        changes["attn_layout"] = cfg.layout
+    if cfg.compute_dtype != "float32":
+        changes["dtype"] = cfg.compute_dtype
+    return model.replace(**changes) if changes else model
+
+
+def _seq_devices(cfg: TrainConfig) -> int:
+    from rl_ring import sharding
+
+    if cfg.mesh:
+        return sharding.parse_mesh_spec(cfg.mesh).seq
+    import jax
+
+    return cfg.devices or len(jax.devices())
+
+
 # Options whose change between a checkpoint and a resumed run would silently mix two runs.
 RESUME_MUST_MATCH = ("agent", "agent_config", "batch_size", "seed", "compute_dtype", "optim")
 

@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from rl_ring import sharding
+from rl_ring.attention import layout as layout_lib
 from rl_ring.data.batch import TOKEN_FIELDS, TokenBatch
 
 # Dtypes of the per-token fields on device (the sampler's numpy dtypes may be wider).
@@ -34,7 +35,6 @@ FIELD_DTYPES = {
     "target_ids": np.int32,
     "loss_mask": np.float32,
 }
-LAYOUTS = ("contiguous", "zigzag", "striped")
 
 
 @dataclass(frozen=True)
@@ -56,16 +56,10 @@ def batch_divisor(mesh: Mesh) -> int:
     return int(np.prod([sharding.axis_size(mesh, a) for a in sharding.BATCH_AXES]))
 
 
-def pad_multiple(mesh: Mesh, layout: str, extra: int = 1) -> int:
-    """Sequence-length multiple a batch needs on ``mesh`` with ``layout``.
-
-    Zigzag cuts the sequence into two chunks per seq device, so it needs twice the multiple.
-    ``extra`` is any further factor (e.g. an attention chunk size that must divide a block).
-    """
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
-    n = sharding.axis_size(mesh, sharding.SEQ)
-    return n * (2 if layout == "zigzag" and n > 1 else 1) * extra
+def pad_multiple(mesh: Mesh, layout: str) -> int:
+    """Sequence-length multiple a batch needs on ``mesh``'s seq axis with ``layout``
+    (``rl_ring.attention.layout.pad_multiple``)."""
+    return layout_lib.pad_multiple(sharding.axis_size(mesh, sharding.SEQ), layout)
 
 
 def host_share(mesh: Mesh, global_batch: int) -> HostShare:
@@ -150,8 +144,6 @@ class MeshLoader:
         """Applies the attention layout's token permutation to every per-token field."""
         if self.layout == "contiguous" or self.seq_shards == 1:
             return batch
-        from rl_ring.attention import layout as layout_lib
-
         return batch.map_tokens(
             lambda x: np.asarray(layout_lib.permute(x, self.seq_shards, self.layout, axis=1))
         )

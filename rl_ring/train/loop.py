@@ -6,8 +6,9 @@ builds the recipe for an agent and a dataset and calls it.
 
 from __future__ import annotations
 
-import json
-import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from rl_ring import sharding
-from rl_ring.io import OutputExistsError
+from rl_ring.io import OutputExistsError, write_json
 from rl_ring.train.checkpoint import CKPT_SUBDIR, Checkpointer
 from rl_ring.train.config import RESUME_MUST_MATCH, TrainConfig, config_diff, to_dict
 from rl_ring.train.loader import MeshLoader, pad_multiple
@@ -42,6 +43,50 @@ class NonFiniteError(FloatingPointError):
         self.step = step
         self.metric = metric
         self.last_checkpoint = last_checkpoint
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM stopped the run after a step; a checkpoint of that step was saved.
+
+    Attributes:
+        step: the step the run stopped at (its checkpoint's step; 0 or the resumed step when
+            no step had finished, and then nothing new was saved).
+        signal: the signal's number.
+        saved: whether a checkpoint of ``step`` is in ``directory``.
+        directory: the checkpoint directory.
+    """
+
+    def __init__(self, message: str, *, step: int, signum: int, saved: bool, directory: Path):
+        super().__init__(message)
+        self.step, self.signal, self.saved, self.directory = step, signum, saved, directory
+
+
+class _StopSignals:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps; a second signal
+    stops at once (KeyboardInterrupt). Only in the main thread (signals are delivered
+    there); elsewhere a no-op."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+        print(f"\nrl_ring: {signal.Signals(signum).name} received: finishing the current "
+              "step and saving a checkpoint (send it again to stop at once)", file=sys.stderr,
+              flush=True)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
 
 
 @dataclass
@@ -104,11 +149,7 @@ def _all_finite(tree) -> jax.Array:
 
 
 def _write_config(workdir: Path, cfg_dict: dict[str, Any], meta: dict[str, Any]) -> None:
-    # Written to a temporary name and renamed: a reader never sees half a file.
-    path = workdir / CONFIG_FILE
-    tmp = workdir / f".{CONFIG_FILE}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps({"config": cfg_dict, **meta}, indent=1, default=str))
-    tmp.replace(path)
+    write_json({"config": cfg_dict, **meta}, workdir / CONFIG_FILE)
 
 
 def check_workdir(workdir: Path, *, resume: bool, overwrite: bool) -> None:
@@ -186,6 +227,9 @@ def run(recipe: Recipe, cfg: TrainConfig, *, eval_fn: EvalFn | None = None) -> T
         state, meta, start = ckpt.restore(abstract_state, start)
         sampler.load_state_dict(meta["sampler"])
         wall_offset = float(meta.get("wall_time", 0.0))
+        if lead:
+            print(f"rl_ring: resuming from step {start} of {cfg.steps} ({ckpt.directory})",
+                  file=sys.stderr, flush=True)
     else:
         start = 0
         state, _, _ = build_state(recipe.make_model, tx, cfg.seed, mesh, recipe.param_specs)
@@ -207,8 +251,9 @@ def run(recipe: Recipe, cfg: TrainConfig, *, eval_fn: EvalFn | None = None) -> T
         loader.shardings(example),
         mesh,
     )
-    tokens_per_step = cfg.batch_size * example.shape[1]
-    writer = MetricsWriter(workdir, tensorboard=cfg.tensorboard, enabled=lead)
+    tokens_per_batch = cfg.batch_size * example.shape[1]
+    # Rows past the restored step were written by the run that was stopped: dropped.
+    writer = MetricsWriter(workdir, tensorboard=cfg.tensorboard, enabled=lead, resume_step=start)
     progress = Progress(cfg.steps, start, enabled=cfg.progress and lead)
     losses: list[float] = []
     history: list[dict[str, Any]] = []
@@ -236,7 +281,7 @@ def run(recipe: Recipe, cfg: TrainConfig, *, eval_fn: EvalFn | None = None) -> T
         fetched = jax.device_get([m for _, m in pending])
         fetched = [{k: float(v) for k, v in m.items()} for m in fetched]
         now = time.perf_counter()
-        tok_s = tokens_per_step * len(pending) / max(now - clock["mark"], 1e-9)
+        tok_s = tokens_per_batch * len(pending) / max(now - clock["mark"], 1e-9)
         for (s, _), m in zip(pending, fetched, strict=True):
             bad = _first_non_finite(m)
             if bad is not None:
@@ -250,14 +295,43 @@ def run(recipe: Recipe, cfg: TrainConfig, *, eval_fn: EvalFn | None = None) -> T
         pending.clear()
         clock["mark"] = now
 
+    saved = {"step": start}
+
+    def save(step: int, sampler_state: dict[str, Any]) -> None:
+        if not bool(_all_finite(state.params)):
+            stop(step, "params", float("nan"))
+        meta = {**recipe_meta, "step": step, "config": cfg_dict,
+                "sampler": sampler_state, "wall_time": wall()}
+        ckpt.save(step, state, meta)
+        saved["step"] = step
+
+    def interrupted(step: int, signum: int) -> TrainingInterrupted:
+        name = signal.Signals(signum).name
+        if step == start:
+            return TrainingInterrupted(
+                f"{name}: stopped before step {start + 1} finished; nothing new to save "
+                f"in {workdir}", step=step, signum=signum, saved=False, directory=ckpt.directory)
+        return TrainingInterrupted(
+            f"{name}: stopped after step {step} of {cfg.steps}; saved a checkpoint of step "
+            f"{step} in {ckpt.directory}. Resume with the same command (same --workdir)",
+            step=step, signum=signum, saved=True, directory=ckpt.directory)
+
     step = start
+    sampler_state: dict[str, Any] = {}
+    signals = _StopSignals()
     try:
+        signals.__enter__()
         batch_np = sampler.next_batch()
         while step < cfg.steps:
+            if signals.received is not None:
+                if step > start and saved["step"] != step:
+                    flush(step)
+                    save(step, sampler_state)  # the state right after this step's batch
+                raise interrupted(step, signals.received)
             save_now = (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps
             eval_now = cfg.eval_every > 0 and (step + 1) % cfg.eval_every == 0
             # The sampler state to save is the one right after drawing this step's batch.
-            sampler_state = sampler.state_dict() if save_now else None
+            sampler_state = sampler.state_dict()
             state, metrics = step_fn(state, loader.place(batch_np))
             step += 1
             pending.append((step, metrics))
@@ -270,17 +344,14 @@ def run(recipe: Recipe, cfg: TrainConfig, *, eval_fn: EvalFn | None = None) -> T
             if step % cfg.log_every == 0 or save_now or eval_now:
                 flush(step)
             if save_now:
-                if not bool(_all_finite(state.params)):
-                    stop(step, "params", float("nan"))
-                meta = {**recipe_meta, "step": step, "config": cfg_dict,
-                        "sampler": sampler_state, "wall_time": wall()}
-                ckpt.save(step, state, meta)
+                save(step, sampler_state)
             if eval_now and eval_fn is not None:
                 results = eval_fn(parts.merge(state.params, state.rest), step)
                 writer.write(step, results, prefix="eval/")
                 history.append({"step": step, **{f"eval/{k}": v for k, v in results.items()}})
         flush(step)
     finally:
+        signals.__exit__()
         # Also on a crash or interrupt: pending saves finish (or stay invisible), files close.
         ckpt.close()
         writer.close()
@@ -296,5 +367,5 @@ def run(recipe: Recipe, cfg: TrainConfig, *, eval_fn: EvalFn | None = None) -> T
         losses=np.asarray(losses, np.float64),
         history=history,
         compile_s=history[0]["wall_time"] - wall_offset if history else 0.0,
-        tokens_per_s=tokens_per_step * steady_steps / steady_s if steady_s > 0 else 0.0,
+        tokens_per_s=tokens_per_batch * steady_steps / steady_s if steady_s > 0 else 0.0,
     )

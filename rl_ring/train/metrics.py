@@ -9,22 +9,15 @@ continue the count), plus the agent's own metrics; evaluation results are lines 
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from rl_ring.io import atomic_file, jsonable
+
 METRICS_FILE = "metrics.jsonl"
-
-
-def _jsonable(v: Any) -> Any:
-    if hasattr(v, "item"):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)  # JSON has no NaN/inf; keep them readable rather than invalid
-    return v
 
 
 class MetricsWriter:
@@ -37,7 +30,8 @@ class MetricsWriter:
     """
 
     def __init__(
-        self, workdir: str | os.PathLike, *, tensorboard: bool = True, enabled: bool = True
+        self, workdir: str | os.PathLike, *, tensorboard: bool = True, enabled: bool = True,
+        resume_step: int | None = None,
     ):
         self.enabled = enabled
         self.path = Path(workdir) / METRICS_FILE
@@ -45,18 +39,22 @@ class MetricsWriter:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:
+            truncate_metrics(self.path, resume_step)
         self._file = open(self.path, "a", buffering=1)  # noqa: SIM115 (closed in close())
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(Path(workdir) / "tb"))
+            # purge_step hides the stopped run's events from resume_step + 1 on.
+            purge = None if not resume_step else resume_step + 1
+            self._tb = SummaryWriter(str(Path(workdir) / "tb"), purge_step=purge)
 
     def write(self, step: int, metrics: dict[str, Any], *, prefix: str = "") -> None:
         """Writes one line (and one TensorBoard scalar per numeric metric)."""
         if not self.enabled:
             return
         row = {"step": int(step)}
-        row.update({f"{prefix}{k}": _jsonable(v) for k, v in metrics.items()})
+        row.update({f"{prefix}{k}": jsonable(v) for k, v in metrics.items()})
         self._file.write(json.dumps(row) + "\n")
         if self._tb is not None:
             for k, v in row.items():
@@ -74,6 +72,30 @@ class MetricsWriter:
             self._file.close()
             if self._tb is not None:
                 self._tb.close()
+
+
+def truncate_metrics(path: str | os.PathLike, step: int) -> int:
+    """Drops the rows of ``metrics.jsonl`` past ``step`` (a resumed run writes them again),
+    atomically; returns how many were dropped. A torn last line is dropped too."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    keep, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            row_step = int(json.loads(line)["step"]) if line.strip() else None
+        except (ValueError, KeyError, TypeError):
+            row_step = step + 1  # a line cut by the kill
+        if row_step is None:
+            continue
+        if row_step <= step:
+            keep.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        with atomic_file(path) as tmp:
+            tmp.write_text("".join(f"{line}\n" for line in keep))
+    return dropped
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:

@@ -1,11 +1,12 @@
-"""``rl-ring plan``: compile a training step without running it and report per-device memory.
+"""Compile a training step without running it and report per-device memory (``rl-ring plan``).
+
+A :class:`StepShape` says what one training step computes (model, batch, sequence, mesh,
+compute dtype); the named ones are in ``agents.presets``, the command in ``rl_ring.cli.plan``.
 
 The step is lowered on abstract inputs (``jax.ShapeDtypeStruct`` carrying shardings), so no
 parameter, optimiser state or batch is ever allocated; the compiled executable's
 ``memory_analysis()`` gives the per-device sizes. Meshes larger than the machine are
-simulated with fake CPU devices: the device count must be fixed before JAX starts its
-backend, so when JAX is already running with too few devices the command re-runs itself in
-a fresh process.
+simulated with fake CPU devices (:func:`ensure_cpu_devices`, before JAX starts its backend).
 
 Numbers are XLA:CPU's buffer assignment for the SPMD-partitioned step: the arguments and
 outputs are exact per-device sizes; the temporary size (activations kept for the backward
@@ -15,42 +16,56 @@ pass and workspace) is the CPU compiler's and can differ from a GPU/TPU compiler
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import subprocess
-import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Any
+from dataclasses import dataclass, field
+from typing import Any
 
-import tyro
-
-PLAN_ENV = "RL_RING_PLAN_CHILD"
+from rl_ring.models import ModelConfig
+from rl_ring.train.optim import OptimConfig
 
 
 @dataclass(frozen=True)
-class PlanArgs:
-    """Compile one training step for a configuration and print its per-device memory."""
+class StepShape:
+    """One training step's shape: model, batch, sequence, mesh."""
 
-    config: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="CONFIG")]
-    """A preset name (paper-at-exorl, d4rl-dt, tiny-at, bench-4x128) or a run's workdir."""
-    mesh: str | None = None
-    """Mesh spec, e.g. 'seq=64' or 'fsdp=4,seq=64' (default: the preset's)."""
-    seq_len: int | None = None
-    """Tokens per sequence (default: the preset's)."""
-    batch_size: int | None = None
-    """Global batch in sequences (default: the preset's)."""
-    compute_dtype: str | None = None
-    """float32 or bfloat16 (default: the preset's)."""
-    impl: str | None = None
-    """Attention implementation: reference, blockwise or ring (default: the preset's)."""
-    layout: str | None = None
-    """Attention layout: contiguous, zigzag or striped (default: the preset's)."""
-    remat: str | None = None
-    """Rematerialisation policy (default: the preset's)."""
-    json_out: str | None = None
-    """Also write the report as JSON to this path."""
+    name: str
+    """Preset name."""
+    agent: str
+    """Agent whose token layout the sequence follows."""
+    model: ModelConfig
+    """The trajectory transformer."""
+    batch_size: int
+    """Global batch in sequences."""
+    steps_per_sequence: int
+    """Environment steps in one sequence (all trajectories of a chain together)."""
+    tokens_per_step: int
+    """Tokens per environment step in the agent's layout."""
+    mesh: str
+    """Default mesh spec."""
+    compute_dtype: str = "float32"
+    """Forward/backward compute dtype (parameters stay float32)."""
+    description: str = ""
+    """Where the numbers come from."""
+    agent_options: tuple[tuple[str, Any], ...] = ()
+    """Options of the agent's Config besides the model (e.g. chain length)."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser settings of a training run from this preset."""
+    steps: int = 1000
+    """Training steps of a run from this preset."""
+    target_dim: int | None = None
+    """Width of ``TokenBatch.target`` (default: the model's action size)."""
+
+    @property
+    def seq_len(self) -> int:
+        return self.steps_per_sequence * self.tokens_per_step
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of ``TokenBatch.values``: the widest token kind the model embeds."""
+        return max(self.model.kind_features.values())
+
+    def replace(self, **changes) -> StepShape:
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass
@@ -121,7 +136,7 @@ def plan_step(shape, mesh_spec: str | None = None, *, optim=None, loss_fn=None) 
     """Compiles ``shape``'s training step on ``mesh_spec`` and measures it.
 
     Args:
-        shape: a :class:`~rl_ring.train.presets.StepShape`.
+        shape: a :class:`StepShape`.
         mesh_spec: mesh spec (default ``shape.mesh``); uses the first devices of the process.
         optim: :class:`~rl_ring.train.optim.OptimConfig` (default AdamW settings).
         loss_fn: ``loss_fn(model, tokens, *, mesh, rngs)`` (default: the model's action loss).
@@ -135,7 +150,7 @@ def plan_step(shape, mesh_spec: str | None = None, *, optim=None, loss_fn=None) 
     from rl_ring import sharding
     from rl_ring.models import TrajectoryTransformer
     from rl_ring.train.loader import MeshLoader
-    from rl_ring.train.optim import OptimConfig, make_optimizer
+    from rl_ring.train.optim import make_optimizer
     from rl_ring.train.recipe import model_loss, rule_specs
     from rl_ring.train.state import build_state, tree_bytes
     from rl_ring.train.step import jit_step, make_step_fn
@@ -190,43 +205,6 @@ def plan_step(shape, mesh_spec: str | None = None, *, optim=None, loss_fn=None) 
     )
 
 
-def resolve_shape(args: PlanArgs):
-    """The StepShape that ``args`` describe (preset or workdir, with overrides)."""
-    from rl_ring.train.presets import SHAPES, get_shape
-
-    if args.config in SHAPES:
-        shape = get_shape(args.config)
-    elif Path(args.config).is_dir():
-        from rl_ring.train.api import shape_from_workdir
-
-        shape = shape_from_workdir(args.config)
-    else:
-        raise ValueError(
-            f"plan: {args.config!r} is neither a preset ({sorted(SHAPES)}) nor a run's workdir"
-        )
-    model_changes = {k: v for k, v in (("attn_impl", args.impl), ("attn_layout", args.layout),
-                                       ("remat", args.remat)) if v is not None}
-    if args.compute_dtype is not None:
-        model_changes["dtype"] = args.compute_dtype
-    changes: dict[str, Any] = {}
-    if model_changes:
-        changes["model"] = shape.model.replace(**model_changes)
-    if args.compute_dtype is not None:
-        changes["compute_dtype"] = args.compute_dtype
-    if args.batch_size is not None:
-        changes["batch_size"] = args.batch_size
-    if args.seq_len is not None:
-        if args.seq_len % shape.tokens_per_step:
-            raise ValueError(
-                f"--seq-len {args.seq_len} is not a multiple of the {shape.tokens_per_step} "
-                f"tokens per step of preset {shape.name!r}"
-            )
-        changes["steps_per_sequence"] = args.seq_len // shape.tokens_per_step
-    if args.mesh is not None:
-        changes["mesh"] = args.mesh
-    return shape.replace(**changes)
-
-
 def ensure_cpu_devices(n: int) -> bool:
     """Makes this process see at least ``n`` CPU devices, if JAX has not started yet.
 
@@ -243,50 +221,3 @@ def ensure_cpu_devices(n: int) -> bool:
     except RuntimeError:
         # The backend already started: usable if it already has the devices.
         return jax.default_backend() == "cpu" and len(jax.devices()) >= n
-
-
-def _rerun(argv: list[str], n: int) -> int:
-    env = dict(os.environ)
-    flags = [f for f in env.get("XLA_FLAGS", "").split()
-             if "xla_force_host_platform_device_count" not in f]
-    env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={n}"])
-    env["JAX_PLATFORMS"] = "cpu"
-    env[PLAN_ENV] = "1"
-    cmd = [sys.executable, "-m", "rl_ring.train.plan", *argv]
-    return subprocess.run(cmd, env=env, check=False).returncode
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``rl-ring plan CONFIG [--mesh ...]``: prints the per-device memory of a training step."""
-    from rl_ring import sharding
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = tyro.cli(PlanArgs, args=argv, prog="rl-ring plan")
-    try:
-        shape = resolve_shape(args)
-        n = sharding.parse_mesh_spec(shape.mesh).size
-    except ValueError as err:
-        print(f"rl-ring plan: {err}", file=sys.stderr)
-        return 2
-    if not ensure_cpu_devices(n):
-        if os.environ.get(PLAN_ENV):
-            print(f"rl-ring plan: could not get {n} CPU devices", file=sys.stderr)
-            return 1
-        return _rerun(argv, n)
-    try:
-        report = plan_step(shape)
-    except ValueError as err:
-        print(f"rl-ring plan: {err}", file=sys.stderr)
-        return 2
-    print(report.table())
-    if args.json_out:
-        path = Path(args.json_out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(dataclasses.asdict(report), indent=1))
-        tmp.replace(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,8 @@
 """What the generic training loop needs from an agent: a model, a loss and a sampler.
 
 The loop knows nothing of agents. :class:`Recipe` bundles a model factory, a loss function,
-a sampler factory and the JSON facts that a checkpoint must carry for evaluation;
-:func:`agent_recipe` builds one for a registered agent (``agents.get(name)``) and a dataset.
+a sampler factory and the JSON facts that a checkpoint must carry for evaluation; the
+caller (``agents.run.recipe`` for an agent) builds it and passes it in.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any, Protocol
 from flax import nnx
 from jax.sharding import Mesh
 
-from rl_ring import sharding
 from rl_ring.data.batch import TokenBatch
+from rl_ring.models import placement
 from rl_ring.train.state import ParamSpecsFn, PyTree, replicate_all
 from rl_ring.train.step import LossFn
 
@@ -47,7 +47,8 @@ class Recipe:
         loss_fn: ``loss_fn(model, tokens, *, mesh, rngs) -> (loss, metrics)``.
         make_sampler: builds this process's sampler (see :data:`SamplerFactory`).
         layout: attention token layout; the loader permutes batches to match.
-        param_specs: ``(abstract params, mesh) -> PartitionSpec tree`` (default: replicate).
+        param_specs: ``(abstract parameter State, mesh) -> PartitionSpec tree`` (default:
+            replicate; :func:`rule_specs` for the trajectory transformer).
         meta: JSON saved in every checkpoint (agent name and config, model spec,
             normalisation statistics) so evaluation can rebuild the model.
     """
@@ -60,9 +61,10 @@ class Recipe:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def rule_specs(params: PyTree, mesh: Mesh) -> PyTree:
-    """PartitionSpecs of a pure parameter dict from ``rl_ring.sharding.MODEL_RULES``."""
-    return sharding.match_partition_rules(sharding.MODEL_RULES, params, mesh=mesh)
+def rule_specs(params: nnx.State, mesh: Mesh) -> PyTree:
+    """PartitionSpecs of a model's parameters by the logical axes its layers declare and the
+    rule table beside the model (``rl_ring.models.placement.RULES``)."""
+    return placement.param_specs(params, mesh)
 
 
 def model_loss(model, tokens, *, mesh=None, rngs=None):

@@ -22,7 +22,12 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 PyTree = Any
-ParamSpecsFn = Callable[[PyTree, Mesh], PyTree]
+ParamSpecsFn = Callable[[nnx.State, Mesh], PyTree]
+"""``(abstract parameter State, mesh) -> PartitionSpecs`` shaped like the pure parameter dict.
+
+The State holds the model's ``nnx.Param`` variables (shapes, dtypes and metadata such as the
+logical axes their layers declare), so placement rules can read what the layers say.
+"""
 
 
 @jax.tree_util.register_dataclass
@@ -102,9 +107,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def replicate_all(params: PyTree, mesh: Mesh) -> PyTree:
+def replicate_all(params: nnx.State, mesh: Mesh) -> PyTree:
     """A ``param_specs`` function that replicates every parameter."""
-    return jax.tree.map(lambda _: PartitionSpec(), params)
+    return jax.tree.map(lambda _: PartitionSpec(), nnx.to_pure_dict(params))
 
 
 def state_shardings(
@@ -176,7 +181,7 @@ def build_state(
     """
     init, parts = init_fn(make_model, tx, seed)
     abstract_state = jax.eval_shape(init)
-    specs = param_specs_fn(abstract_state.params, mesh)
+    specs = param_specs_fn(parts["parts"].params_template, mesh)
     shardings = state_shardings(abstract_state, specs, tx, mesh)
     if not materialize:
         state = jax.tree.map(

@@ -27,6 +27,7 @@ import numpy as np
 from rl_ring.data.batch import TokenBatch, pad_to_multiple
 from rl_ring.data.store import EpisodeStore, returns_to_go
 from rl_ring.data.tokens import TokenLayout
+from rl_ring.io import jsonable
 
 STATE_FORMAT = "rl_ring.SamplerState"
 
@@ -200,7 +201,7 @@ class Sampler:
             "format": STATE_FORMAT,
             "sampler": self.name,
             "step": int(self.step if step is None else step),
-            "config": _jsonable(dataclasses.asdict(self.config)),
+            "config": jsonable(dataclasses.asdict(self.config)),
             "store": {"num_episodes": self.store.num_episodes, "num_steps": self.store.num_steps},
         }
 
@@ -385,11 +386,3 @@ class Prefetcher:
         self.close()
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.generic):
-        return x.item()
-    return x

@@ -48,11 +48,9 @@ from rl_ring.data.tokens import at_layout
 
 
 @dataclass(frozen=True)
-class ChainConfig:
-    """Options of the chain-of-hindsight (AT) sampler."""
+class ChainOptions:
+    """What a chain of hindsight is made of (the AT agent's sampling options)."""
 
-    batch_size: int = 8
-    """Rows (chains) of the global batch."""
     num_trajectories: int = 4
     """Trajectories per chain (n)."""
     max_steps: int | None = None
@@ -71,6 +69,14 @@ class ChainConfig:
     """Per-episode extra grouping episodes into tasks (absent: one task)."""
     task_weighting: str = "episodes"
     """Choose a chain's task in proportion to its "episodes" or "uniform"ly."""
+
+
+@dataclass(frozen=True)
+class ChainConfig(ChainOptions):
+    """Options of the chain-of-hindsight (AT) sampler: the chains', then the stream's."""
+
+    batch_size: int = 8
+    """Rows (chains) of the global batch."""
     pad_multiple: int = 1
     """Row length is padded to a multiple of this (sequence-mesh size x chunking)."""
     seed: int = 0

@@ -35,11 +35,9 @@ from rl_ring.data.tokens import ad_layout
 
 
 @dataclass(frozen=True)
-class HistoryConfig:
-    """Options of the learning-history (AD) sampler."""
+class HistoryOptions:
+    """What a learning-history window is made of (the AD agent's sampling options)."""
 
-    batch_size: int = 8
-    """Rows (windows) of the global batch."""
     window_steps: int = 1000
     """Steps (= tokens) per window, across episode boundaries."""
     align: str = "step"
@@ -50,6 +48,14 @@ class HistoryConfig:
     """Per-episode extra naming the learning history an episode belongs to."""
     order_key: str = "episode_in_history"
     """Per-episode extra ordering the episodes within their history."""
+
+
+@dataclass(frozen=True)
+class HistoryConfig(HistoryOptions):
+    """Options of the learning-history (AD) sampler: the windows', then the stream's."""
+
+    batch_size: int = 8
+    """Rows (windows) of the global batch."""
     pad_multiple: int = 1
     """Row length is padded to a multiple of this (sequence-mesh size x chunking)."""
     seed: int = 0

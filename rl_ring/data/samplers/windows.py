@@ -39,15 +39,32 @@ from rl_ring.data.tokens import TokenLayout, bc_layout, dt_layout
 
 
 @dataclass(frozen=True)
-class DTConfig:
-    """Options of the Decision Transformer window sampler."""
+class WindowOptions:
+    """What a Decision Transformer window is made of (the DT agent's sampling options)."""
 
-    batch_size: int = 64
-    """Rows of the global batch."""
     context_steps: int = 20
     """Steps per window (K)."""
     pack: int = 1
     """Windows per row, each its own segment."""
+
+
+@dataclass(frozen=True)
+class TopWindowOptions(WindowOptions):
+    """What a filtered-BC window is made of (the BC agent's sampling options); a
+    ``context_steps`` of 1 gives plain per-state behaviour cloning."""
+
+    top_percent: float = 10.0
+    """Keep the episodes whose return is in the top x percent (by count of episodes)."""
+    state_only: bool = False
+    """STATE tokens only (no ACTION inputs)."""
+
+
+@dataclass(frozen=True)
+class DTSamplerConfig(WindowOptions):
+    """Options of the Decision Transformer window sampler: the windows', then the stream's."""
+
+    batch_size: int = 64
+    """Rows of the global batch."""
     pad_multiple: int = 1
     """Row length is padded to a multiple of this (sequence-mesh size x chunking)."""
     seed: int = 0
@@ -55,19 +72,12 @@ class DTConfig:
 
 
 @dataclass(frozen=True)
-class BCConfig:
-    """Options of the filtered behaviour-cloning (BC-x%) window sampler."""
+class BCSamplerConfig(TopWindowOptions):
+    """Options of the filtered behaviour-cloning (BC-x%) window sampler: the windows', then
+    the stream's."""
 
     batch_size: int = 64
     """Rows of the global batch."""
-    top_percent: float = 10.0
-    """Keep the episodes whose return is in the top x percent (by count of episodes)."""
-    context_steps: int = 20
-    """Steps per window (K); 1 gives plain per-state behaviour cloning."""
-    state_only: bool = False
-    """STATE tokens only (no ACTION inputs)."""
-    pack: int = 1
-    """Windows per row, each its own segment."""
     pad_multiple: int = 1
     """Row length is padded to a multiple of this (sequence-mesh size x chunking)."""
     seed: int = 0
@@ -99,7 +109,7 @@ class WindowSampler(Sampler):
     def __init__(
         self,
         store: EpisodeStore,
-        config: DTConfig | BCConfig,
+        config: DTSamplerConfig | BCSamplerConfig,
         layout: TokenLayout,
         episodes: np.ndarray,
         *,
@@ -167,13 +177,13 @@ class DTSampler(WindowSampler):
     def __init__(
         self,
         store: EpisodeStore,
-        config: DTConfig | None = None,
+        config: DTSamplerConfig | None = None,
         *,
         norm: Normalization | None = None,
         host_id: int = 0,
         num_hosts: int = 1,
     ) -> None:
-        config = config or DTConfig()
+        config = config or DTSamplerConfig()
         norm = norm or Normalization.from_store(store)
         layout = dt_layout(store.obs_dim, store.act_dim, store.discrete_actions, norm)
         super().__init__(
@@ -194,13 +204,13 @@ class BCSampler(WindowSampler):
     def __init__(
         self,
         store: EpisodeStore,
-        config: BCConfig | None = None,
+        config: BCSamplerConfig | None = None,
         *,
         norm: Normalization | None = None,
         host_id: int = 0,
         num_hosts: int = 1,
     ) -> None:
-        config = config or BCConfig()
+        config = config or BCSamplerConfig()
         norm = norm or Normalization.from_store(store)
         layout = bc_layout(
             store.obs_dim, store.act_dim, store.discrete_actions, norm, state_only=config.state_only

@@ -10,6 +10,9 @@ and calls the task's own ``get_reward``, so the result is what dm_control return
 ExoRL's own relabelling leaves the control at zero; ``use_actions=False`` reproduces that
 (it changes the reward only for tasks with a control cost).
 
+:func:`load_dataset` (``envs.load_dataset``) is ``rl_ring.data.load`` with this relabeller
+wired in; ``rl_ring.data`` itself never imports it (it takes ``relabel=`` instead).
+
 Work is split by episodes over a pool of processes (``workers``); each process builds its
 environment once. Task names follow ExoRL: ``<domain>_<task>``, e.g. ``walker_run``,
 ``cartpole_swingup_sparse``, ``point_mass_maze_reach_top_left``, ``jaco_reach_top_left``.
@@ -24,6 +27,9 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
+from envs.registry import CUSTOM_DMC, load_dmc
+from rl_ring.data import EpisodeStore, load
+
 RELABEL_VERSION = 1
 SUITE_TASKS: dict[str, tuple[str, ...]] = {
     "walker": ("stand", "walk", "run"),
@@ -34,18 +40,15 @@ SUITE_TASKS: dict[str, tuple[str, ...]] = {
     "point_mass": ("easy", "hard"),
     "pendulum": ("swingup",),
 }
-_CUSTOM_DOMAINS = ("point_mass_maze", "jaco")
+_CUSTOM_DOMAINS = tuple(CUSTOM_DMC)  # point_mass_maze, jaco
 # Below this many states a pool costs more (process start, imports) than it saves.
 _MIN_STATES_FOR_POOL = 20_000
 
 
 def task_names() -> tuple[str, ...]:
     """Every task the relabeller knows, as ExoRL-style ``<domain>_<task>`` names."""
-    from envs import jaco, point_mass_maze
-
     names = [f"{d}_{t}" for d, tasks in SUITE_TASKS.items() for t in tasks]
-    names += [f"point_mass_maze_{t}" for t in point_mass_maze.TASKS]
-    names += [f"jaco_{t}" for t in jaco.TASKS]
+    names += [f"{d}_{t}" for d in _CUSTOM_DOMAINS for t in CUSTOM_DMC[d][1]]
     return tuple(names)
 
 
@@ -60,27 +63,17 @@ def parse_task(name: str) -> tuple[str, str]:
     raise KeyError(f"relabel: unknown task {name!r}; known tasks: {list(task_names())}")
 
 
-def make_env(name: str, seed: int | None = 0, **environment_kwargs):
-    """The dm_control environment of task ``name`` (suite, point-mass maze or Jaco)."""
+def make_env(name: str, seed: int | None = 0):
+    """The dm_control environment of task ``name``, built by the env registry
+    (:func:`envs.registry.load_dmc`); ``cheetah_run_backward``, an ExoRL task that the
+    dm_control suite lacks, is built here."""
     domain, task = parse_task(name)
-    if domain == "point_mass_maze":
-        from envs import point_mass_maze
-
-        return point_mass_maze.make(task, seed=seed, environment_kwargs=environment_kwargs)
-    if domain == "jaco":
-        from envs import jaco
-
-        return jaco.make(task, seed=seed)
     if (domain, task) == ("cheetah", "run_backward"):
-        return _cheetah_run_backward(seed, environment_kwargs)
-    from dm_control import suite
-
-    return suite.load(
-        domain, task, task_kwargs={"random": seed}, environment_kwargs=environment_kwargs
-    )
+        return _cheetah_run_backward(seed)
+    return load_dmc(domain, task, seed=seed)
 
 
-def _cheetah_run_backward(seed, environment_kwargs):
+def _cheetah_run_backward(seed):
     """Suite cheetah paid for running backwards: ``tolerance(-speed, (10, inf), margin=10)``."""
     from dm_control.rl import control
     from dm_control.suite import cheetah
@@ -96,7 +89,6 @@ def _cheetah_run_backward(seed, environment_kwargs):
     physics = cheetah.Physics.from_xml_string(*cheetah.get_model_and_assets())
     return control.Environment(
         physics, CheetahBackward(random=seed), time_limit=cheetah._DEFAULT_TIME_LIMIT,
-        **environment_kwargs,
     )
 
 
@@ -255,8 +247,6 @@ def _chunk_bounds(starts: np.ndarray, chunk_states: int) -> list[tuple[int, int]
 
 def relabel_store(store, task: str, **options):
     """A copy of ``store`` whose rewards are ``task``'s, from ``extras["next_physics"]``."""
-    from rl_ring.data.store import EpisodeStore
-
     if "next_physics" not in store.extras:
         raise ValueError(
             f"relabel_store: the store has no extras['next_physics'] (extras: "
@@ -271,6 +261,32 @@ def relabel_store(store, task: str, **options):
         store.observations, store.actions, rewards, store.terminals, store.timeouts,
         store.episode_starts, dict(store.extras), dict(store.episode_extras), meta,
     )
+
+
+class Relabeller:
+    """What :func:`rl_ring.data.read_exorl` calls to relabel (``relabel=RELABELLER``): the
+    rewards (:func:`relabel`), a version for its cache key, a task's observation width."""
+
+    version = RELABEL_VERSION
+
+    def __call__(self, task: str, next_physics: np.ndarray, actions: np.ndarray | None = None,
+                 episode_starts: np.ndarray | None = None, **options) -> np.ndarray:
+        return relabel(task, next_physics, actions, episode_starts, **options)
+
+    def obs_size(self, task: str) -> int:
+        """Width of ``task``'s flat observation (tells a dataset of another domain)."""
+        return RewardLabeller(task, use_actions=False).obs_size
+
+
+RELABELLER = Relabeller()
+
+
+def load_dataset(path, *, task: str | None = None, **options) -> EpisodeStore:
+    """:func:`rl_ring.data.load` with this package's reward relabeller wired in: ``task=``
+    relabels an ExoRL buffer's rewards for any task of its domain (e.g. ``"walker_run"``)."""
+    if task is not None:
+        options.update(task=task, relabel=RELABELLER)
+    return load(path, **options)
 
 
 # ---------------------------------------------------------------------------- benchmark

@@ -1,9 +1,10 @@
 """Data-path benchmark: sampler throughput, relabelling throughput, memory of a mapped store.
 
-Writes ``results/data.json`` and ``results/data.png``::
+Writes ``results/data.json`` and ``results/data.png`` (existing ones are replaced only with
+``--overwrite``)::
 
-    python -m experiments.bench_data            # full run (a few minutes on 2 cores)
-    python -m experiments.bench_data --quick    # under a minute
+    rl-ring bench data            # full run (a few minutes on 2 cores)
+    rl-ring bench data --quick    # under a minute (or: python -m experiments.bench.data --quick)
 
 Measured:
 
@@ -13,13 +14,13 @@ Measured:
   and Dark Room (obs 2, 5 actions, 20-step episodes), saved and read back memory-mapped;
   plainly (``next_batch``) and through the background prefetch thread;
 - reward-relabelling throughput (states/s on one core) with the data engineer's
-  ``rl_ring.data.relabel.benchmark_relabel`` when it is importable;
+  ``envs.relabel.benchmark_relabel`` when it is importable;
 - resident memory of a memory-mapped store while a sampler draws from it, against the same
   store loaded into RAM, each in a fresh process;
 - for AD windows, the share of tokens in a leading partial episode with ``align="step"``
   and ``align="episode"`` (a data-level measure of what alignment changes);
 - the ratio of sampler tokens/s to what a training step consumes, read from
-  ``results/train.json`` when it exists (written by ``experiments/bench_train.py``).
+  ``results/train.json`` when it exists (written by ``rl-ring bench train``).
 """
 
 from __future__ import annotations
@@ -38,18 +39,22 @@ from typing import Any
 
 import numpy as np
 
+from experiments.bench import common
 from rl_ring.data.normalize import Normalization
 from rl_ring.data.samplers import (
-    BCConfig,
+    BCSampler,
+    BCSamplerConfig,
     ChainConfig,
-    DTConfig,
+    ChainSampler,
+    DTSampler,
+    DTSamplerConfig,
     HistoryConfig,
+    HistorySampler,
     Sampler,
-    make_sampler,
 )
 from rl_ring.data.store import EpisodeStore
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = common.ROOT  # relative outputs and results/train.json are under it
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,8 @@ class BenchDataConfig:
     """Steps of the store used for the memory measurement."""
     seed: int = 0
     """Seed of the synthetic stores."""
+    overwrite: bool = False
+    """Replace existing output files."""
 
 
 # ---------------------------------------------------------------------- synthetic stores
@@ -181,17 +188,19 @@ def sampler_rows(cfg: BenchDataConfig, tmp: Path) -> list[dict[str, Any]]:
     dark = darkroom_like_store(hist, eps_per_hist, seed=cfg.seed).save(tmp / "darkroom")
     walker, dark = EpisodeStore.load(walker), EpisodeStore.load(dark)  # memory-mapped
     cases = [
-        ("AT default", walker, ChainConfig()),
-        ("AT paper (32 x 1000 steps)", walker, ChainConfig(batch_size=1, num_trajectories=32)),
-        ("AD default", dark, HistoryConfig()),
-        ("AD 1000 episodes", dark, HistoryConfig(batch_size=1, window_steps=20_000)),
-        ("DT default", walker, DTConfig()),
-        ("DT packed 64 x 20 steps", walker, DTConfig(batch_size=8, pack=64)),
-        ("BC-10% default", walker, BCConfig()),
+        ("AT default", walker, ChainSampler, ChainConfig()),
+        ("AT paper (32 x 1000 steps)", walker, ChainSampler,
+         ChainConfig(batch_size=1, num_trajectories=32)),
+        ("AD default", dark, HistorySampler, HistoryConfig()),
+        ("AD 1000 episodes", dark, HistorySampler,
+         HistoryConfig(batch_size=1, window_steps=20_000)),
+        ("DT default", walker, DTSampler, DTSamplerConfig()),
+        ("DT packed 64 x 20 steps", walker, DTSampler, DTSamplerConfig(batch_size=8, pack=64)),
+        ("BC-10% default", walker, BCSampler, BCSamplerConfig()),
     ]
     rows = []
-    for name, store, scfg in cases:
-        sampler = make_sampler(store, scfg)
+    for name, store, sampler_cls, scfg in cases:
+        sampler = sampler_cls(store, scfg)
         res = time_sampler(sampler, cfg.seconds / (3 if cfg.quick else 1))
         rows.append(
             {
@@ -226,7 +235,7 @@ def ad_alignment_rows(cfg: BenchDataConfig) -> list[dict[str, Any]]:
     rows = []
     for window in (100, 1000):
         for align in ("step", "episode"):
-            sampler = make_sampler(store, HistoryConfig(window_steps=window, align=align))
+            sampler = HistorySampler(store, HistoryConfig(window_steps=window, align=align))
             flag_col = sampler.layout.obs_dim + sampler.layout.act_dim + 1
             lead = []
             for step in range(10 if cfg.quick else 50):
@@ -252,9 +261,9 @@ def ad_alignment_rows(cfg: BenchDataConfig) -> list[dict[str, Any]]:
 def relabel_row(cfg: BenchDataConfig) -> dict[str, Any]:
     os.environ.setdefault("MUJOCO_GL", "disable")  # physics only, no rendering
     try:
-        from rl_ring.data.relabel import benchmark_relabel
+        from envs.relabel import benchmark_relabel
     except ImportError as err:
-        return {"skipped": f"rl_ring.data.relabel.benchmark_relabel not importable ({err})"}
+        return {"skipped": f"envs.relabel.benchmark_relabel not importable ({err})"}
     states = 300 if cfg.quick else cfg.relabel_states
     res = benchmark_relabel("walker_run", num_states=states, workers=1, seed=cfg.seed)
     print(f"relabel walker_run: {res['states_per_s']:.0f} states/s on one core", flush=True)
@@ -264,7 +273,7 @@ def relabel_row(cfg: BenchDataConfig) -> dict[str, Any]:
 _MEMORY_CHILD = r"""
 import json, sys
 from rl_ring.data.normalize import Normalization
-from rl_ring.data.samplers import ChainConfig, make_sampler
+from rl_ring.data.samplers import ChainConfig, ChainSampler
 from rl_ring.data.store import EpisodeStore
 
 def rss():
@@ -284,7 +293,7 @@ if norm_from == "store":
 else:
     norm = Normalization.load(norm_from)  # as saved with a checkpoint
 r["norm_ready"] = rss()
-sampler = make_sampler(store, ChainConfig(batch_size=4, num_trajectories=4), norm=norm)
+sampler = ChainSampler(store, ChainConfig(batch_size=4, num_trajectories=4), norm=norm)
 r["sampler_built"] = rss()
 for _ in range(batches):
     b = sampler.next_batch()
@@ -377,11 +386,7 @@ def _find_tokens_per_s(obj: Any, prefix: str = "") -> list[tuple[str, float]]:
 
 
 def plot(result: dict[str, Any], png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = common.pyplot()
     rows = result["samplers"]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [2, 1]})
     names = [r["name"] for r in rows]
@@ -417,23 +422,20 @@ def plot(result: dict[str, Any], png: Path) -> None:
     ax2.set_title(f"{mem['store_steps']:,}-step store")
     ax2.legend(fontsize=7)
     fig.tight_layout()
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, png)
+    common.save_png(fig, png)
 
 
 def run(cfg: BenchDataConfig) -> dict[str, Any]:
-    out = Path(cfg.out)
-    if not out.is_absolute():
-        out = ROOT / out
+    out = common.resolve_out(cfg.out, ROOT)
+    common.check_outputs([out, out.with_suffix(".png")], overwrite=cfg.overwrite,
+                         what="the data benchmark")
     with tempfile.TemporaryDirectory(prefix="rl_ring_bench_data_") as tmp:
         tmp_path = Path(tmp)
         samplers = sampler_rows(cfg, tmp_path)
         memory = memory_row(cfg, tmp_path)
     result = {
         "benchmark": "data",
-        "command": "python -m experiments.bench_data" + (" --quick" if cfg.quick else ""),
+        "command": "rl-ring bench data" + (" --quick" if cfg.quick else ""),
         "config": asdict(cfg),
         "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version()},
         "note": "timings on a machine shared with other jobs; compare ratios within one run",
@@ -443,11 +445,7 @@ def run(cfg: BenchDataConfig) -> dict[str, Any]:
         "memory": memory,
     }
     result["train_comparison"] = train_comparison(samplers)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_json = out.with_name(f".{out.name}.tmp")
-    tmp_json.write_text(json.dumps(result, indent=1))
-    os.replace(tmp_json, out)
-    plot(result, out.with_suffix(".png"))
+    common.write_result(result, out, plot)
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return result
 
@@ -455,7 +453,7 @@ def run(cfg: BenchDataConfig) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     import tyro
 
-    cfg = tyro.cli(BenchDataConfig, args=argv)
+    cfg = tyro.cli(BenchDataConfig, args=argv, prog="rl-ring bench data")
     run(cfg)
     return 0
 

@@ -2,7 +2,8 @@
 
 Their returns can be worked out by hand, so the evaluator's tests compare against exact
 numbers; they are also a quick way to see ``rl-ring eval`` wiring work end to end
-(``EnvSpec(..., factory="rl_ring.eval.toy:CountdownEnv")``).
+(``EnvSpec(..., factory="toy_envs:CountdownEnv")`` with ``tests/`` on the Python path: pytest
+puts it there, and spawned worker processes inherit the parent's path).
 
 - :class:`CountdownEnv`: an episode lasts ``1 + reset_seed % 7`` steps unless fixed; the
   reward of step ``t`` (0-based) with action ``a`` is ``(t + 1) * (a + 1)``. It can be told

@@ -1,10 +1,11 @@
 """Evaluation-speed benchmark: the KV-cached policy against recomputing the context.
 
 Writes ``results/eval.json`` (config, platform, every timing, ratios, pass/fail per target)
-and ``results/eval.png``::
+and ``results/eval.png`` (existing ones are replaced only with ``--overwrite``)::
 
-    python experiments/bench_eval.py --quick      # about 2 minutes on 2 CPU cores
-    python experiments/bench_eval.py              # full: more steps, decode up to 64K tokens
+    rl-ring bench eval --quick      # about 2 minutes on 2 CPU cores
+    rl-ring bench eval              # full: more steps, decode up to 64K tokens
+    python -m experiments.bench.eval --quick   # the same
 
 All parts use one randomly initialised Agentic Transformer policy (AT token layout: return-
 to-go, state, action, reward per step; the AT default model: 3 layers, width 128, 1 head,
@@ -35,12 +36,10 @@ and end is recorded.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,9 +47,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
+from experiments.bench import common
 
 TARGETS = {"cached_vs_recompute_16k": 50.0, "batch16_vs_batch1": 8.0}
 
@@ -91,6 +88,8 @@ class BenchEvalConfig:
     """A seconds-long variant for tests (tiny model, short contexts, a cheap env)."""
     seed: int = 0
     """Seed of the model's initialisation and the priming tokens."""
+    overwrite: bool = False
+    """Replace existing output files."""
 
     @classmethod
     def quick_preset(cls, out: str = "results/eval.json") -> BenchEvalConfig:
@@ -245,13 +244,11 @@ def time_loops(loops: dict[Any, Loop], steps: dict[Any, int], rounds: int):
     untimed warm-up step that compiles). Returns per-step seconds, total and policy only."""
     for loop in loops.values():
         loop.run(1)
-    times: dict[Any, list] = {key: [] for key in loops}
-    policy: dict[Any, list] = {key: [] for key in loops}
-    for _ in range(rounds):
-        for key, loop in loops.items():
-            t, p = loop.run(steps[key])
-            times[key].extend(t)
-            policy[key].extend(p)
+    runs = common.round_robin(
+        {key: lambda key=key, loop=loop: loop.run(steps[key]) for key, loop in loops.items()},
+        rounds)
+    times = {key: [x for ts, _ in r for x in ts] for key, r in runs.items()}
+    policy = {key: [x for _, ps in r for x in ps] for key, r in runs.items()}
     return times, policy
 
 
@@ -391,13 +388,6 @@ def agreement_check(cfg, parts, env_id, steps: int = 8) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------- run
-def _load() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def run(cfg: BenchEvalConfig) -> dict[str, Any]:
     import jax
 
@@ -406,7 +396,7 @@ def run(cfg: BenchEvalConfig) -> dict[str, Any]:
         if ctx % 4:
             raise ValueError(f"context {ctx} is not a multiple of 4 tokens (whole AT steps)")
     started = time.time()
-    load_start = _load()
+    load_start = common.load_average()
     env = make_envs(cfg.env, 1, cfg.seed)[0]
     parts = build_policy_parts(cfg, env)
     model = parts[0]
@@ -460,7 +450,7 @@ def run(cfg: BenchEvalConfig) -> dict[str, Any]:
         "decode_exponent": result["decode_scaling"]["exponent"],
         "decode_exponent_upper_half": result["decode_scaling"]["exponent_upper_half"],
     }
-    result["platform"]["load_average_end"] = _load()
+    result["platform"]["load_average_end"] = common.load_average()
     result["wall_s"] = time.time() - started
     return result
 
@@ -475,12 +465,7 @@ def _target(measured, threshold, *, higher_is_better=True) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------- output
 def write(result: dict[str, Any], path: Path) -> None:
     """Writes the JSON and the PNG next to it (each to a temporary name, then renamed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, path)
-    plot(result, path.with_suffix(".png"))
+    common.write_result(result, path, plot)
 
 
 def _k(tokens: int) -> str:
@@ -488,11 +473,7 @@ def _k(tokens: int) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = common.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     cvr = result["cached_vs_recompute"]
     ctxs = sorted({r["context_tokens"] for r in cvr["rows"]})
@@ -549,23 +530,19 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig.suptitle(f"rl_ring evaluation speed: random-init AT "
                  f"({result['model']['parameters'] / 1e6:.2f}M params) on {dev}", fontsize=10)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
+    common.save_png(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     import tyro
 
-    cfg = tyro.cli(BenchEvalConfig, args=argv, description=__doc__.split("\n")[0])
+    cfg = tyro.cli(BenchEvalConfig, args=argv, description=__doc__.split("\n")[0],
+                   prog="rl-ring bench eval")
+    out = Path(cfg.out)
+    common.check_outputs([out, out.with_suffix(".png")], overwrite=cfg.overwrite,
+                         what="the evaluation benchmark")
     os.environ.setdefault("MUJOCO_GL", "disable")
     result = run(cfg)
-    out = Path(cfg.out)
     write(result, out)
     s = result["summary"]
     longest = max(cfg.contexts)

@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 import numpy as np
 import tyro
 
+from envs.relabel import RELABELLER, task_names
 from rl_ring.data.formats import DatasetError, check_dataset_target, detect_format, load
 from rl_ring.data.scores import has_reference, normalized_score
 from rl_ring.data.store import EpisodeStore
@@ -87,8 +88,6 @@ def main(argv: list[str]) -> int:
             return _info(cfg)
         if isinstance(cfg, ConvertConfig):
             return _convert(cfg)
-        from rl_ring.data.relabel import task_names
-
         print("\n".join(task_names()))
         return 0
     except (DatasetError, OSError, KeyError, ValueError) as err:
@@ -104,6 +103,8 @@ def _options(fmt: str, task, skip_bad, workers) -> dict:
     opts: dict = {"skip_bad": skip_bad}
     if fmt == "exorl":
         opts.update(task=task, workers=workers)
+        if task is not None:
+            opts["relabel"] = RELABELLER
     return opts
 
 

@@ -1,13 +1,15 @@
 """Attention benchmark: speed, FLOP rate, per-device memory and causal work balance.
 
 Writes ``results/attention.json`` (self-describing: config, platform, every timing run,
-ratios, pass/fail per target) and ``results/attention.png``.
+ratios, pass/fail per target) and ``results/attention.png``; existing ones are replaced only
+with ``--overwrite``.
 
-    python experiments/bench_attention.py --quick      # ~1-2 minutes on 2 CPU cores
-    python experiments/bench_attention.py              # full: T=8192, memory from 2K to 64K
+    rl-ring bench attention --quick      # ~1-2 minutes on 2 CPU cores
+    rl-ring bench attention              # full: T=8192, memory from 2K to 64K
+    python -m experiments.bench.attention --quick   # the same
 
-On CPU the script fakes ``--devices`` host devices (it must set XLA_FLAGS before JAX
-starts, so run it as a script, not from a process that already imported JAX). Timings are
+On CPU the benchmark fakes ``--devices`` host devices (it must set XLA_FLAGS before JAX
+starts, so run it as a command, not from a process that already imported JAX). Timings are
 medians of ``--repeats`` runs after a warm-up run; the reference rate is a jitted float32
 4096x4096 matmul timed in the same process (before, between and after the attention cases).
 
@@ -25,8 +27,19 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
+
+from experiments.bench.common import (
+    check_outputs,
+    fake_cpu_devices,
+    load_average,
+    median,
+    pyplot,
+    round_robin,
+    save_png,
+    timed,
+    write_result,
+)
 
 # The original ringattention 0.1.2 package, causal fwd+bwd at T=8192 (REFERENCE.md §5).
 ORIGINAL_CAUSAL_FWD_BWD_MS = 1447.0
@@ -79,6 +92,8 @@ class BenchConfig:
     """JSON output path."""
     png: str = "results/attention.png"
     """Plot output path ('' for none)."""
+    overwrite: bool = False
+    """Replace existing output files."""
 
 
 QUICK = {
@@ -98,34 +113,6 @@ def resolve(cfg: BenchConfig) -> BenchConfig:
     defaults = BenchConfig()
     changes = {k: v for k, v in QUICK.items() if getattr(cfg, k) == getattr(defaults, k)}
     return dataclasses.replace(cfg, **changes)
-
-
-@dataclass
-class Timing:
-    """Wall-clock runs of one case, in milliseconds."""
-
-    runs_ms: list[float] = field(default_factory=list)
-
-    @property
-    def median_ms(self) -> float:
-        s = sorted(self.runs_ms)
-        n = len(s)
-        return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
-
-
-def _time(fn, args, repeats: int, warmup: bool = True) -> Timing:
-    import jax
-
-    if warmup:
-        jax.block_until_ready(fn(*args))  # compile + warm up
-    else:
-        fn = fn.lower(*args).compile()
-    t = Timing()
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        t.runs_ms.append(1e3 * (time.perf_counter() - start))
-    return t
 
 
 def _matmul_fn():
@@ -198,12 +185,12 @@ def _build(cfg: BenchConfig, impl: str, layout: str, causal: bool, backward: boo
 
 
 def _case_entry(impl, layout, causal, mode, devices, runs_ms, flops) -> dict:
-    t = Timing(runs_ms)
+    med = median(runs_ms)
     return {
         "impl": impl, "layout": layout, "causal": causal, "mode": mode, "devices": devices,
-        "runs_ms": [round(x, 2) for x in runs_ms], "median_ms": round(t.median_ms, 2),
+        "runs_ms": [round(x, 2) for x in runs_ms], "median_ms": round(med, 2),
         "min_ms": round(min(runs_ms), 2), "gflops": flops / 1e9,
-        "gflop_per_s": round(flops / 1e9 / (t.median_ms / 1e3), 1),
+        "gflop_per_s": round(flops / 1e9 / (med / 1e3), 1),
         "gflop_per_s_best": round(flops / 1e9 / (min(runs_ms) / 1e3), 1),
     }
 
@@ -229,26 +216,25 @@ def run_timings(cfg: BenchConfig, mesh) -> tuple[dict, dict]:
             flops = attention_flops(cfg, causal, backward)
             devices = n if impl == "ring" else 1
             if impl == "reference":
-                t = _time(fn, args, cfg.dense_repeats, warmup=False)
+                # compiled ahead, no warm-up run (see BenchConfig.dense_repeats)
+                fn = fn.lower(*args).compile()
+                runs_ms = [1e3 * timed(lambda fn=fn, args=args: fn(*args))
+                           for _ in range(cfg.dense_repeats)]
                 del fn, args
-                cases[key] = _case_entry(impl, layout, causal, mode, 1, t.runs_ms, flops)
-                print(f"  {key:40s} {t.median_ms:9.1f} ms (dense, timed alone)", flush=True)
+                cases[key] = _case_entry(impl, layout, causal, mode, 1, runs_ms, flops)
+                print(f"  {key:40s} {median(runs_ms):9.1f} ms (dense, timed alone)", flush=True)
                 continue
             jax.block_until_ready(fn(*args))  # compile + warm up
             built[key] = (fn, args)
             cases[key] = (impl, layout, causal, mode, devices, flops)
-    runs = {key: [] for key in built}
-    for _ in range(cfg.repeats):
-        for key, (fn, args) in built.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            runs[key].append(1e3 * (time.perf_counter() - start))
-    mm = Timing(runs.pop("matmul"))
+    runs = round_robin({key: lambda fn=fn, args=args: 1e3 * timed(lambda: fn(*args))
+                        for key, (fn, args) in built.items()}, cfg.repeats)
+    mm = runs.pop("matmul")
     matmul = {
-        "shape": [4096, 4096], "dtype": "float32", "runs_ms": [round(x, 2) for x in mm.runs_ms],
-        "median_ms": round(mm.median_ms, 2), "min_ms": round(min(mm.runs_ms), 2),
-        "gflop_per_s": round(2 * 4096**3 / 1e9 / (mm.median_ms / 1e3), 1),
-        "gflop_per_s_best": round(2 * 4096**3 / 1e9 / (min(mm.runs_ms) / 1e3), 1),
+        "shape": [4096, 4096], "dtype": "float32", "runs_ms": [round(x, 2) for x in mm],
+        "median_ms": round(median(mm), 2), "min_ms": round(min(mm), 2),
+        "gflop_per_s": round(2 * 4096**3 / 1e9 / (median(mm) / 1e3), 1),
+        "gflop_per_s_best": round(2 * 4096**3 / 1e9 / (min(mm) / 1e3), 1),
     }
     for key, r in runs.items():
         cases[key] = _case_entry(*cases[key][:5], r, cases[key][5])
@@ -407,12 +393,8 @@ def evaluate_targets(cfg, cases, matmul, memory, balance, n) -> dict:
     return res
 
 
-def plot(path: str, result: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(result: dict, path) -> None:
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
     cases = result["timings"]
     names = list(cases)
@@ -455,25 +437,15 @@ def plot(path: str, result: dict) -> None:
     ax.set_title("causal work per device")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
-
-
-def _set_device_count(n: int) -> None:
-    """Asks for ``n`` fake host devices (CPU) unless JAX has started already; ``run`` then
-    checks that enough devices exist."""
-    if "jax" in sys.modules:
-        return
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+    save_png(fig, path)
 
 
 def run(cfg: BenchConfig) -> dict:
     """Runs the benchmark and writes the JSON (and PNG); returns the result."""
     cfg = resolve(cfg)
-    _set_device_count(cfg.devices)
+    check_outputs([cfg.out, cfg.png], overwrite=cfg.overwrite, what="the attention benchmark")
+    if "jax" not in sys.modules:  # else JAX may have started: `run` checks the device count
+        fake_cpu_devices(cfg.devices)
     import jax
 
     from rl_ring.attention import default_chunk
@@ -486,7 +458,7 @@ def run(cfg: BenchConfig) -> dict:
     print(f"attention benchmark: {jax.default_backend()} x{cfg.devices}, T={cfg.seq_len}, "
           f"H={cfg.heads}, D={cfg.head_dim}, B={cfg.batch}, {cfg.dtype}", flush=True)
     started = time.time()
-    load_start = [round(x, 2) for x in os.getloadavg()]
+    load_start = load_average()
     cases, matmul = run_timings(cfg, mesh)
     memory = memory_table(cfg, mesh)
     balance = balance_table(cfg, cfg.devices)
@@ -503,7 +475,7 @@ def run(cfg: BenchConfig) -> dict:
             "cpu_count": os.cpu_count(), "machine": platform.machine(),
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "loadavg_1_5_15min_at_start": load_start,
-            "loadavg_1_5_15min_at_end": [round(x, 2) for x in os.getloadavg()],
+            "loadavg_1_5_15min_at_end": load_average(),
             "note": "other processes on the machine slow every timing; compare ratios measured "
                     "in one run, and only from runs with a low load average",
         },
@@ -515,13 +487,7 @@ def run(cfg: BenchConfig) -> dict:
         "seconds": round(time.time() - started, 1),
     }
     result["targets"] = evaluate_targets(cfg, cases, matmul, memory, balance, cfg.devices)
-    out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out)
-    if cfg.png:
-        plot(cfg.png, result)
+    out = write_result(result, cfg.out, plot if cfg.png else None, cfg.png)
     print(f"matmul {matmul['gflop_per_s']} GFLOP/s; wrote {out} {cfg.png}")
     for name, t in result["targets"].items():
         print(f"  target {name}: {json.dumps(t)}")
@@ -531,7 +497,8 @@ def run(cfg: BenchConfig) -> dict:
 def main(argv: list[str] | None = None) -> int:
     import tyro
 
-    cfg = tyro.cli(BenchConfig, args=sys.argv[1:] if argv is None else argv)
+    cfg = tyro.cli(BenchConfig, args=sys.argv[1:] if argv is None else argv,
+                   prog="rl-ring bench attention")
     run(cfg)
     return 0
 

@@ -1,4 +1,4 @@
-"""``rl-ring train``: train an agent on an offline dataset (a thin layer over ``train(cfg)``).
+"""``rl-ring train``: train an agent on an offline dataset (a thin layer over ``agents.run.train``).
 
 The agent and the preset are read first, because they decide which options exist and
 where they start: ``rl-ring train --agent dt --preset tiny --help`` lists the DT options with
@@ -9,43 +9,38 @@ the tiny values as defaults. Every other option is a field of
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 
 import tyro
 
+import agents
+import envs
+from agents import presets
+from agents.run import resolve_config, train
+from rl_ring.plugins import load_plugin
 from rl_ring.train.config import TrainConfig
+from rl_ring.train.loop import NonFiniteError, TrainingInterrupted, check_workdir
 
 DESCRIPTION = (
-    "Train an in-context RL agent (at, dt, bc, ad) on an offline dataset. The run resumes from "
-    "its --workdir when a checkpoint is there. --agent and --preset (default, tiny, or a named "
-    "preset: paper-at-exorl, d4rl-dt) choose the options below and their defaults."
+    "Train an in-context RL agent (at, dt, bc, ad; any case) on an offline dataset. The run "
+    "resumes from its --workdir when a checkpoint is there. --agent and --preset (one of "
+    f"{', '.join(presets.PRESETS)}: the names 'rl-ring plan' takes) choose the options below "
+    "and their defaults."
 )
-
-
-def default_config(agent: str | None, preset: str) -> TrainConfig:
-    """The starting TrainConfig for an agent and a preset (agent options filled in)."""
-    from rl_ring.train.api import preset_agent_config
-    from rl_ring.train.presets import SHAPES, train_preset
-
-    if preset in SHAPES:
-        return train_preset(preset, agent)
-    agent = agent or "at"
-    return TrainConfig(agent=agent, preset=preset,
-                       agent_config=preset_agent_config(agent, preset))
 
 
 def parse(argv: list[str]) -> TrainConfig:
     """Parses ``rl-ring train`` arguments into a TrainConfig (agent options included)."""
-    from rl_ring.train.api import agent_module
-
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--agent", default=None)
     pre.add_argument("--preset", default="default")
     known, _ = pre.parse_known_args(argv)
-    default = default_config(known.agent, known.preset)
-    module = agent_module(default.agent)
+    if known.preset not in presets.PRESETS:
+        raise ValueError(f"unknown preset {known.preset!r}; known presets: "
+                         f"{list(presets.PRESETS)}")
+    default = presets.train_preset(known.preset, known.agent)
+    module = agents.get(default.agent)
     return tyro.cli(
         TrainConfig[module.Config],
         args=argv,
@@ -56,29 +51,23 @@ def parse(argv: list[str]) -> TrainConfig:
     )
 
 
-def load_eval_hook(spec: str, cfg: TrainConfig):
-    """The evaluation hook built by ``module:function`` (called with the config)."""
-    module_name, sep, func = spec.partition(":")
-    if not sep or not module_name or not func:
-        raise ValueError(f"--eval-hook {spec!r}: expected 'package.module:function'")
-    try:
-        factory = getattr(importlib.import_module(module_name), func)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"--eval-hook {spec!r}: cannot load it ({err})") from None
-    return factory(cfg)
+def check_env(env_id: str) -> None:
+    """Raises the registry's UnknownEnvError (a ValueError) for an unknown ``--env`` id."""
+    if env_id:
+        envs.make(env_id).close()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``rl-ring train``; returns the exit status."""
-    from rl_ring.train.api import resolve_config, train
-    from rl_ring.train.loop import NonFiniteError, check_workdir
-
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         cfg = parse(argv)
         check_workdir(Path(cfg.workdir), resume=cfg.resume, overwrite=cfg.overwrite)
         cfg = resolve_config(cfg)
-        eval_fn = load_eval_hook(cfg.eval_hook, cfg) if cfg.eval_hook else None
+        check_env(cfg.env)
+        eval_fn = None
+        if cfg.eval_hook:
+            eval_fn = load_plugin(cfg.eval_hook, option="--eval-hook")(cfg)
         if cfg.eval_every and eval_fn is None:
             raise ValueError("--eval-every needs --eval-hook module:function (the evaluation hook)")
         result = train(cfg, eval_fn=eval_fn)
@@ -88,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteError as err:
         print(f"rl-ring train: {err}", file=sys.stderr)
         return 3
+    except TrainingInterrupted as err:
+        print(f"rl-ring train: {err}", file=sys.stderr)
+        return 128 + err.signal  # the shell's convention for a stop by a signal
     last = result.history[-1] if result.history else {}
     print(
         f"trained {cfg.agent} to step {result.step} (from {result.start_step}); "

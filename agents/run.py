@@ -1,8 +1,10 @@
-"""Library entry points: ``train(cfg)`` for an agent and a dataset, ``load_checkpoint``.
+"""Training runs of an agent: ``train(cfg)``, and a run's checkpoints read back as a model.
 
-``train`` resolves the agent and its options, loads the dataset, builds the
-:class:`~rl_ring.train.recipe.Recipe` and runs the loop. Every configuration error is
-raised before the dataset is sampled into a model, before anything is compiled.
+``train`` resolves the agent and its options, loads the dataset, turns the agent into the
+:class:`~rl_ring.train.recipe.Recipe` that ``rl_ring.train.run`` trains (the loop never
+learns which agent it runs). Every configuration error is raised before the dataset is
+sampled into a model, before anything is compiled. ``load_checkpoint`` rebuilds the agent's
+model from a checkpoint's JSON and restores its variables.
 """
 
 from __future__ import annotations
@@ -11,89 +13,36 @@ import dataclasses
 import os
 from typing import Any, NamedTuple
 
-from rl_ring import sharding
-from rl_ring.train.checkpoint import Checkpointer
-from rl_ring.train.config import TrainConfig, from_dict
+from agents import base, presets, registry
+from rl_ring.data.normalize import Normalization
+from rl_ring.train.checkpoint import checkpoint_meta, restore_model
+from rl_ring.train.config import TrainConfig, from_dict, run_model_config
 from rl_ring.train.loop import EvalFn, TrainResult, run
+from rl_ring.train.plan import StepShape
 from rl_ring.train.recipe import Recipe, rule_specs
-
-ATTENTION_CHOICES = ("auto", "reference", "blockwise", "ring")
-
-
-def agent_module(name: str):
-    """The agent module ``agents.get(name)``; ValueError listing the known agents."""
-    import agents
-
-    return agents.get(name)
-
-
-def preset_agent_config(agent: str, preset: str) -> Any:
-    """The agent's options for a preset: ``default``, ``tiny`` or a named step shape."""
-    from rl_ring.train.presets import SHAPES, train_preset
-
-    module = agent_module(agent)
-    if preset == "default":
-        return module.Config()
-    if preset == "tiny":
-        return module.Config.tiny()
-    if preset in SHAPES:
-        return train_preset(preset, agent).agent_config
-    raise ValueError(
-        f"unknown preset {preset!r} for agent {agent!r}; choose default, tiny or one of "
-        f"{sorted(SHAPES)}"
-    )
-
-
-def _seq_devices(cfg: TrainConfig) -> int:
-    if cfg.mesh:
-        return sharding.parse_mesh_spec(cfg.mesh).seq
-    import jax
-
-    return cfg.devices or len(jax.devices())
 
 
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with the agent's options filled in and the attention choice applied.
-
-    ``attention="auto"`` uses ring attention when the mesh's seq axis has more than one
-    device and the agent's own choice otherwise; ``layout`` overrides the agent's token
-    layout when given.
+    """``cfg`` with the agent named in lower case, its options filled in (from
+    ``cfg.preset`` when None) and the run's attention choice applied to its model.
 
     Raises:
-        ValueError: unknown agent or preset, options of another agent, a bad choice.
+        ValueError: unknown agent or preset, or a bad choice.
+        TypeError: options of another agent.
     """
-    from agents import base
-
     cfg.validate()
-    module = agent_module(cfg.agent)
+    module = registry.get(cfg.agent)
     agent_cfg = cfg.agent_config
     if agent_cfg is None:
-        agent_cfg = preset_agent_config(cfg.agent, cfg.preset)
+        agent_cfg = presets.agent_config(module.NAME, cfg.preset)
     base.check_agent_config(agent_cfg, module.Config)
-    if cfg.attention not in ATTENTION_CHOICES:
-        raise ValueError(f"TrainConfig.attention={cfg.attention!r}: expected one of "
-                         f"{ATTENTION_CHOICES}")
-    model = agent_cfg.model
-    changes: dict[str, Any] = {}
-    if cfg.attention == "auto":
-        if _seq_devices(cfg) > 1:
-            changes["attn_impl"] = "ring"
-    else:
-        changes["attn_impl"] = cfg.attention
-    if cfg.layout:
-        changes["attn_layout"] = cfg.layout
-    if cfg.compute_dtype != "float32":
-        changes["dtype"] = cfg.compute_dtype
-    if changes:
-        agent_cfg = dataclasses.replace(agent_cfg, model=model.replace(**changes))
-    return cfg.replace(agent_config=agent_cfg)
+    agent_cfg = dataclasses.replace(agent_cfg, model=run_model_config(cfg, agent_cfg.model))
+    return cfg.replace(agent=module.NAME, agent_config=agent_cfg)
 
 
-def agent_recipe(cfg: TrainConfig, store) -> Recipe:
+def recipe(cfg: TrainConfig, store) -> Recipe:
     """The recipe training ``cfg.agent`` (options resolved) on an EpisodeStore."""
-    from agents import base
-
-    module = agent_module(cfg.agent)
+    module = registry.get(cfg.agent)
     agent_cfg = cfg.agent_config
     spec = base.DataSpec.from_store(store)
     # The normalisation the sampler encodes with, computed once and saved with checkpoints.
@@ -102,11 +51,11 @@ def agent_recipe(cfg: TrainConfig, store) -> Recipe:
     def make_model(rngs):
         return module.make_model(agent_cfg, spec, rngs=rngs)
 
-    def make_sampler(**kw):
-        return module.make_sampler(store, agent_cfg, norm=norm, **kw)
+    def make_sampler(**stream):
+        return module.make_sampler(store, agent_cfg, norm=norm, **stream)
 
     meta = {
-        "agent": cfg.agent,
+        "agent": module.NAME,
         "env": cfg.env,
         "data": cfg.data,
         "data_spec": spec.to_dict(),
@@ -151,7 +100,7 @@ def train(cfg: TrainConfig, *, eval_fn: EvalFn | None = None, store=None) -> Tra
     cfg = resolve_config(cfg)
     if store is None:
         store = load_dataset(cfg.data)
-    return run(agent_recipe(cfg, store), cfg, eval_fn=eval_fn)
+    return run(recipe(cfg, store), cfg, eval_fn=eval_fn)
 
 
 class LoadedCheckpoint(NamedTuple):
@@ -161,8 +110,8 @@ class LoadedCheckpoint(NamedTuple):
     """The trajectory transformer with the checkpoint's parameters, on one device."""
     config: TrainConfig
     """The run's configuration (agent options resolved)."""
-    norm: Any
-    """The :class:`~rl_ring.data.normalize.Normalization` the data was encoded with."""
+    norm: Normalization
+    """The normalisation the data was encoded with."""
     step: int
     """The checkpoint's step."""
 
@@ -185,40 +134,17 @@ def load_checkpoint(
     Raises:
         FileNotFoundError: no checkpoint (for ``step``) in ``workdir``.
     """
-    import jax
-    import optax
-
-    from agents import base
-    from rl_ring.data.normalize import Normalization
-    from rl_ring.train.state import init_fn
-
-    ckpt = Checkpointer(workdir, read_only=True)
-    meta, step = ckpt.read_meta(step)
+    meta = checkpoint_meta(workdir, step)
     config = config_from_meta(meta)
-    module = agent_module(config.agent)
+    module = registry.get(config.agent)
     agent_cfg = config.agent_config
     if attn_impl is not None:
         agent_cfg = dataclasses.replace(agent_cfg, model=agent_cfg.model.replace(
             attn_impl=attn_impl))
     spec = base.DataSpec.from_dict(meta["data_spec"])
-    init, parts = init_fn(lambda r: module.make_model(agent_cfg, spec, rngs=r),
-                          optax.identity(), 0)
-    abstract = jax.eval_shape(init)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                          {"params": abstract.params, "rest": abstract.rest})
-    model_vars, step = ckpt.restore_model(target, step)
-    ckpt.close()
-    model = parts["parts"].merge(model_vars["params"], model_vars["rest"])
+    model, step = restore_model(
+        workdir, lambda rngs: module.make_model(agent_cfg, spec, rngs=rngs), meta["step"])
     return LoadedCheckpoint(model, config, Normalization.from_dict(meta["normalization"]), step)
-
-
-def checkpoint_meta(workdir: str | os.PathLike, step: int | None = None) -> dict[str, Any]:
-    """The JSON saved with a checkpoint (config, agent, data spec, normalisation, sampler)."""
-    ckpt = Checkpointer(workdir, read_only=True)
-    meta, _ = ckpt.read_meta(step)
-    ckpt.close()
-    return meta
 
 
 def config_from_meta(meta: dict[str, Any]) -> TrainConfig:
@@ -227,25 +153,27 @@ def config_from_meta(meta: dict[str, Any]) -> TrainConfig:
     agent_raw = raw.pop("agent_config", None)
     cfg = from_dict(TrainConfig, raw, where="checkpoint config")
     if agent_raw is not None:
-        module = agent_module(cfg.agent)
+        module = registry.get(cfg.agent)
         cfg = cfg.replace(agent_config=from_dict(module.Config, agent_raw,
                                                  where="checkpoint config.agent_config"))
     return cfg
 
 
-def shape_from_workdir(workdir: str | os.PathLike):
-    """The :class:`~rl_ring.train.presets.StepShape` of a run's training step (for plan)."""
-    from flax import nnx
+def saved_config(workdir: str | os.PathLike) -> TrainConfig:
+    """The TrainConfig of the latest checkpoint in ``workdir``."""
+    return config_from_meta(checkpoint_meta(workdir))
 
-    from agents import base
-    from rl_ring.train.presets import StepShape
+
+def shape_from_workdir(workdir: str | os.PathLike) -> StepShape:
+    """The :class:`~rl_ring.train.plan.StepShape` of a run's training step (for plan)."""
+    from flax import nnx
 
     meta = checkpoint_meta(workdir)
     cfg = config_from_meta(meta)
     if "batch_shape" not in meta:
         raise ValueError(f"{workdir}: the checkpoint does not record its batch shape")
     spec = base.DataSpec.from_dict(meta["data_spec"])
-    module = agent_module(cfg.agent)
+    module = registry.get(cfg.agent)
     model = nnx.eval_shape(
         lambda: module.make_model(cfg.agent_config, spec, rngs=nnx.Rngs(0))).cfg
     return StepShape(
@@ -258,18 +186,15 @@ def shape_from_workdir(workdir: str | os.PathLike):
     )
 
 
-def saved_config(workdir: str | os.PathLike) -> TrainConfig:
-    """The TrainConfig of the latest checkpoint in ``workdir``."""
-    return config_from_meta(checkpoint_meta(workdir))
-
-
 __all__ = [
     "LoadedCheckpoint",
-    "agent_recipe",
     "checkpoint_meta",
     "config_from_meta",
     "load_checkpoint",
+    "load_dataset",
+    "recipe",
     "resolve_config",
     "saved_config",
+    "shape_from_workdir",
     "train",
 ]

@@ -4,6 +4,10 @@ The policy is the random one (no model), so this measures the evaluator and the
 environments alone: the ceiling the transformer policy's decode time adds to. Each
 configuration runs ``repeats`` seeds; a seed's steps/s excludes building the environments
 (reported separately as ``make_s``) and the worker processes' start-up (``startup_s``).
+
+    rl-ring bench eval_workers --out results     # or: python -m experiments.bench.eval_workers
+
+writes ``results/bench_eval_workers.{json,png}`` (replaced only with ``--overwrite``).
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rl_ring.eval.env_spec import EnvSpec, env_tasks, headless_gl_default, make_env
+from envs.evaluation import env_factory, eval_tasks
+from experiments.bench import common
+from rl_ring.eval.env_spec import EnvSpec, headless_gl_default, make_env
 from rl_ring.eval.policy import RandomPolicy
-from rl_ring.eval.report import publish, write_json
 from rl_ring.eval.rollout import run_seed
 from rl_ring.eval.workers import InProcessWorkers, SubprocessWorkers
 
@@ -29,8 +34,9 @@ def measure(
     num_workers: int = 2, start_method: str = "spawn", max_steps: int | None = None,
 ) -> dict[str, Any]:
     """Runs ``repeats`` seeds of ``num_envs`` rows x ``trials`` episodes; returns timings."""
-    tasks = env_tasks(env_id, "test")
-    specs = [EnvSpec(env_id, task=tasks[i % len(tasks)]) for i in range(num_envs)]
+    tasks, factory = eval_tasks(env_id, "test"), env_factory(env_id)
+    specs = [EnvSpec(env_id, task=tasks[i % len(tasks)], factory=factory)
+             for i in range(num_envs)]
     t0 = time.perf_counter()
     if mode == "inprocess":
         workers = InProcessWorkers(num_envs)
@@ -61,8 +67,9 @@ def measure(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m rl_ring.eval.bench``: writes results/bench_eval_workers.{json,png}."""
-    p = argparse.ArgumentParser(prog="python -m rl_ring.eval.bench", description=__doc__)
+    """``rl-ring bench eval_workers``: writes results/bench_eval_workers.{json,png}."""
+    p = argparse.ArgumentParser(prog="rl-ring bench eval_workers", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--envs", nargs="+", default=["dmc:cartpole-swingup", "darkroom"])
     p.add_argument("--rows", nargs="+", type=int, default=[1, 4, 16])
     p.add_argument("--modes", nargs="+", default=["inprocess", "subprocess"])
@@ -72,12 +79,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=8000,
                    help="target env steps per seed and configuration")
     p.add_argument("--out", default="results")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     args = p.parse_args(argv)
+    out = Path(args.out)
+    json_path, png_path = out / "bench_eval_workers.json", out / "bench_eval_workers.png"
+    common.check_outputs([json_path, png_path], overwrite=args.overwrite,
+                         what="the eval-workers benchmark")
     headless_gl_default()
     rows = []
     for env_id in args.envs:
         # one episode length probe decides how many trials give about --steps steps
-        env = make_env(EnvSpec(env_id, task=env_tasks(env_id, "test")[0]), 0)
+        env = make_env(EnvSpec(env_id, task=eval_tasks(env_id, "test")[0],
+                               factory=env_factory(env_id)), 0)
         length = getattr(getattr(env, "spec", None), "max_episode_steps", None) or 1000
         env.close()
         for n in args.rows:
@@ -89,21 +102,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{env_id:22s} {mode:10s} envs={n:3d} workers={r['workers']} "
                       f"{r['steps_per_s_median']:9.0f} steps/s  (make {r['make_s_median']:.2f} s,"
                       f" startup {r['startup_s']:.2f} s)", flush=True)
-    out = Path(args.out)
     result = {"benchmark": "eval_workers", "cpu_count": os.cpu_count(),
-              "command": "python -m rl_ring.eval.bench " + " ".join(argv or []), "rows": rows}
-    write_json(result, out / "bench_eval_workers.json")
-    _plot(rows, out / "bench_eval_workers.png")
-    print(json.dumps({"written": str(out / "bench_eval_workers.json")}))
+              "command": "rl-ring bench eval_workers " + " ".join(argv or []), "rows": rows}
+    common.write_result(result, json_path, plot, png_path)
+    print(json.dumps({"written": str(json_path)}))
     return 0
 
 
-def _plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(result: dict[str, Any], path: Path) -> None:
+    plt = common.pyplot()
+    rows = result["rows"]
     env_ids = sorted({r["env_id"] for r in rows})
     fig, axes = plt.subplots(1, len(env_ids), figsize=(5 * len(env_ids), 3.8), squeeze=False)
     for ax, env_id in zip(axes[0], env_ids, strict=True):
@@ -119,11 +127,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    publish(tmp, path)
+    common.save_png(fig, path, dpi=100)
 
 
 if __name__ == "__main__":

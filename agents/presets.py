@@ -1,77 +1,32 @@
-"""Named training-step shapes: the paper's Agentic Transformer, D4RL's Decision Transformer.
+"""Named presets: an agent's ``default`` and ``tiny`` options, and named training-step shapes
+(the paper's Agentic Transformer, D4RL's Decision Transformer, small test and benchmark
+shapes).
 
-A :class:`StepShape` says what one training step computes (model, batch, sequence, mesh,
-compute dtype); ``rl-ring plan`` compiles it, and ``rl-ring train --preset NAME`` starts an
-agent from it.
+One vocabulary for ``rl-ring train --preset NAME`` and ``rl-ring plan NAME``: :data:`PRESETS`.
+A :class:`~rl_ring.train.plan.StepShape` says what one training step computes (model, batch,
+sequence, mesh, compute dtype); :func:`train_preset` turns a named one into a TrainConfig and
+:func:`step_shape` turns any preset into a StepShape for ``plan``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from typing import Any
 
-from rl_ring.models import ModelConfig, default_token_features
+from agents import base, registry
+from rl_ring.models import ModelConfig
 from rl_ring.train.config import TrainConfig
 from rl_ring.train.optim import OptimConfig
+from rl_ring.train.plan import StepShape
 
-# Token kinds of each agent's default layout.
-AGENT_KINDS = {
-    "at": ("RTG", "STATE", "ACTION", "REWARD"),
-    "dt": ("RTG", "STATE", "ACTION"),
-    "bc": ("STATE", "ACTION"),
-    "ad": ("STEP",),
-}
+AGENT_PRESETS = ("default", "tiny")
+"""Presets every agent has: its Config() and Config.tiny()."""
 
 
 def kind_features(agent: str, obs_dim: int, act_dim: int) -> tuple[tuple[str, int], ...]:
     """``ModelConfig.token_features`` for ``agent``'s default token layout."""
-    widths = dict(default_token_features(obs_dim, act_dim))
-    return tuple((k, widths[k]) for k in AGENT_KINDS[agent])
-
-
-@dataclass(frozen=True)
-class StepShape:
-    """One training step's shape: model, batch, sequence, mesh."""
-
-    name: str
-    """Preset name."""
-    agent: str
-    """Agent whose token layout the sequence follows."""
-    model: ModelConfig
-    """The trajectory transformer."""
-    batch_size: int
-    """Global batch in sequences."""
-    steps_per_sequence: int
-    """Environment steps in one sequence (all trajectories of a chain together)."""
-    tokens_per_step: int
-    """Tokens per environment step in the agent's layout."""
-    mesh: str
-    """Default mesh spec."""
-    compute_dtype: str = "float32"
-    """Forward/backward compute dtype (parameters stay float32)."""
-    description: str = ""
-    """Where the numbers come from."""
-    agent_options: tuple[tuple[str, Any], ...] = ()
-    """Options of the agent's Config besides the model (e.g. chain length)."""
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    """Optimiser settings of a training run from this preset."""
-    steps: int = 1000
-    """Training steps of a run from this preset."""
-    target_dim: int | None = None
-    """Width of ``TokenBatch.target`` (default: the model's action size)."""
-
-    @property
-    def seq_len(self) -> int:
-        return self.steps_per_sequence * self.tokens_per_step
-
-    @property
-    def feature_dim(self) -> int:
-        """Width of ``TokenBatch.values``: the widest token kind the model embeds."""
-        return max(self.model.kind_features.values())
-
-    def replace(self, **changes) -> StepShape:
-        return dataclasses.replace(self, **changes)
+    module = registry.get(agent)
+    return module.make_layout(module.Config(), base.DataSpec(obs_dim, act_dim, False)
+                              ).token_features()
 
 
 # The paper's in-context RL model: 350M parameters. Width 1024 with 16 heads and 28 layers
@@ -156,30 +111,67 @@ BENCH_4x128 = StepShape(
 SHAPES: dict[str, StepShape] = {
     s.name: s for s in (PAPER_AT_EXORL, D4RL_DT, TINY_AT, BENCH_4x128)
 }
+PRESETS: tuple[str, ...] = (*AGENT_PRESETS, *SHAPES)
+"""Every preset name, for ``rl-ring train --preset`` and ``rl-ring plan``."""
+
+
+def _unknown(name: str) -> ValueError:
+    return ValueError(f"unknown preset {name!r}; known presets: {list(PRESETS)}")
 
 
 def get_shape(name: str) -> StepShape:
     """The named step shape; ValueError listing the known names otherwise."""
     if name not in SHAPES:
-        raise ValueError(f"unknown preset {name!r}; known presets: {sorted(SHAPES)}")
+        raise _unknown(name)
     return SHAPES[name]
 
 
+def agent_config(agent: str, preset: str) -> Any:
+    """The agent's options for a preset: ``default``, ``tiny`` or a named step shape."""
+    module = registry.get(agent)
+    if preset == "default":
+        return module.Config()
+    if preset == "tiny":
+        return module.Config.tiny()
+    return train_preset(preset, agent).agent_config
+
+
 def train_preset(name: str, agent: str | None = None) -> TrainConfig:
-    """A TrainConfig (agent options included) for the named preset.
+    """A TrainConfig (agent options included) for a preset; a named step shape sets the
+    agent, the mesh, the batch, the optimiser and the steps too.
 
     Raises:
         ValueError: an unknown preset, or one made for another agent than ``agent``.
     """
-    import agents
-
+    if name in AGENT_PRESETS:
+        agent = (agent or "at").lower()
+        return TrainConfig(agent=agent, preset=name, agent_config=agent_config(agent, name))
     shape = get_shape(name)
-    if agent is not None and agent != shape.agent:
+    if agent is not None and agent.lower() != shape.agent:
         raise ValueError(f"preset {name!r} is for agent {shape.agent!r}, not {agent!r}")
-    module = agents.get(shape.agent)
-    agent_cfg = module.Config(model=shape.model, **dict(shape.agent_options))
+    agent_cfg = registry.get(shape.agent).Config(model=shape.model, **dict(shape.agent_options))
     return TrainConfig(
         agent=shape.agent, preset=name, mesh=shape.mesh, batch_size=shape.batch_size,
         compute_dtype=shape.compute_dtype, optim=shape.optim, steps=shape.steps,
         agent_config=agent_cfg,
+    )
+
+
+def step_shape(name: str, agent: str = "at", *, obs_dim: int = 17, act_dim: int = 6) -> StepShape:
+    """The StepShape of any preset: a named one as is; ``default``/``tiny`` from the agent's
+    options with a TrainConfig's default batch on one device, for ``obs_dim``/``act_dim``
+    data (D4RL locomotion's by default) and episodes of ``model.max_timestep`` steps."""
+    if name not in AGENT_PRESETS:
+        return get_shape(name)
+    cfg = train_preset(name, agent)
+    module = registry.get(cfg.agent)
+    agent_cfg = cfg.agent_config
+    spec = base.DataSpec(obs_dim, act_dim, False, max_episode_len=agent_cfg.model.max_timestep)
+    layout = module.make_layout(agent_cfg, spec)
+    return StepShape(
+        name=f"{name} ({cfg.agent})", agent=cfg.agent,
+        model=base.model_config(agent_cfg.model, spec, layout), batch_size=cfg.batch_size,
+        steps_per_sequence=module.context_steps(agent_cfg, spec),
+        tokens_per_step=layout.tokens_per_step, mesh="seq=1", compute_dtype=cfg.compute_dtype,
+        description=f"agent {cfg.agent}'s {name} options", optim=cfg.optim, steps=cfg.steps,
     )

@@ -1,10 +1,11 @@
 """Training-step benchmark: ring vs blockwise throughput, longest trainable context, paper plan.
 
 Writes ``results/train.json`` (config, platform, every measurement, ratios, pass/fail per
-target) and ``results/train.png``::
+target) and ``results/train.png`` (existing ones are replaced only with ``--overwrite``)::
 
-    python experiments/bench_train.py --quick      # about 2 minutes on 2 CPU cores
-    python experiments/bench_train.py              # full: T=8192, 16 GB search, paper plan
+    rl-ring bench train --quick      # about 2 minutes on 2 CPU cores
+    rl-ring bench train              # full: T=8192, 16 GB search, paper plan
+    python -m experiments.bench.train --quick   # the same
 
 Three parts, all on the same 4-layer, 128-wide trajectory transformer (AT token layout,
 batch 1, float32, full rematerialisation per layer):
@@ -23,7 +24,7 @@ batch 1, float32, full rematerialisation per layer):
 3. ``rl-ring plan`` for the paper's configuration (353.8M parameters, 512K tokens) on 64 and
    256 simulated devices.
 
-Run it as a script: it fakes ``--devices`` CPU devices, which must be set before JAX starts.
+Run it as a command: it fakes ``--devices`` CPU devices, which must be set before JAX starts.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from experiments.bench import common
+
+ROOT = common.ROOT
 TARGETS = {"ring_vs_blockwise_tokens_per_s": 0.9}
 GIB = 1024**3
 
@@ -85,6 +88,8 @@ class BenchConfig:
     (each with its own memory; ring cases need at least 2)."""
     out: str = "results/train.json"
     """JSON output path (the PNG goes beside it)."""
+    overwrite: bool = False
+    """Replace existing output files."""
     worker: str = ""
     """Internal: a JSON job for a child process (one confirmation step)."""
 
@@ -108,15 +113,13 @@ def _set_devices(n: int, platform: str = "cpu") -> None:
     if platform != "cpu":
         os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
         return
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-             if "xla_force_host_platform_device_count" not in f]
-    os.environ["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={n}"])
+    common.fake_cpu_devices(n)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
 def bench_shape(cfg: BenchConfig, seq_len: int, impl: str, mesh: str, layout="contiguous"):
     """The 4x128 AT-shaped step of the benchmark at ``seq_len`` tokens."""
-    from rl_ring.train.presets import BENCH_4x128
+    from agents.presets import BENCH_4x128
 
     model = BENCH_4x128.model.replace(
         width=cfg.width, depth=cfg.depth, num_heads=cfg.heads, attn_impl=impl,
@@ -127,21 +130,11 @@ def bench_shape(cfg: BenchConfig, seq_len: int, impl: str, mesh: str, layout="co
 
 def synthetic_batch(shape, seed: int = 0):
     """A batch shaped like an AT chain: 4 tokens per step, loss on the state tokens."""
-    import numpy as np
+    from rl_ring.data.batch import TokenBatch
 
-    from rl_ring.data.batch import Kind, TokenBatch
-
-    rng = np.random.default_rng(seed)
-    b, t, f, a = shape.batch_size, shape.seq_len, shape.feature_dim, shape.model.act_dim
-    pos = np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy()
-    kinds = np.array([Kind.RTG, Kind.STATE, Kind.ACTION, Kind.REWARD], np.int32)[pos % 4]
-    return TokenBatch(
-        kind=kinds, values=rng.normal(size=(b, t, f)).astype(np.float32), positions=pos,
-        timesteps=(pos // 4) % 1000, segment_ids=np.zeros((b, t), np.int32),
-        valid=np.ones((b, t), bool), target=rng.uniform(-1, 1, (b, t, a)).astype(np.float32),
-        target_ids=np.zeros((b, t), np.int32),
-        loss_mask=(kinds == Kind.STATE).astype(np.float32), tokens_per_step=4,
-    )
+    tokens = common.at_tokens(shape.batch_size, shape.seq_len, shape.feature_dim,
+                              shape.model.act_dim, seed=seed)
+    return TokenBatch(**tokens, tokens_per_step=4)
 
 
 def build_step(shape):
@@ -208,16 +201,18 @@ def time_cases(shapes: list, steps: int) -> list[dict[str, Any]]:
         state, metrics = compiled(state, batch)  # warm-up
         jax.block_until_ready(metrics)
         cases.append({"shape": shape, "compiled": compiled, "state": state, "batch": batch,
-                      "n": n, "compile_s": compile_s, "loss": float(metrics["loss"]),
-                      "times": []})
-    for _ in range(steps):
-        for c in cases:
-            t0 = time.perf_counter()
-            c["state"], metrics = c["compiled"](c["state"], c["batch"])
-            jax.block_until_ready(metrics)
-            c["times"].append(time.perf_counter() - t0)
+                      "n": n, "compile_s": compile_s, "loss": float(metrics["loss"])})
+
+    def one_step(c: dict[str, Any]) -> float:
+        t0 = time.perf_counter()
+        c["state"], metrics = c["compiled"](c["state"], c["batch"])
+        jax.block_until_ready(metrics)
+        return time.perf_counter() - t0
+
+    times = common.round_robin({i: lambda c=c: one_step(c) for i, c in enumerate(cases)}, steps)
     rows = []
-    for c in cases:
+    for i, c in enumerate(cases):
+        c["times"] = times[i]
         shape, med = c["shape"], statistics.median(c["times"])
         rows.append({
             "impl": shape.model.attn_impl, "layout": shape.model.attn_layout,
@@ -278,7 +273,7 @@ def longest_context(cfg: BenchConfig, impl: str, mesh: str) -> dict[str, Any]:
 def confirm_run(cfg: BenchConfig, impl: str, mesh: str, seq_len: int, predicted: int):
     """Runs one training step at ``seq_len`` in a child process; its peak memory and time."""
     job = {"impl": impl, "mesh": mesh, "seq_len": seq_len}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job),
+    cmd = [sys.executable, "-m", "experiments.bench.train", "--worker", json.dumps(job),
            "--width", str(cfg.width), "--depth", str(cfg.depth), "--heads", str(cfg.heads),
            "--devices", str(cfg.devices), "--platform", cfg.platform]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, cwd=ROOT)
@@ -350,7 +345,7 @@ def worker(cfg: BenchConfig) -> None:
 def paper_plan(mesh: str) -> dict[str, Any]:
     """``rl-ring plan paper-at-exorl --mesh MESH`` in a fresh process (it fakes the devices)."""
     out = ROOT / "results" / f".plan-{mesh.replace('=', '')}.json"
-    cmd = [sys.executable, "-m", "rl_ring.train.plan", "paper-at-exorl", "--mesh", mesh,
+    cmd = [sys.executable, "-m", "rl_ring.cli.plan", "paper-at-exorl", "--mesh", mesh,
            "--json-out", str(out)]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, cwd=ROOT, env=env)
@@ -453,11 +448,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
 
 
 def plot(result: dict[str, Any], png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = common.pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     rows = result["throughput"]["rows"]
     labels = [f"{r['impl']}\n{r['mesh']} {r['layout']}" for r in rows]
@@ -492,30 +483,28 @@ def plot(result: dict[str, Any], png: Path) -> None:
     ax2.set_title("compiled memory of one step (x: measured)")
     ax2.legend(fontsize=7)
     fig.tight_layout()
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, png)
+    common.save_png(fig, png)
 
 
 def write(result: dict[str, Any], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out)
-    plot(result, out.with_suffix(".png"))
+    """Writes the JSON at ``out`` and the PNG beside it."""
+    common.write_result(result, out, plot)
 
 
 def main(argv: list[str] | None = None) -> int:
     import tyro
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = tyro.cli(BenchConfig, args=argv, prog="bench_train")
+    cfg = tyro.cli(BenchConfig, args=argv, prog="rl-ring bench train")
     if cfg.quick:
         given = {a.lstrip("-").split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
         quick = BenchConfig.quick_preset()
         cfg = dataclasses.replace(quick, **{k: getattr(cfg, k) for k in given
                                             if k in {f.name for f in dataclasses.fields(cfg)}})
+    out = common.resolve_out(cfg.out, ROOT)
+    if not cfg.worker:
+        common.check_outputs([out, out.with_suffix(".png")], overwrite=cfg.overwrite,
+                             what="the training benchmark")
     _set_devices(cfg.devices, cfg.platform)
     if cfg.worker:
         worker(cfg)
@@ -523,7 +512,6 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     result = run(cfg)
     result["wall_s"] = time.perf_counter() - t0
-    out = ROOT / cfg.out if not Path(cfg.out).is_absolute() else Path(cfg.out)
     write(result, out)
     ratio = result["throughput"]["ring_vs_blockwise"]
     print(f"ring/blockwise tokens/s {'n/a' if ratio is None else f'{ratio:.2f}'} "

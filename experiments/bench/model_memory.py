@@ -2,29 +2,26 @@
 
 Nothing runs: the loss-and-gradient function is lowered and compiled for random tokens of
 the requested shape and XLA's memory analysis is read back, so long sequences can be sized
-on a laptop. ``python -m rl_ring.models.memory`` sweeps the rematerialisation policies with
-the blockwise feed-forward on and off and writes ``results/model_memory.{json,png}``.
+on a laptop. ``rl-ring bench model_memory`` (or ``python -m experiments.bench.model_memory``)
+sweeps the rematerialisation policies with the blockwise feed-forward on and off and writes
+``results/model_memory.{json,png}`` (replaced only with ``--overwrite``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import jax
 from flax import nnx
 
+from experiments.bench import common
 from rl_ring.data.batch import Kind
 from rl_ring.models.config import REMAT_POLICIES, ModelConfig
 from rl_ring.models.losses import action_loss
-from rl_ring.models.testing import random_tokens
 from rl_ring.models.transformer import TrajectoryTransformer
-
-_KINDS = (Kind.RTG, Kind.STATE, Kind.ACTION, Kind.REWARD)
 
 
 def step_memory(cfg: ModelConfig, *, batch: int, seq: int) -> dict[str, int]:
@@ -37,7 +34,7 @@ def step_memory(cfg: ModelConfig, *, batch: int, seq: int) -> dict[str, int]:
     """
     widths = {Kind.RTG: 1, Kind.STATE: cfg.obs_dim, Kind.ACTION: cfg.act_dim, Kind.REWARD: 2}
     cfg = cfg.replace(token_features=tuple((k.name, w) for k, w in widths.items()))
-    tokens = random_tokens(_KINDS, widths, batch=batch, seq=seq, act_dim=cfg.act_dim)
+    tokens = common.at_tokens(batch, seq, max(widths.values()), cfg.act_dim)
     graphdef, params = nnx.split(
         nnx.eval_shape(lambda: TrajectoryTransformer(cfg, rngs=nnx.Rngs(0)))
     )
@@ -56,7 +53,8 @@ def step_memory(cfg: ModelConfig, *, batch: int, seq: int) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="rl-ring bench model_memory",
+                                description=__doc__.splitlines()[0])
     p.add_argument("--seq", type=int, default=16384, help="tokens per sequence")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--width", type=int, default=256)
@@ -65,8 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ffn-chunk", type=int, default=512, help="tokens per FFN chunk")
     p.add_argument("--attn", default="blockwise", help="attention implementation")
     p.add_argument("--out", default="results/model_memory", help="output path without suffix")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    path = Path(args.out)
+    common.check_outputs([path.with_suffix(".json"), path.with_suffix(".png")],
+                         overwrite=args.overwrite, what="the model-memory benchmark")
     base = ModelConfig(
         obs_dim=17,
         act_dim=6,
@@ -86,31 +88,18 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
     out = {
-        "command": " ".join(["python -m rl_ring.models.memory", *argv]),
+        "command": " ".join(["rl-ring bench model_memory", *argv]),
         "backend": jax.default_backend(),
-        "config": {k: v for k, v in vars(args).items() if k != "out"},
+        "config": {k: v for k, v in vars(args).items() if k not in ("out", "overwrite")},
         "rows": rows,
     }
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path.with_suffix(".json"), json.dumps(out, indent=1))
-    _plot(rows, args, path.with_suffix(".png"))
+    common.write_result(out, path.with_suffix(".json"), plot, path.with_suffix(".png"))
     return 0
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _plot(rows, args, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(result: dict, path: Path) -> None:
+    plt = common.pyplot()
+    rows, args = result["rows"], argparse.Namespace(**result["config"])
     policies = list(dict.fromkeys(r["remat"] for r in rows))
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for i, (chunk, label) in enumerate(
@@ -126,10 +115,7 @@ def _plot(rows, args, path: Path) -> None:
     ax.set_title(f"train step, {args.seq} tokens, width {args.width}, depth {args.depth}")
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    common.save_png(fig, path, dpi=100)
 
 
 if __name__ == "__main__":

@@ -161,7 +161,16 @@ def test_keydoor_optimal_return_matches_dp():
 def test_bandit_rewards_follow_arm_means():
     env = envs.make("bandit", task=7, seed=3)
     means = bandit.arm_means(7)
-    np.testing.assert_array_equal(means, bandit.arm_means(7))  # fixed per task id
+    # Fixed per task id: the same in a fresh process as here (not merely cached), and
+    # another task has other arms.
+    import subprocess
+    import sys
+    code = "import json; from envs import bandit; print(json.dumps(bandit.arm_means(7).tolist()))"
+    fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True).stdout
+    import json
+    np.testing.assert_array_equal(means, np.asarray(json.loads(fresh)))
+    assert not np.array_equal(means, bandit.arm_means(8))
     assert means.shape == (5,) and np.all((means >= 0) & (means < 1))
     n = 4000
     for arm in range(5):

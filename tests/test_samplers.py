@@ -256,7 +256,11 @@ def test_dt_windows_rtg_and_packing():
                 )
                 starts.add((e, t0))
                 s += n
-            assert len(runs) >= 1
+            # Every break between runs of consecutive steps is a break between windows
+            # (windows that continue each other may form one run): at most 3 runs.
+            assert 1 <= len(runs) <= 3
+            run_starts = np.cumsum([n for _, _, n in runs])[:-1]
+            assert all(seg[i] != seg[i - 1] for i in run_starts)
             np.testing.assert_array_equal(batch.loss_mask[r, : 3 * s], np.tile([0, 1, 0], s))
     # windows start anywhere in an episode (DT's uniform start), including the last step
     assert (1, 6) in starts or (0, 4) in starts or (3, 5) in starts

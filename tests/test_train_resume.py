@@ -3,6 +3,7 @@ ends with parameters bit-identical to an uninterrupted run with the same seed.""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 from conftest import XLA_FLAGS_AT_START
 from test_train_agents import policy_store
 
@@ -38,21 +40,34 @@ def hold_after_checkpoint(cfg):
     return eval_fn
 
 
-def _args(data: str, workdir: Path) -> list[str]:
+# (mesh, attention, dropout): the reference-attention data-parallel case, and the path long
+# runs take: ring attention over a seq mesh, with dropout on (its keys derive from the step).
+CASES = {"data2": ("data=2", "auto", 0.0), "ring-seq2-dropout": ("seq=2", "ring", 0.1)}
+
+
+def _args(data: str, workdir: Path, case: str) -> list[str]:
+    mesh, attention, dropout = CASES[case]
     return ["--agent", "at", "--preset", "tiny", "--data", data, "--workdir", str(workdir),
-            "--mesh", "data=2", "--devices", "2", "--batch-size", "4", "--steps", str(STEPS),
+            "--mesh", mesh, "--devices", "2", "--batch-size", "4", "--steps", str(STEPS),
             "--ckpt-every", str(CKPT_EVERY), "--log-every", "5", "--no-progress",
-            "--optim.lr", "3e-3"]
+            "--optim.lr", "3e-3", "--attention", attention,
+            "--agent-config.model.dropout", str(dropout)]
 
 
-def _config(data: str, workdir: Path) -> TrainConfig:
+def _config(data: str, workdir: Path, case: str) -> TrainConfig:
+    from agents import at
+
+    mesh, attention, dropout = CASES[case]
+    tiny = at.Config.tiny()
+    agent_cfg = dataclasses.replace(tiny, model=tiny.model.replace(dropout=dropout))
     return TrainConfig(agent="at", preset="tiny", data=data, workdir=str(workdir),
-                       mesh="data=2", devices=2, batch_size=4, steps=STEPS,
+                       mesh=mesh, devices=2, batch_size=4, steps=STEPS, attention=attention,
                        ckpt_every=CKPT_EVERY, log_every=5, progress=False,
-                       optim=OptimConfig(lr=3e-3))
+                       optim=OptimConfig(lr=3e-3), agent_config=agent_cfg)
 
 
-def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
+@pytest.mark.parametrize("case", list(CASES))
+def test_sigkill_then_resume_is_bitwise_identical(tmp_path, case):
     data = str(policy_store(False).save(tmp_path / "data"))
     killed = tmp_path / "killed"
     marker = tmp_path / "held"
@@ -62,7 +77,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     # Bit-identical results need the in-process run's XLA flags (thread count of the
     # kernels changes float sums), whatever earlier tests left in os.environ.
     env["XLA_FLAGS"] = XLA_FLAGS_AT_START
-    cmd = [sys.executable, "-m", "rl_ring.cli", "train", *_args(data, killed),
+    cmd = [sys.executable, "-m", "rl_ring.cli", "train", *_args(data, killed, case),
            "--eval-every", "1", "--eval-hook", "test_train_resume:hold_after_checkpoint"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -86,9 +101,9 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert Checkpointer(killed, read_only=True).steps()[-1] == HOLD_AT
 
-    resumed = train(_config(data, killed))
+    resumed = train(_config(data, killed, case))
     assert resumed.start_step == HOLD_AT and resumed.step == STEPS
-    full = train(_config(data, tmp_path / "full"))
+    full = train(_config(data, tmp_path / "full", case))
     same = jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))),
                         full.state, resumed.state)
     assert all(jax.tree.leaves(same)), "resumed parameters differ from the uninterrupted run"

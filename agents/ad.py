@@ -64,7 +64,7 @@ def make_layout(
                      new_episode_flag=cfg.new_episode_flag)
 
 
-make_sampler, make_model = base.agent_functions(
+make_sampler, make_model, sampler_factory, resolved_model = base.agent_functions(
     ADConfig, HistorySampler, HistoryConfig, make_layout)
 loss_fn = base.loss_fn
 

@@ -58,7 +58,8 @@ def make_layout(
                      reward_token=cfg.reward_token, done_token=cfg.done_token)
 
 
-make_sampler, make_model = base.agent_functions(ATConfig, ChainSampler, ChainConfig, make_layout)
+make_sampler, make_model, sampler_factory, resolved_model = base.agent_functions(
+    ATConfig, ChainSampler, ChainConfig, make_layout)
 loss_fn = base.loss_fn
 
 

@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rl_ring.data import samplers
 from rl_ring.data.batch import Kind
 from rl_ring.data.normalize import Normalization
 from rl_ring.data.store import EpisodeStore
 from rl_ring.data.tokens import TokenLayout
-from rl_ring.models import ModelConfig, TrajectoryTransformer, action_loss
+from rl_ring.models import ModelConfig, TrajectoryTransformer, model_action_loss
 
 DATA_SPEC_FORMAT = "rl_ring.DataSpec"
 
@@ -156,21 +157,9 @@ def model_config(base: ModelConfig, spec: DataSpec, layout: TokenLayout) -> Mode
     )
 
 
-def build_model(
-    base: ModelConfig, spec: DataSpec, layout: TokenLayout, *, rngs: nnx.Rngs
-) -> TrajectoryTransformer:
-    """The shared trajectory transformer for a layout and a dataset."""
-    return TrajectoryTransformer(model_config(base, spec, layout), rngs=rngs)
-
-
-def loss_fn(model: TrajectoryTransformer, tokens, *, mesh=None, rngs=None):
-    """Masked action loss of the model's predictions; dropout on when ``rngs`` is given.
-
-    Returns:
-        ``(loss, metrics)`` as :func:`rl_ring.models.action_loss`.
-    """
-    pred = model(tokens, mesh=mesh, deterministic=rngs is None, rngs=rngs)
-    return action_loss(pred, tokens, discrete=model.cfg.discrete_actions)
+# Every agent's training loss: the masked action loss (a library function, so that the
+# training loop calls down into rl_ring.models, never back up into agents).
+loss_fn = model_action_loss
 
 
 def spec_and_norm(
@@ -187,6 +176,15 @@ def spec_and_norm(
     return spec, norm
 
 
+class AgentFunctions(NamedTuple):
+    """What :func:`agent_functions` builds for an agent module."""
+
+    make_sampler: Any
+    make_model: Any
+    sampler_factory: Any
+    resolved_model: Any
+
+
 def agent_functions(config_cls: type, sampler_cls: type, sampler_config_cls: type, make_layout):
     """An agent's ``make_sampler`` and ``make_model``, from its Config class, its sampler (and
     the sampler's config class) and its ``make_layout(cfg, spec, norm)``.
@@ -200,26 +198,38 @@ def agent_functions(config_cls: type, sampler_cls: type, sampler_config_cls: typ
     the data (an EpisodeStore or a DataSpec) and the agent's layout.
     """
 
+    stream = ("batch_size", "seed", "pad_multiple")
+
+    def sampler_factory(store: EpisodeStore, cfg: Any, *, norm: Normalization | None = None):
+        check_agent_config(cfg, config_cls)
+        options = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(sampler_config_cls)
+                   if f.name not in stream}
+        return samplers.sampler_factory(sampler_cls, sampler_config_cls, options, store,
+                                        norm=norm)
+
     def make_sampler(store: EpisodeStore, cfg: Any, *, batch_size: int, seed: int,
                      host_id: int = 0, num_hosts: int = 1, pad_multiple: int = 1,
                      norm: Normalization | None = None):
-        check_agent_config(cfg, config_cls)
-        stream = {"batch_size": batch_size, "seed": seed, "pad_multiple": pad_multiple}
-        options = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(sampler_config_cls)
-                   if f.name not in stream}
-        scfg = sampler_config_cls(**options, **stream)
-        return sampler_cls(store, scfg, norm=norm, host_id=host_id, num_hosts=num_hosts)
+        return sampler_factory(store, cfg, norm=norm)(
+            batch_size=batch_size, seed=seed, host_id=host_id, num_hosts=num_hosts,
+            pad_multiple=pad_multiple)
 
-    def make_model(cfg: Any, data: EpisodeStore | DataSpec, *, rngs: nnx.Rngs):
+    def resolved_model(cfg: Any, data: EpisodeStore | DataSpec) -> ModelConfig:
         check_agent_config(cfg, config_cls)
         spec = DataSpec.coerce(data)
         # The normalisation does not shape the model.
-        layout = make_layout(cfg, spec, Normalization.identity(spec.obs_dim))
-        return build_model(cfg.model, spec, layout, rngs=rngs)
+        return model_config(cfg.model, spec, make_layout(cfg, spec,
+                                                         Normalization.identity(spec.obs_dim)))
 
+    def make_model(cfg: Any, data: EpisodeStore | DataSpec, *, rngs: nnx.Rngs):
+        return TrajectoryTransformer(resolved_model(cfg, data), rngs=rngs)
+
+    sampler_factory.__doc__ = (f"``make_sampler(**stream)`` building this agent's "
+                               f"{sampler_cls.__name__} (a Recipe's sampler factory).")
     make_sampler.__doc__ = f"This host's {sampler_cls.__name__} (see agent_functions)."
+    resolved_model.__doc__ = "The model config shaped by the dataset and the agent's layout."
     make_model.__doc__ = "The trajectory transformer for this agent and dataset."
-    return make_sampler, make_model
+    return AgentFunctions(make_sampler, make_model, sampler_factory, resolved_model)
 
 
 # ---------------------------------------------------------------------------------- acting

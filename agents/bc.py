@@ -55,7 +55,8 @@ def make_layout(
                      state_only=cfg.state_only)
 
 
-make_sampler, make_model = base.agent_functions(BCConfig, BCSampler, BCSamplerConfig, make_layout)
+make_sampler, make_model, sampler_factory, resolved_model = base.agent_functions(
+    BCConfig, BCSampler, BCSamplerConfig, make_layout)
 loss_fn = base.loss_fn
 
 

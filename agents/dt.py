@@ -55,7 +55,8 @@ def make_layout(
     return dt_layout(spec.obs_dim, spec.act_dim, spec.discrete_actions, norm)
 
 
-make_sampler, make_model = base.agent_functions(DTConfig, DTSampler, DTSamplerConfig, make_layout)
+make_sampler, make_model, sampler_factory, resolved_model = base.agent_functions(
+    DTConfig, DTSampler, DTSamplerConfig, make_layout)
 loss_fn = base.loss_fn
 
 

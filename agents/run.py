@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 from agents import base, presets, registry
 from rl_ring.data.normalize import Normalization
+from rl_ring.models import model_factory
 from rl_ring.train.checkpoint import checkpoint_meta, restore_model
 from rl_ring.train.config import TrainConfig, from_dict, run_model_config
 from rl_ring.train.loop import EvalFn, TrainResult, run
@@ -48,11 +49,10 @@ def recipe(cfg: TrainConfig, store) -> Recipe:
     # The normalisation the sampler encodes with, computed once and saved with checkpoints.
     norm = module.make_layout(agent_cfg, store).norm
 
-    def make_model(rngs):
-        return module.make_model(agent_cfg, spec, rngs=rngs)
-
-    def make_sampler(**stream):
-        return module.make_sampler(store, agent_cfg, norm=norm, **stream)
+    # Everything the loop calls is a library function with the agent's choices bound in:
+    # the run reads top-down (agents -> train -> models / data), never back up into agents.
+    make_model = model_factory(module.resolved_model(agent_cfg, spec))
+    make_sampler = module.sampler_factory(store, agent_cfg, norm=norm)
 
     meta = {
         "agent": module.NAME,

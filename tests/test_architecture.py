@@ -98,3 +98,42 @@ def test_library_loads_no_module_by_string():
             if pattern.search(line):
                 offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert offenders == []
+
+
+def test_the_training_loop_never_calls_back_into_agents(tmp_path):
+    """A run reads top-down: the agent builds a Recipe of library functions, and once the
+    loop runs, no code of agents/ executes (model, loss and sampler are rl_ring's)."""
+    import threading
+
+    from agents import run as agent_run
+    from envs.collect import collect_random
+    from rl_ring.train import TrainConfig
+    from rl_ring.train import loop
+
+    store = collect_random("darkroom", 8, seed=0)
+    for agent in ("bc", "ad"):
+        if agent == "ad":
+            from envs.learners.history import collect_histories
+
+            store = collect_histories("darkroom", "posterior", episodes_per_history=4,
+                                      histories=4)
+        cfg = agent_run.resolve_config(TrainConfig(
+            agent=agent, preset="tiny", workdir=str(tmp_path / agent), steps=3, devices=1,
+            batch_size=2, progress=False, tensorboard=False, log_every=1, ckpt_every=3))
+        recipe = agent_run.recipe(cfg, store)
+        agents_dir = str(ROOT / "agents")
+        seen: set[str] = set()
+
+        def profile(frame, event, arg, seen=seen, agents_dir=agents_dir):
+            if event == "call" and frame.f_code.co_filename.startswith(agents_dir):
+                seen.add(f"{frame.f_code.co_filename}:{frame.f_code.co_name}")
+
+        sys.setprofile(profile)
+        threading.setprofile(profile)
+        try:
+            result = loop.run(recipe, cfg)
+        finally:
+            sys.setprofile(None)
+            threading.setprofile(None)
+        assert result.step == 3
+        assert seen == set(), f"{agent}: the loop called back into {sorted(seen)}"

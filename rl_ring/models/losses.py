@@ -55,3 +55,14 @@ def action_loss(
         metrics["mse"] = loss
     metrics["loss"] = loss
     return loss, metrics
+
+
+def model_action_loss(model, tokens, *, mesh=None, rngs=None):
+    """Masked action loss of ``model``'s predictions on ``tokens``; dropout on when ``rngs``
+    is given (the training loss of every agent: a Recipe's ``loss_fn``).
+
+    Returns:
+        ``(loss, metrics)`` as :func:`action_loss`.
+    """
+    pred = model(tokens, mesh=mesh, deterministic=rngs is None, rngs=rngs)
+    return action_loss(pred, tokens, discrete=model.cfg.discrete_actions)

@@ -7,6 +7,8 @@ the layer body compiles once whatever the depth.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -185,3 +187,12 @@ def _dropout_key(rngs, *, deterministic: bool, rate: float) -> jax.Array:
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.wrap_key_data(key)
     return key
+
+
+def model_factory(cfg: ModelConfig):
+    """``make_model(rngs)``: builds ``TrajectoryTransformer(cfg)`` (a Recipe's model)."""
+    return functools.partial(_build_model, cfg)
+
+
+def _build_model(cfg: ModelConfig, rngs: nnx.Rngs) -> TrajectoryTransformer:
+    return TrajectoryTransformer(cfg, rngs=rngs)

@@ -16,7 +16,7 @@ agent's Config) plus the stream's ``batch_size``, ``pad_multiple`` and ``seed``.
 
 from __future__ import annotations
 
-from rl_ring.data.samplers.base import Prefetcher, Sampler, StepPlan, ranges
+from rl_ring.data.samplers.base import Prefetcher, Sampler, StepPlan, ranges, sampler_factory
 from rl_ring.data.samplers.chain import ChainConfig, ChainOptions, ChainSampler
 from rl_ring.data.samplers.histories import HistoryConfig, HistoryOptions, HistorySampler
 from rl_ring.data.samplers.windows import (
@@ -52,5 +52,6 @@ __all__ = [
     "WindowOptions",
     "WindowSampler",
     "ranges",
+    "sampler_factory",
     "top_percent_episodes",
 ]

@@ -17,6 +17,7 @@ Rows are drawn independently, with replacement across rows and batches (no epoch
 from __future__ import annotations
 
 import dataclasses
+import functools
 import queue
 import threading
 from dataclasses import dataclass
@@ -386,3 +387,17 @@ class Prefetcher:
         self.close()
 
 
+
+
+def sampler_factory(sampler_cls: type, config_cls: type, options: dict[str, Any],
+                    store: EpisodeStore, *, norm: Any = None):
+    """``make_sampler(batch_size=, seed=, host_id=0, num_hosts=1, pad_multiple=1)``: builds
+    ``sampler_cls(store, config_cls(**options, <stream>), norm=norm, ...)`` when the training
+    loop knows the stream (a Recipe's ``make_sampler``)."""
+    return functools.partial(_build_sampler, sampler_cls, config_cls, dict(options), store, norm)
+
+
+def _build_sampler(sampler_cls, config_cls, options, store, norm, *, batch_size: int, seed: int,
+                   host_id: int = 0, num_hosts: int = 1, pad_multiple: int = 1):
+    cfg = config_cls(**options, batch_size=batch_size, seed=seed, pad_multiple=pad_multiple)
+    return sampler_cls(store, cfg, norm=norm, host_id=host_id, num_hosts=num_hosts)

@@ -107,8 +107,7 @@ def test_the_training_loop_never_calls_back_into_agents(tmp_path):
 
     from agents import run as agent_run
     from envs.collect import collect_random
-    from rl_ring.train import TrainConfig
-    from rl_ring.train import loop
+    from rl_ring.train import TrainConfig, loop
 
     store = collect_random("darkroom", 8, seed=0)
     for agent in ("bc", "ad"):

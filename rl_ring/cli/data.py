@@ -30,7 +30,7 @@ class InfoConfig:
     """Print episodes, steps and return statistics of any supported dataset."""
 
     path: tyro.conf.Positional[str]
-    """EpisodeStore dir, D4RL .hdf5 file, ExoRL buffer dir or Minari dataset dir."""
+    """EpisodeStore dir, D4RL or XLand .hdf5 file, ExoRL buffer dir or Minari dataset dir."""
     task: str | None = None
     """ExoRL only: relabel rewards for this task (e.g. walker_run) before the statistics."""
     bins: int = 10
@@ -98,7 +98,7 @@ def main(argv: list[str]) -> int:
 def _options(fmt: str, task, skip_bad, workers) -> dict:
     if task is not None and fmt != "exorl":
         raise ValueError(f"--task relabels ExoRL data; this dataset is {fmt!r}")
-    if fmt == "store":
+    if fmt in ("store", "xland"):
         return {}
     opts: dict = {"skip_bad": skip_bad}
     if fmt == "exorl":
@@ -110,6 +110,12 @@ def _options(fmt: str, task, skip_bad, workers) -> dict:
 
 def _info(cfg: InfoConfig) -> int:
     fmt = detect_format(cfg.path)
+    if fmt == "xland":  # learning histories too large to load: read the metadata and dones
+        from rl_ring.data.xland import XLandDataset
+
+        with XLandDataset(cfg.path) as data:
+            print("\n".join(data.info_lines()))
+        return 0
     store = load(cfg.path, **_options(fmt, cfg.task, cfg.skip_bad, cfg.workers))
     name = cfg.name or store.metadata.get("dataset_id") or Path(cfg.path.rstrip("/")).stem
     for line in info_lines(store, fmt, cfg.path, bins=cfg.bins, name=name):

@@ -1,4 +1,4 @@
-"""Offline data: EpisodeStore, readers and writers (D4RL, ExoRL, Minari), samplers."""
+"""Offline data: EpisodeStore, readers and writers (D4RL, ExoRL, Minari, XLand), samplers."""
 
 from rl_ring.data.batch import Kind, TokenBatch
 from rl_ring.data.d4rl import read_d4rl, write_d4rl
@@ -15,6 +15,7 @@ from rl_ring.data.samplers import (
 from rl_ring.data.scores import has_reference, normalized_score
 from rl_ring.data.store import EpisodeStore, returns_to_go
 from rl_ring.data.tokens import TokenLayout
+from rl_ring.data.xland import XLandDataset, XLandGroup, XLandWriter, write_xland
 
 __all__ = ["EpisodeStore", "Kind", "TokenBatch", "returns_to_go"]
 __all__ += [
@@ -37,4 +38,8 @@ __all__ += [
     "write_d4rl",
     "write_exorl",
     "write_minari",
+    "write_xland",
+    "XLandDataset",
+    "XLandGroup",
+    "XLandWriter",
 ]

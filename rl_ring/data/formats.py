@@ -17,16 +17,18 @@ from rl_ring.io import check_output_dir, check_output_files
 
 __all__ = ["FORMATS", "DatasetError", "check_dataset_target", "detect_format", "load"]
 
-FORMATS = ("store", "d4rl", "exorl", "minari")
+FORMATS = ("store", "d4rl", "exorl", "minari", "xland")
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 # ---------------------------------------------------------------------------- detection
 def detect_format(path: str | os.PathLike) -> str:
-    """Names the format of ``path``: ``"store"``, ``"d4rl"``, ``"exorl"`` or ``"minari"``.
+    """Names the format of ``path``: ``"store"``, ``"d4rl"``, ``"exorl"``, ``"minari"`` or
+    ``"xland"``.
 
     - an EpisodeStore directory holds ``store.json``;
-    - a D4RL dataset is one HDF5 file;
+    - an XLand-100B-layout file is one HDF5 file whose group ``"0"`` holds ``states``;
+    - a D4RL dataset is any other HDF5 file;
     - an ExoRL dataset is a directory of ``*.npz`` episode files, or a directory with a
       ``buffer/`` subdirectory of them;
     - a Minari dataset directory holds ``data/metadata.json`` and ``data/main_data.hdf5``
@@ -43,7 +45,9 @@ def detect_format(path: str | os.PathLike) -> str:
         with open(p, "rb") as f:
             head = f.read(8)
         if head == _HDF5_SIGNATURE:
-            return "d4rl"
+            from rl_ring.data.xland import is_xland_file
+
+            return "xland" if is_xland_file(p) else "d4rl"
         if p.suffix in (".hdf5", ".h5"):
             raise DatasetError(p, "has an .hdf5 name but no HDF5 signature (corrupt file?)")
         raise DatasetError(p, "is a file but not HDF5; expected a D4RL .hdf5 file or a directory")
@@ -71,12 +75,14 @@ def load(path: str | os.PathLike, *, format: str | None = None, **options) -> Ep
     """Loads any supported dataset into an :class:`EpisodeStore`.
 
     Args:
-        path: an EpisodeStore directory, a D4RL ``.hdf5`` file, an ExoRL buffer directory or a
-            Minari dataset directory.
+        path: an EpisodeStore directory, a D4RL ``.hdf5`` file, an ExoRL buffer directory, a
+            Minari dataset directory or an XLand-100B-layout ``.hdf5`` file.
         format: skip detection and read as this format (one of :data:`FORMATS`).
         **options: passed to the reader: ``skip_bad`` for all file formats, ``task`` /
             ``relabel`` / ``workers`` for ExoRL (``envs.load_dataset(path, task=...)`` passes
-            the relabeller), ``mmap`` for EpisodeStore directories.
+            the relabeller), ``mmap`` for EpisodeStore directories, ``obs_encoding`` /
+            ``max_bytes`` for XLand files (small ones: large ones are sampled from the file
+            with ``rl_ring.data.xland.XLandHistorySampler``).
     """
     fmt = format or detect_format(path)
     if fmt == "store":
@@ -93,6 +99,11 @@ def load(path: str | os.PathLike, *, format: str | None = None, **options) -> Ep
         from rl_ring.data.minari import read_minari
 
         return read_minari(path, **options)
+    if fmt == "xland":
+        from rl_ring.data.xland import XLandDataset
+
+        with XLandDataset(path) as data:
+            return data.to_store(**options)
     raise ValueError(f"load: unknown format {fmt!r}, expected one of {FORMATS}")
 
 
@@ -109,7 +120,7 @@ def check_dataset_target(path: str | os.PathLike, fmt: str, *, overwrite: bool) 
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}, expected one of {FORMATS}")
     what = f"a {fmt} dataset"
-    if fmt == "d4rl":
+    if fmt in ("d4rl", "xland"):
         check_output_files([path], overwrite=overwrite, what=what)
     else:
         check_output_dir(path, overwrite=overwrite, what=what)

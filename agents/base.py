@@ -296,8 +296,11 @@ class OnlineEncoder:
     known. Per row it tracks the return-to-go (reset to ``target_return`` at each trial, then
     reduced by each reward, as the chain/DT samplers relabel), the previous action and
     reward (carried across episodes, as in an AD learning history), the new-episode flag
-    and the timestep. The completion flag of a step is 1 when the episode ended there with
-    a return of at least the target (AT's "reached the target").
+    and the timestep, and for TRANSITION tokens the previous observation and whether its
+    episode ended there (the transition's next state is the observation of the step that
+    follows it, or hidden when its episode ended). The completion flag of a step is 1 when
+    the episode ended there with a return of at least the target (AT's "reached the
+    target").
 
     All methods take ``[N, ...]`` arrays and an ``[N]`` bool mask; rows outside the mask are
     left untouched.
@@ -325,6 +328,9 @@ class OnlineEncoder:
         else:
             self.prev_action = np.zeros((n, layout.act_dim), np.float32)
         self.prev_reward = np.zeros(n, np.float64)
+        self.prev_obs = np.zeros((n, layout.obs_dim), np.float32)
+        self.prev_ended = np.zeros(n, np.float32)
+        self.has_prev = np.zeros(n, np.float32)
         self._obs: np.ndarray | None = None
 
     @property
@@ -349,6 +355,10 @@ class OnlineEncoder:
             prev_action=self.prev_action,
             prev_reward=self.prev_reward,
             new_episode=self.new_episode,
+            prev_obs=self.prev_obs,
+            prev_next_obs=obs,
+            prev_ended=self.prev_ended,
+            has_prev=self.has_prev,
         )
         return self._chunk(self.before_kinds, fields)
 
@@ -379,6 +389,9 @@ class OnlineEncoder:
         self.new_episode[mask] = 0.0
         self.prev_action[mask] = action[mask]
         self.prev_reward[mask] = reward[mask]
+        self.prev_obs[mask] = self._obs[mask]
+        self.prev_ended[mask] = ended[mask]
+        self.has_prev[mask] = 1.0
         return chunk
 
     def _chunk(self, kinds: tuple[Kind, ...], fields: dict[str, Any]) -> TokenChunk:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from agents import ad, at, bc, dt
+from agents import ad, at, bc, dpt, dt
 
-AGENTS: dict[str, ModuleType] = {"at": at, "dt": dt, "bc": bc, "ad": ad}
+AGENTS: dict[str, ModuleType] = {"at": at, "dt": dt, "bc": bc, "ad": ad, "dpt": dpt}
 
 
 def get(name: str) -> ModuleType:
-    """The agent module registered under ``name`` (at, dt, bc, ad; any case).
+    """The agent module registered under ``name`` (at, dt, bc, ad, dpt; any case).
 
     Raises:
         ValueError: an unknown name, listing the known ones.

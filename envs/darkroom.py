@@ -117,6 +117,14 @@ class DarkRoom(InContextEnv):
             reward_on_arrival=self.reward_on_arrival,
         )
 
+    def optimal_action(self, obs: np.ndarray) -> int:
+        """A shortest-path action from the observed cell ``obs = (x, y)`` to the goal of the
+        current task (x first, then y; the no-op on the goal, where staying is optimal under
+        every reward convention). Collectors record it next to every logged action."""
+        if self.task is None:
+            raise ValueError("darkroom: no task set; reset() first")
+        return gw.step_towards(_cell(obs, 2, self.family), gw.cell_xy(self.task, self.size))
+
     def _obs(self) -> np.ndarray:
         return np.array(self._pos, dtype=np.float32)
 
@@ -149,3 +157,12 @@ class DarkRoom(InContextEnv):
             return None
         marks = [(self._goal, (40, 160, 40)), (self._pos, (230, 230, 230))]
         return gw.render_grid(self.size, marks)
+
+
+def _cell(obs, dim: int, family: str) -> tuple[int, int]:
+    """``(x, y)`` of an observation whose first two entries are the cell."""
+    o = np.asarray(obs, np.float64).reshape(-1)
+    if o.shape != (dim,):
+        raise ValueError(f"{family}: observation must have {dim} entries, got shape "
+                         f"{np.shape(obs)}")
+    return int(round(o[0])), int(round(o[1]))

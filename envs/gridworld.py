@@ -43,6 +43,16 @@ def move(pos: tuple[int, int], action: int, size: int) -> tuple[int, int]:
     return (min(max(pos[0] + int(dx), 0), size - 1), min(max(pos[1] + int(dy), 0), size - 1))
 
 
+def step_towards(pos: tuple[int, int], target: tuple[int, int]) -> int:
+    """The action of one shortest path to ``target``: along x first, then y; the no-op on
+    it. The grid oracles walk it and collectors record it as the optimal action."""
+    if pos[0] != target[0]:
+        return 4 if target[0] > pos[0] else 3
+    if pos[1] != target[1]:
+        return 1 if target[1] > pos[1] else 2
+    return 0
+
+
 def check_action(action, env_name: str) -> int:
     """Converts an action to int, raising a clear error for anything outside ``[0, 5)``."""
     a = np.asarray(action)

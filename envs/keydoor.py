@@ -98,6 +98,19 @@ class KeyDoor(InContextEnv):
             raise ValueError("keydoor: no task set; pass task= or reset() first")
         return optimal_return(task, size=self.size, episode_length=self.episode_length)
 
+    def optimal_action(self, obs: np.ndarray) -> int:
+        """A shortest-path action from ``obs = (x, y, has_key)``: towards the key while it is
+        not held, then towards the door (x first, then y). Collectors record it next to
+        every logged action."""
+        if self.task is None:
+            raise ValueError("keydoor: no task set; reset() first")
+        o = np.asarray(obs, np.float64).reshape(-1)
+        if o.shape != (3,):
+            raise ValueError(f"keydoor: observation must be (x, y, has_key), got shape "
+                             f"{np.shape(obs)}")
+        key, door = key_door(self.task, size=self.size)
+        return gw.step_towards((int(round(o[0])), int(round(o[1]))), door if o[2] > 0.5 else key)
+
     def _obs(self) -> np.ndarray:
         return np.array([self._pos[0], self._pos[1], float(self._has_key)], dtype=np.float32)
 

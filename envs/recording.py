@@ -5,7 +5,10 @@ observation after the step is ``next_observations[t]``; ``terminals[t]`` / ``tim
 say how the episode ended after row ``t``. dm_control envs (those whose ``info`` carries
 ``"physics"``) add ``physics`` (state at observation time), ``next_physics`` (state after the
 step) and ``discount``; Gymnasium MuJoCo envs add ``infos/qpos`` and ``infos/qvel`` at
-observation time, as D4RL stores them.
+observation time, as D4RL stores them. Envs that know the optimal action of a state (the
+in-context families' ``optimal_action(obs)``: a bandit's best arm, a grid's shortest-path
+move) add ``optimal_actions``: row ``t`` is the optimal action at ``observations[t]``, next
+to the logged ``actions[t]`` (the labels of the Decision-Pretrained Transformer).
 """
 
 from __future__ import annotations
@@ -68,10 +71,15 @@ def run_episode(
         physics = info["physics"]
     if mj is not None:
         rows.update({"infos/qpos": [], "infos/qvel": []})
+    optimal = getattr(env.unwrapped, "optimal_action", None)
+    if optimal is not None:
+        rows["optimal_actions"] = []
     while True:
         if mj is not None:
             rows["infos/qpos"].append(np.array(mj.qpos, dtype=np.float64))
             rows["infos/qvel"].append(np.array(mj.qvel, dtype=np.float64))
+        if optimal is not None:  # before the step: the label of the observed state
+            rows["optimal_actions"].append(int(optimal(obs)))
         action = act(obs)
         next_obs, reward, terminated, truncated, info = env.step(action)
         rows["observations"].append(np.asarray(obs, dtype=np.float32))
@@ -93,6 +101,8 @@ def run_episode(
     out = {k: np.asarray(v) for k, v in rows.items()}
     out["actions"] = out["actions"].astype(np.int64 if discrete else np.float32)
     out["rewards"] = out["rewards"].astype(np.float32)
+    if optimal is not None:
+        out["optimal_actions"] = out["optimal_actions"].astype(np.int64)
     if with_physics:
         out["discount"] = out["discount"].astype(np.float32)
     return out

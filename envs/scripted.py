@@ -150,11 +150,7 @@ def grid_oracle(env_id: str, task: int) -> Callable[[np.ndarray], int]:
 
 def _step_towards(pos: tuple[int, int], target: tuple[int, int]) -> int:
     """Grid action moving one step closer to ``target`` (x first), no-op on it."""
-    if pos[0] != target[0]:
-        return 4 if target[0] > pos[0] else 3
-    if pos[1] != target[1]:
-        return 1 if target[1] > pos[1] else 2
-    return 0
+    return gw.step_towards(pos, target)
 
 
 CONTROLLERS: dict[str, Controller] = {

@@ -35,15 +35,15 @@ def store_with_exact_returns(discrete=False, lengths=(6, 4, 7, 5, 6), seed=0):
 
 
 # ------------------------------------------------------------------------------ registry
-def test_registry_knows_the_four_agents_and_names_them_on_error():
-    assert agents.names() == ("at", "dt", "bc", "ad")
+def test_registry_knows_the_five_agents_and_names_them_on_error():
+    assert agents.names() == ("at", "dt", "bc", "ad", "dpt")
     for name in agents.names():
         agent = agents.get(name)
         assert agent.NAME == name
         for attr in ("Config", "make_sampler", "make_model", "loss_fn", "make_layout"):
             assert hasattr(agent, attr), f"{name} lacks {attr}"
     with pytest.raises(
-        ValueError, match=r"unknown agent 'ppo'; known agents are \['ad', 'at', 'bc', 'dt'\]"
+        ValueError, match=r"unknown agent 'ppo'; known agents are \['ad', 'at', 'bc', 'dpt', 'dt'\]"
     ):
         agents.get("ppo")
 

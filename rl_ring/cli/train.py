@@ -23,7 +23,7 @@ from rl_ring.train.config import TrainConfig
 from rl_ring.train.loop import NonFiniteError, TrainingInterrupted, check_workdir
 
 DESCRIPTION = (
-    "Train an in-context RL agent (at, dt, bc, ad; any case) on an offline dataset. The run "
+    "Train an in-context RL agent (at, dt, bc, ad, dpt; any case) on an offline dataset. The run "
     "resumes from its --workdir when a checkpoint is there. --agent and --preset (one of "
     f"{', '.join(presets.PRESETS)}: the names 'rl-ring plan' takes) choose the options below "
     "and their defaults."

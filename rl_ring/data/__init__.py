@@ -9,6 +9,7 @@ from rl_ring.data.normalize import Normalization
 from rl_ring.data.samplers import (
     BCSamplerConfig,
     ChainConfig,
+    DPTSamplerConfig,
     DTSamplerConfig,
     HistoryConfig,
 )
@@ -21,6 +22,7 @@ __all__ = ["EpisodeStore", "Kind", "TokenBatch", "returns_to_go"]
 __all__ += [
     "BCSamplerConfig",
     "ChainConfig",
+    "DPTSamplerConfig",
     "DTSamplerConfig",
     "HistoryConfig",
     "Normalization",

@@ -13,6 +13,8 @@ Token kinds (``kind`` field):
     DONE     completion flag as a separate token (layouts that want it)
     STEP     one token per step holding (observation, previous action, previous reward)
              concatenated: Algorithm Distillation's token
+    TRANSITION  one observed transition (state, action, reward, next state, ended):
+             the in-context dataset of the Decision-Pretrained Transformer
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Kind(IntEnum):
     REWARD = 3
     DONE = 4
     STEP = 5
+    TRANSITION = 6
 
 
 NUM_KINDS = len(Kind)

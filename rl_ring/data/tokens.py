@@ -16,10 +16,15 @@ Payload of each kind (columns from 0; the rest of the ``feature_dim`` row is zer
     DONE    [d]
     STEP    [(obs - mean) / std, prev action (one-hot or vector), prev reward / reward_scale,
              new-episode flag (optional)]
+    TRANSITION  [(prev_obs - mean) / std, prev action, prev reward / reward_scale,
+             (prev_next_obs - mean) / std (zero when prev_ended), prev_ended], all zero when
+             has_prev is 0 (no transition before the stream's first step)
 
 The action of step ``t`` is predicted at the layout's *predict token* (STATE, or STEP for
 Algorithm Distillation). Kinds that may depend on the action (ACTION, REWARD, DONE) must
-come after it in the step and RTG before it, so a causal model never sees the answer. The
+come after it in the step and RTG before it, so a causal model never sees the answer.
+TRANSITION (the Decision-Pretrained Transformer's in-context data) holds a transition seen
+*before* the step's state, so it precedes STATE too. The
 model must then use a plain causal mask (``tokens_per_step=1`` in ``rl_ring.attention``),
 not the block-causal one, since the ACTION token sits in the same step as STATE.
 """
@@ -45,6 +50,8 @@ _NEEDS: dict[Kind, tuple[str, ...]] = {
     Kind.REWARD: ("reward",),  # + "done" when the flag rides on the reward token
     Kind.DONE: ("done",),
     Kind.STEP: ("obs", "prev_action", "prev_reward"),  # + "new_episode" when flagged
+    Kind.TRANSITION: ("prev_obs", "prev_action", "prev_reward", "prev_next_obs", "prev_ended",
+                      "has_prev"),
 }
 
 
@@ -83,12 +90,14 @@ class TokenLayout:
                     f"TokenLayout: kinds {_names(kinds)} have no STATE to predict from"
                 )
             i = kinds.index(Kind.STATE)
-            early = [k for k in kinds[:i] if k != Kind.RTG]
-            late = [k for k in kinds[i + 1 :] if k == Kind.RTG]
+            before = (Kind.RTG, Kind.TRANSITION)
+            early = [k for k in kinds[:i] if k not in before]
+            late = [k for k in kinds[i + 1 :] if k in before]
             if early or late:
                 raise ValueError(
-                    f"TokenLayout: kinds {_names(kinds)}: only RTG may precede STATE and "
-                    "ACTION/REWARD/DONE must follow it (they depend on the predicted action)"
+                    f"TokenLayout: kinds {_names(kinds)}: only RTG and TRANSITION may precede "
+                    "STATE and ACTION/REWARD/DONE must follow it (they depend on the predicted "
+                    "action)"
                 )
         if self.obs_dim < 1 or self.act_dim < 1:
             raise ValueError(
@@ -134,6 +143,8 @@ class TokenLayout:
             return self.act_dim
         if kind == Kind.REWARD:
             return 2 if self.completion == "reward_feature" else 1
+        if kind == Kind.TRANSITION:
+            return 2 * self.obs_dim + self.act_dim + 2
         return self.obs_dim + self.act_dim + 1 + int(self.new_episode_flag)
 
     @property
@@ -232,7 +243,7 @@ class TokenLayout:
                 )
         first = self._needs(kind)[0]
         shape = np.shape(fields[first])
-        if first == "obs" or (first.endswith("action") and not self.discrete_actions):
+        if first.endswith("obs") or (first.endswith("action") and not self.discrete_actions):
             shape = shape[:-1]
         return tuple(shape)
 
@@ -254,6 +265,17 @@ class TokenLayout:
                 out[..., 1] = f["done"]
         elif kind == Kind.DONE:
             out[..., 0] = f["done"]
+        elif kind == Kind.TRANSITION:
+            o, a = self.obs_dim, self.act_dim
+            self._fill_obs(out[..., :o], f["prev_obs"])
+            self._fill_action(out[..., o : o + a], f["prev_action"], "prev_action")
+            out[..., o + a] = np.asarray(f["prev_reward"], np.float64) / norm.reward_scale
+            self._fill_obs(out[..., o + a + 1 : 2 * o + a + 1], f["prev_next_obs"])
+            ended = np.asarray(f["prev_ended"], np.float32)
+            # An episode's last next state is not what follows it in a stream: hidden.
+            out[..., o + a + 1 : 2 * o + a + 1] *= (1.0 - ended)[..., None]
+            out[..., 2 * o + a + 1] = ended
+            out *= np.asarray(f["has_prev"], np.float32)[..., None]
         else:  # STEP
             o, a = self.obs_dim, self.act_dim
             self._fill_obs(out[..., :o], f["obs"])
@@ -403,6 +425,14 @@ def ad_layout(
     return TokenLayout(
         (Kind.STEP,), obs_dim, act_dim, discrete_actions, norm, new_episode_flag=new_episode_flag
     )
+
+
+def dpt_layout(
+    obs_dim: int, act_dim: int, discrete_actions: bool, norm: Normalization
+) -> TokenLayout:
+    """Decision-Pretrained Transformer: TRANSITION (the transition seen before the step),
+    STATE (the query state, whose optimal action is predicted) per step."""
+    return TokenLayout((Kind.TRANSITION, Kind.STATE), obs_dim, act_dim, discrete_actions, norm)
 
 
 def _names(kinds) -> list[str]:

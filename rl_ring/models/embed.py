@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rl_ring.data.batch import NUM_KINDS, Kind
+from rl_ring.data.batch import Kind
 from rl_ring.models import placement as pl
 from rl_ring.models.config import ModelConfig
 
@@ -41,8 +41,11 @@ class TokenEmbedding(nnx.Module):
                 for name, width in cfg.kind_features.items()
             }
         )
+        # Rows up to the highest kind embedded, at least the six that predate TRANSITION, so
+        # every model saved before it was added keeps its table's shape.
+        num_kinds = 1 + max(int(Kind.STEP), *(int(Kind[n]) for n in cfg.kind_features))
         self.kind_table = nnx.Embed(
-            NUM_KINDS, cfg.width, dtype=cfg.compute_dtype, param_dtype=pdt,
+            num_kinds, cfg.width, dtype=cfg.compute_dtype, param_dtype=pdt,
             embedding_init=init, rngs=rngs,
         )
         self.time_table = nnx.Embed(

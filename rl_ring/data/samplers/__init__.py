@@ -5,19 +5,22 @@
 - :class:`BCSampler` (``BCSamplerConfig``): K-step windows of the top x% episodes (filtered BC).
 - :class:`HistorySampler` (``HistoryConfig``): learning-history windows for Algorithm
   Distillation.
+- :class:`DPTSampler` (``DPTSamplerConfig``): in-context datasets with optimal-action labels for
+  the Decision-Pretrained Transformer.
 
 All are deterministic functions of ``(seed, step)``, shard the global batch over hosts by
 rows, resume from ``state_dict()``, and iterate (``next_batch()``, ``iter()``,
 ``prefetch()``). Each config is an options class (``ChainOptions``, ``WindowOptions``,
-``TopWindowOptions``, ``HistoryOptions``: what a sequence is made of, inherited by the
-agent's Config) plus the stream's ``batch_size``, ``pad_multiple`` and ``seed``. See
-``docs/samplers.md``.
+``TopWindowOptions``, ``HistoryOptions``, ``DPTOptions``: what a sequence is made of,
+inherited by the agent's Config) plus the stream's ``batch_size``, ``pad_multiple`` and
+``seed``. See ``docs/samplers.md``.
 """
 
 from __future__ import annotations
 
 from rl_ring.data.samplers.base import Prefetcher, Sampler, StepPlan, ranges, sampler_factory
 from rl_ring.data.samplers.chain import ChainConfig, ChainOptions, ChainSampler
+from rl_ring.data.samplers.dpt import DPTOptions, DPTSampler, DPTSamplerConfig, label_array
 from rl_ring.data.samplers.histories import HistoryConfig, HistoryOptions, HistorySampler
 from rl_ring.data.samplers.windows import (
     BCSampler,
@@ -30,7 +33,7 @@ from rl_ring.data.samplers.windows import (
     top_percent_episodes,
 )
 
-SamplerConfig = ChainConfig | DTSamplerConfig | BCSamplerConfig | HistoryConfig
+SamplerConfig = ChainConfig | DTSamplerConfig | BCSamplerConfig | HistoryConfig | DPTSamplerConfig
 
 
 __all__ = [
@@ -39,6 +42,9 @@ __all__ = [
     "ChainConfig",
     "ChainOptions",
     "ChainSampler",
+    "DPTSamplerConfig",
+    "DPTOptions",
+    "DPTSampler",
     "DTSampler",
     "DTSamplerConfig",
     "HistoryConfig",
@@ -51,6 +57,7 @@ __all__ = [
     "TopWindowOptions",
     "WindowOptions",
     "WindowSampler",
+    "label_array",
     "ranges",
     "sampler_factory",
     "top_percent_episodes",

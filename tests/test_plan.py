@@ -19,7 +19,7 @@ from rl_ring.data.batch import TOKEN_FIELDS, TokenBatch
 from rl_ring.models import TrajectoryTransformer
 from rl_ring.train.loader import MeshLoader
 from rl_ring.train.optim import OptimConfig, make_optimizer
-from rl_ring.train.plan import plan_step
+from rl_ring.train.plan import attention_memory, plan_step
 from rl_ring.train.recipe import rule_specs
 from rl_ring.train.state import build_state
 
@@ -63,6 +63,41 @@ def test_plan_arguments_equal_the_real_device_buffers(tmp_path):
     assert report["alias_bytes"] >= report["params_bytes"] + report["opt_state_bytes"]
     assert report["peak_bytes"] == (report["argument_bytes"] + report["output_bytes"]
                                     - report["alias_bytes"] + report["temp_bytes"])
+    # The analytic attention memory of every strategy, for this shape on this mesh.
+    m = shape.model
+    assert report["attention_memory"] == json.loads(json.dumps(attention_memory(
+        seq_len=t, num_devices=4, heads=m.num_heads, kv_heads=m.kv_heads, head_dim=m.head_dim,
+        batch=b // 2, chunk=dict(m.attn_options).get("q_chunk", 512))))
+
+
+def test_attention_memory_formulas_against_hand_values():
+    # T=1024 on n=4 (block L=256), 4 query / 2 K/V heads of 16, batch 2, bf16, chunk 128.
+    got = attention_memory(seq_len=1024, num_devices=4, heads=4, kv_heads=2, head_dim=16,
+                           batch=2, dtype_bytes=2, chunk=128)
+    # blockwise over T: q+out 2*2*1024*4*16*2, k+v 2*2*1024*2*16*2, lse 2*4*1024*4,
+    # scores 2*4*128*128*4; bwd: dout 2*1024*4*16*2, dq 2*1024*4*16*4, dkv 2*2*1024*2*16*4.
+    assert got["blockwise"]["fwd"] == 524288 + 262144 + 32768 + 524288
+    assert got["blockwise"]["fwd_bwd"] == 1343488 + 262144 + 524288 + 524288
+    # ring over L=256: 131072 + 65536 + 8192 + 524288 + K/V in flight 2*2*256*2*16*2;
+    # bwd 65536 + 131072 + dkv 2*2*256*2*16*4 + travelling dK/dV and its copy 2*131072.
+    assert got["ring"]["fwd"] == 131072 + 65536 + 8192 + 524288 + 65536
+    assert got["ring"]["fwd_bwd"] == 794624 + 65536 + 131072 + 131072 + 262144
+    # allgather: the ring's local terms + gathered K/V 2*2*1024*2*16*2; bwd + f32 dK/dV of
+    # the whole sequence 2*2*1024*2*16*4.
+    assert got["allgather"]["fwd"] == 131072 + 65536 + 8192 + 524288 + 262144
+    assert got["allgather"]["fwd_bwd"] == 991232 + 65536 + 131072 + 131072 + 524288
+    # ulysses: K/V heads repeated 4/gcd(2,4)=2x -> 1 q and 1 K/V head per device over T:
+    # q+out 2*2*1024*16*2, k+v the same, lse 2*1024*4, scores 2*128*128*4, local q/k/v/out
+    # 2*256*(8+4)*16*2; bwd dout 2*1024*16*2, dq 2*1024*16*4, dkv 2*2*1024*16*4.
+    assert got["ulysses"]["fwd"] == 131072 + 131072 + 8192 + 131072 + 196608
+    assert got["ulysses"]["fwd_bwd"] == 598016 + 65536 + 131072 + 262144
+    assert "repeated 2x" in got["ulysses"]["note"]
+    # Heads that the devices do not divide: no Ulysses.
+    bad = attention_memory(seq_len=96, num_devices=8, heads=6, kv_heads=6, head_dim=8)
+    assert bad["ulysses"]["fwd"] is None and "6 heads not divisible by 8" in bad["ulysses"]["note"]
+    # Per device, allgather's gathered K/V grows with T while the ring's stays T/n.
+    big = attention_memory(seq_len=65536, num_devices=8, heads=8, kv_heads=8, head_dim=64)
+    assert big["allgather"]["terms"]["kv_gathered"] == 8 * big["ring"]["terms"]["kv_in_flight"]
 
 
 def test_activation_memory_grows_linearly_with_ring_and_quadratically_dense():

@@ -5,8 +5,16 @@ ratios, pass/fail per target) and ``results/attention.png``; existing ones are r
 with ``--overwrite``.
 
     rl-ring bench attention --quick      # ~1-2 minutes on 2 CPU cores
-    rl-ring bench attention              # full: T=8192, memory from 2K to 64K
+    rl-ring bench attention              # full: T=8192, memory from 2K to 64K, strategies
     python -m experiments.bench.attention --quick   # the same
+    rl-ring bench attention --strategies-only --strategy-seq-lens 2048   # a quick check
+
+The context-parallel strategies (ring, all-gather, Ulysses) are compared on their own: causal
+forward+backward at T = 2K ... 64K on ``--devices`` devices, time and compiled per-device
+memory, the fastest per T, the crossovers, and how often ``impl="auto"``
+(``rl_ring.attention.strategy.choose_impl``) picks the fastest. They are written to
+``results/attention_strategies.json`` / ``.png`` (``--strategies-out``; default: beside
+``--out``).
 
 On CPU the benchmark fakes ``--devices`` host devices (it must set XLA_FLAGS before JAX
 starts, so run it as a command, not from a process that already imported JAX). Timings are
@@ -28,6 +36,7 @@ import platform
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from experiments.bench.common import (
     check_outputs,
@@ -94,6 +103,24 @@ class BenchConfig:
     """Plot output path ('' for none)."""
     overwrite: bool = False
     """Replace existing output files."""
+    strategies: bool = True
+    """Also run the context-parallel strategies sweep (ring / allgather / ulysses)."""
+    strategies_only: bool = False
+    """Run only the strategies sweep (skips the timings, memory table and balance)."""
+    strategy_impls: tuple[str, ...] = ("ring", "allgather", "ulysses")
+    """Strategies compared (each on ``devices`` devices, zigzag layout, causal fwd+bwd)."""
+    strategy_seq_lens: tuple[int, ...] = (2048, 4096, 8192, 16384, 32768, 65536)
+    """Sequence lengths of the strategies sweep."""
+    strategy_heads: int = 8
+    """Query heads of the sweep (Ulysses needs them divisible by ``devices``)."""
+    strategy_kv_heads: int = 8
+    """K/V heads of the sweep."""
+    strategy_head_dim: int = 16
+    """Head dimension of the sweep (small, so that 64K runs on 2 CPU cores)."""
+    strategy_repeats: int = 3
+    """Timed runs per strategy and T (after one warm-up run), interleaved."""
+    strategies_out: str = ""
+    """Strategies JSON path ('' : ``<out>`` with ``_strategies`` added); its PNG beside it."""
 
 
 QUICK = {
@@ -103,6 +130,7 @@ QUICK = {
     "causal": (True,),
     "dense_max_seq": 0,
     "mem_seq_lens": (2048, 4096, 8192, 16384),
+    "strategy_seq_lens": (2048, 4096, 8192),
 }
 
 
@@ -440,10 +468,37 @@ def plot(result: dict, path) -> None:
     save_png(fig, path)
 
 
+def strategy_paths(cfg: BenchConfig) -> tuple[Path, Path | None]:
+    """JSON and PNG paths of the strategies sweep (default: beside ``--out``)."""
+    out = Path(cfg.strategies_out or Path(cfg.out).with_name(Path(cfg.out).stem
+                                                              + "_strategies.json"))
+    return out, (out.with_suffix(".png") if cfg.png else None)
+
+
+def _platform(cfg: BenchConfig, load_start) -> dict:
+    import jax
+
+    return {
+        "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
+        "ring_devices": cfg.devices, "jax": jax.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(), "machine": platform.machine(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "loadavg_1_5_15min_at_start": load_start,
+        "loadavg_1_5_15min_at_end": load_average(),
+        "note": "other processes on the machine slow every timing; compare ratios measured "
+                "in one run, and only from runs with a low load average",
+    }
+
+
 def run(cfg: BenchConfig) -> dict:
     """Runs the benchmark and writes the JSON (and PNG); returns the result."""
     cfg = resolve(cfg)
-    check_outputs([cfg.out, cfg.png], overwrite=cfg.overwrite, what="the attention benchmark")
+    s_json, s_png = strategy_paths(cfg)
+    outs = [] if cfg.strategies_only else [cfg.out, cfg.png]
+    if cfg.strategies or cfg.strategies_only:
+        outs += [s_json, s_png]
+    check_outputs(outs, overwrite=cfg.overwrite, what="the attention benchmark")
     if "jax" not in sys.modules:  # else JAX may have started: `run` checks the device count
         fake_cpu_devices(cfg.devices)
     import jax
@@ -457,40 +512,43 @@ def run(cfg: BenchConfig) -> dict:
     mesh = make_mesh(f"seq={cfg.devices}", jax.devices()[: cfg.devices])
     print(f"attention benchmark: {jax.default_backend()} x{cfg.devices}, T={cfg.seq_len}, "
           f"H={cfg.heads}, D={cfg.head_dim}, B={cfg.batch}, {cfg.dtype}", flush=True)
-    started = time.time()
-    load_start = load_average()
-    cases, matmul = run_timings(cfg, mesh)
-    memory = memory_table(cfg, mesh)
-    balance = balance_table(cfg, cfg.devices)
-    result = {
-        "config": dataclasses.asdict(cfg),
-        "chunks": {"q_chunk": cfg.q_chunk, "k_chunk": cfg.k_chunk,
-                   "default_chunk": default_chunk(),
-                   "note": "None: the block (zigzag: each T/2n half) split evenly into "
-                           "chunks of at most default_chunk()"},
-        "platform": {
-            "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
-            "ring_devices": cfg.devices, "jax": jax.__version__,
-            "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "machine": platform.machine(),
-            "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "loadavg_1_5_15min_at_start": load_start,
-            "loadavg_1_5_15min_at_end": load_average(),
-            "note": "other processes on the machine slow every timing; compare ratios measured "
-                    "in one run, and only from runs with a low load average",
-        },
-        "flops_convention": "fwd = 4*B*H*D*visible pairs; fwd_bwd = 3.5 x fwd",
-        "matmul": matmul,
-        "timings": cases,
-        "memory": memory,
-        "balance": balance,
-        "seconds": round(time.time() - started, 1),
-    }
-    result["targets"] = evaluate_targets(cfg, cases, matmul, memory, balance, cfg.devices)
-    out = write_result(result, cfg.out, plot if cfg.png else None, cfg.png)
-    print(f"matmul {matmul['gflop_per_s']} GFLOP/s; wrote {out} {cfg.png}")
-    for name, t in result["targets"].items():
-        print(f"  target {name}: {json.dumps(t)}")
+    result: dict = {}
+    if not cfg.strategies_only:
+        started = time.time()
+        load_start = load_average()
+        cases, matmul = run_timings(cfg, mesh)
+        memory = memory_table(cfg, mesh)
+        balance = balance_table(cfg, cfg.devices)
+        result = {
+            "config": dataclasses.asdict(cfg),
+            "chunks": {"q_chunk": cfg.q_chunk, "k_chunk": cfg.k_chunk,
+                       "default_chunk": default_chunk(),
+                       "note": "None: the block (zigzag: each T/2n half) split evenly into "
+                               "chunks of at most default_chunk()"},
+            "platform": _platform(cfg, load_start),
+            "flops_convention": "fwd = 4*B*H*D*visible pairs; fwd_bwd = 3.5 x fwd",
+            "matmul": matmul,
+            "timings": cases,
+            "memory": memory,
+            "balance": balance,
+            "seconds": round(time.time() - started, 1),
+        }
+        result["targets"] = evaluate_targets(cfg, cases, matmul, memory, balance, cfg.devices)
+        out = write_result(result, cfg.out, plot if cfg.png else None, cfg.png)
+        print(f"matmul {matmul['gflop_per_s']} GFLOP/s; wrote {out} {cfg.png}")
+        for name, t in result["targets"].items():
+            print(f"  target {name}: {json.dumps(t)}")
+    if cfg.strategies or cfg.strategies_only:
+        from experiments.bench.attention_strategies import plot_strategies, run_strategies
+
+        load_start = load_average()
+        sweep = run_strategies(cfg, mesh)
+        strat = {"config": dataclasses.asdict(cfg), "platform": _platform(cfg, load_start),
+                 "strategies": sweep}
+        write_result(strat, s_json, plot_strategies if s_png else None, s_png)
+        print(f"strategies: crossovers {sweep['crossovers']}, auto picks the fastest in "
+              f"{sweep['auto_picks_fastest_fraction']} of the T; wrote {s_json} {s_png or ''}")
+        result["strategies"] = sweep
     return result
 
 

@@ -32,7 +32,7 @@ class PlanArgs:
     """A preset (default, tiny, paper-at-exorl, d4rl-dt, tiny-at, bench-4x128: the names
     'rl-ring train --preset' takes) or a run's workdir."""
     agent: str = "at"
-    """Agent whose options the default and tiny presets take (at, dt, bc, ad)."""
+    """Agent whose options the default and tiny presets take (at, dt, bc, ad, dpt)."""
     mesh: str | None = None
     """Mesh spec, e.g. 'seq=64' or 'fsdp=4,seq=64' (default: the preset's)."""
     seq_len: int | None = None
@@ -42,7 +42,8 @@ class PlanArgs:
     compute_dtype: str | None = None
     """float32 or bfloat16 (default: the preset's)."""
     impl: str | None = None
-    """Attention implementation: reference, blockwise or ring (default: the preset's)."""
+    """Attention implementation: reference, blockwise, ring, allgather, ulysses or auto
+    (default: the preset's). The report also estimates each strategy's attention memory."""
     layout: str | None = None
     """Attention layout: contiguous, zigzag or striped (default: the preset's)."""
     remat: str | None = None

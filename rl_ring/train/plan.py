@@ -11,6 +11,11 @@ simulated with fake CPU devices (:func:`ensure_cpu_devices`, before JAX starts i
 Numbers are XLA:CPU's buffer assignment for the SPMD-partitioned step: the arguments and
 outputs are exact per-device sizes; the temporary size (activations kept for the backward
 pass and workspace) is the CPU compiler's and can differ from a GPU/TPU compiler's.
+
+Beside the compiled numbers, :func:`attention_memory` estimates analytically what one
+attention call (one layer, forward+backward) holds per device under each context-parallel
+strategy (ring, allgather, ulysses) and single-device blockwise, so that a plan shows what
+switching ``--impl`` would change before compiling it.
 """
 
 from __future__ import annotations
@@ -100,6 +105,9 @@ class PlanReport:
     peak_bytes: int
     """Estimated peak: arguments + outputs - aliased + temporaries."""
     compile_s: float
+    attention_memory: dict = field(default_factory=dict)
+    """Analytic bytes of one attention call per device, per strategy
+    (:func:`attention_memory`)."""
 
     def table(self) -> str:
         def row(label: str, n: int, note: str = "") -> str:
@@ -121,7 +129,101 @@ class PlanReport:
             row("peak estimate", self.peak_bytes, "arguments + outputs - aliased + temps"),
             f"compiled in {self.compile_s:.1f} s",
         ]
+        if self.attention_memory:
+            lines.append("attention, one layer, per device (analytic, fwd / fwd+bwd):")
+            for impl, m in self.attention_memory.items():
+                note = "  (" + m["note"] + ")" if m.get("note") else ""
+                if m["fwd"] is None:
+                    lines.append(f"  {impl:<22}{'-':>12}{note}")
+                    continue
+                lines.append(f"  {impl:<22}{human_bytes(m['fwd']):>12} / "
+                             f"{human_bytes(m['fwd_bwd'])}{note}")
         return "\n".join(lines)
+
+
+def attention_memory(
+    *,
+    seq_len: int,
+    num_devices: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    batch: int = 1,
+    dtype_bytes: int = 4,
+    chunk: int = 512,
+) -> dict[str, dict]:
+    """Per-device bytes of one attention call (forward, and forward+backward) per strategy.
+
+    The dominant buffers, element counts x bytes (``B`` the input dtype's, 4 for the float32
+    accumulators), with ``L = seq_len / num_devices`` the local block, ``h``/``hk`` the
+    heads a device holds (after any tensor split; pass those), ``b`` the per-device batch:
+
+    - every strategy: its q and output ``2 b Lq h' d B``, k and v ``2 b Lk hk' d B`` for
+      the tokens ``Lq``/``Lk`` and heads ``h'``/``hk'`` it computes on, the log-sum-exp
+      ``b h' Lq 4`` and one chunk pair's float32 scores ``b h' c^2 4`` (chunk ``c``, at
+      most the block); the backward adds the output cotangent ``b Lq h' d B``, float32
+      dq ``b Lq h' d 4`` and dK/dV ``2 b Lk hk' d 4``;
+    - ``blockwise`` (one device): ``Lq = Lk = T``;
+    - ``ring``: ``Lq = Lk = L``, plus the K/V block in flight ``2 b L hk d B``; backward:
+      the travelling dK/dV and the received copy (``overlap_grads``), ``2 x 2 b L hk d 4``;
+    - ``allgather``: ``Lq = L``, the gathered K/V ``2 b T hk d B``; backward: float32
+      dK/dV of the whole sequence ``2 b T hk d 4`` before the reduce-scatter;
+    - ``ulysses``: the local q/k/v/out ``b L (2h + 2hk) d B`` and their head-split copies
+      over the whole sequence, ``Lq = Lk = T`` on ``h/n`` and ``hk r/n`` heads (``r`` the
+      K/V repeats when ``n`` does not divide ``hk``); ``None`` entries when ``n`` does not
+      divide ``h``.
+
+    Args:
+        seq_len: tokens T of the whole sequence.
+        num_devices: devices n on the sequence axis.
+        heads, kv_heads: query and K/V heads per device (after a tensor-axis split).
+        head_dim: head dimension d.
+        batch: sequences per device (the batch over the data axes).
+        dtype_bytes: bytes per element of q/k/v (4 float32, 2 bfloat16).
+        chunk: query/key chunk length of the kernels.
+
+    Returns:
+        ``{impl: {"fwd": bytes, "fwd_bwd": bytes, "terms": {name: bytes}}}`` for
+        ``blockwise`` (the whole sequence on one device), ``ring``, ``allgather`` and
+        ``ulysses``.
+    """
+    import math
+
+    t, n, b, d, B, F = seq_len, num_devices, batch, head_dim, dtype_bytes, 4
+    if t % n:
+        raise ValueError(f"attention_memory: seq_len {t} is not divisible by {n} devices")
+    L = t // n
+
+    def kernel(lq: int, lk: int, h: int, hk: int) -> tuple[dict, dict]:
+        c = min(chunk, lq, lk)
+        fwd = {"q+out": 2 * b * lq * h * d * B, "k+v": 2 * b * lk * hk * d * B,
+               "lse": b * h * lq * F, "scores": b * h * c * c * F}
+        bwd = {"d_out": b * lq * h * d * B, "dq_f32": b * lq * h * d * F,
+               "dkv_f32": 2 * b * lk * hk * d * F}
+        return fwd, bwd
+
+    def entry(fwd: dict, bwd: dict, note: str = "") -> dict:
+        terms = {**fwd, **{f"bwd:{k}": v for k, v in bwd.items()}}
+        return {"fwd": sum(fwd.values()), "fwd_bwd": sum(terms.values()), "terms": terms,
+                "note": note}
+
+    out = {"blockwise": entry(*kernel(t, t, heads, kv_heads), "whole sequence, one device")}
+    fwd, bwd = kernel(L, L, heads, kv_heads)
+    out["ring"] = entry({**fwd, "kv_in_flight": 2 * b * L * kv_heads * d * B},
+                        {**bwd, "dkv_travelling_f32": 2 * 2 * b * L * kv_heads * d * F})
+    fwd, bwd = kernel(L, L, heads, kv_heads)
+    out["allgather"] = entry({**fwd, "kv_gathered": 2 * b * t * kv_heads * d * B},
+                             {**bwd, "dkv_gathered_f32": 2 * b * t * kv_heads * d * F})
+    if heads % n == 0:
+        r = n // math.gcd(kv_heads, n)
+        fwd, bwd = kernel(t, t, heads // n, kv_heads * r // n)
+        local = b * L * (2 * heads + 2 * kv_heads) * d * B
+        out["ulysses"] = entry({**fwd, "local_qkvo": local}, bwd,
+                               f"K/V heads repeated {r}x" if r > 1 else "")
+    else:
+        out["ulysses"] = {"fwd": None, "fwd_bwd": None, "terms": {},
+                          "note": f"{heads} heads not divisible by {n} devices"}
+    return out
 
 
 def human_bytes(n: float) -> str:
@@ -202,6 +304,28 @@ def plan_step(shape, mesh_spec: str | None = None, *, optim=None, loss_fn=None) 
         batch_bytes=batch_b, argument_bytes=arg, output_bytes=out, alias_bytes=alias,
         temp_bytes=temp, generated_code_bytes=ma.generated_code_size_in_bytes,
         peak_bytes=arg + out - alias + temp, compile_s=compile_s,
+        attention_memory=shape_attention_memory(shape, spec),
+    )
+
+
+def shape_attention_memory(shape: StepShape, spec) -> dict:
+    """:func:`attention_memory` for one training step's shape on mesh ``spec`` (a MeshSpec):
+    heads split over ``tensor`` when both head counts divide, batch over data x fsdp, the
+    kernels' default chunk on this backend."""
+    import jax.numpy as jnp
+
+    from rl_ring.attention import default_chunk
+
+    m = shape.model
+    h, hk = m.num_heads, m.kv_heads
+    if spec.tensor > 1 and h % spec.tensor == 0 and hk % spec.tensor == 0:
+        h, hk = h // spec.tensor, hk // spec.tensor
+    batch = max(1, shape.batch_size // (spec.data * spec.fsdp))
+    options = dict(m.attn_options)
+    return attention_memory(
+        seq_len=shape.seq_len, num_devices=spec.seq, heads=h, kv_heads=hk,
+        head_dim=m.head_dim, batch=batch, dtype_bytes=jnp.dtype(shape.compute_dtype).itemsize,
+        chunk=options.get("q_chunk") or default_chunk(),
     )
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -40,9 +40,9 @@ from rl_ring.data import EpisodeStore
 from rl_ring.data.formats import check_dataset_target
 from rl_ring.io import jsonable
 
-POLICIES = ("random", "scripted", *LEARNERS, "sac")
+POLICIES = ("random", "scripted", *LEARNERS, "sac", "noisy-expert")
 GRID_LEARNERS = ("noisy_oracle", "posterior", "optimistic")
-FORMATS = ("store", "exorl", "d4rl", "minari")
+FORMATS = ("store", "exorl", "d4rl", "minari", "xland")
 
 
 @dataclass(frozen=True)
@@ -54,13 +54,15 @@ class CollectConfig:
     out: Path
     """Output: a directory (store, exorl buffer, minari dataset) or a .hdf5 file (d4rl)."""
     policy: Literal["random", "scripted", "qlearning", "ucb", "thompson", "noisy_oracle",
-                    "posterior", "optimistic", "sac"] = "random"
+                    "posterior", "optimistic", "sac", "noisy-expert"] = "random"
     """Behaviour policy: random, scripted, a source learner's learning histories (qlearning,
-    ucb, thompson; grid learners noisy_oracle, posterior, optimistic) or SAC's replay."""
+    ucb, thompson; grid learners noisy_oracle, posterior, optimistic), SAC's replay, or the
+    XLand shortest-path expert with decaying noise (noisy-expert, xland: ids)."""
     episodes: int | None = None
     """Episodes to collect (random, scripted); for learners, the total over all histories."""
-    format: Literal["store", "exorl", "d4rl", "minari"] = "store"
-    """Output format: EpisodeStore directory, ExoRL buffer, D4RL HDF5 or Minari dataset."""
+    format: Literal["store", "exorl", "d4rl", "minari", "xland"] = "store"
+    """Output format: EpisodeStore directory, ExoRL buffer, D4RL HDF5, Minari dataset or the
+    XLand-100B HDF5 layout (xland, noisy-expert histories only)."""
     seed: int = 0
     """Seed of everything random in the run."""
     noise: tuple[float, ...] = (0.0,)
@@ -69,7 +71,7 @@ class CollectConfig:
     """Task split of an in-context env (tasks are used in turn)."""
     num_tasks: int = 0
     """Use only the first k tasks of the split after a fixed shuffle (0: all), the subset the
-    experiments' HistorySpec.num_tasks names."""
+    experiments' HistorySpec.num_tasks names (learners and random)."""
     learner_noise: tuple[float, float, float] | None = None
     """Grid learners (noisy_oracle, posterior, optimistic): random-action probability START
     END DECAY_FRACTION over each history (default: the learner's own schedule)."""
@@ -88,6 +90,14 @@ class CollectConfig:
     """SAC: evaluate the deterministic policy every this many env steps (0: never)."""
     dataset_id: str | None = None
     """Minari dataset id (default: the --out directory's name, with -v0 added if unversioned)."""
+    benchmark: Path | None = None
+    """xland: ids: a benchmark file you have (xminigrid's bz2 format; it is unpickled, so name
+    only files you trust). Default: the benchmark the id names (trivial)."""
+    rulesets: str | None = None
+    """noisy-expert: the XLand rulesets, "train" / "test" / "all" or ids "0,5,9" / "0-99"
+    (default: --tasks with --num-tasks)."""
+    history_steps: int = 4096
+    """noisy-expert: env steps of each history (episodes reset automatically)."""
     quiet: bool = False
     """No progress bar."""
     overwrite: bool = False
@@ -97,7 +107,55 @@ class CollectConfig:
 
 # ---------------------------------------------------------------------- collectors
 def _tasks_for(env_id: str, split: str) -> list[int] | None:
-    return task_split(env_id, split) if env_id in IN_CONTEXT else None
+    return task_split(env_id, split) if env_id in IN_CONTEXT or is_in_context(env_id) else None
+
+
+def is_in_context(env_id: str) -> bool:
+    """Whether ``env_id`` takes a task (also the XLand families, built on the fly)."""
+    try:
+        task_split(env_id, "all")
+    except ValueError:
+        return False
+    return True
+
+
+def _rulesets(cfg: CollectConfig, env_id: str) -> list[int]:
+    """``--rulesets``: a split name, or ids ``"0,5,9"`` / ``"0-99"``."""
+    spec = cfg.rulesets
+    if spec is None:
+        return task_subset(env_id, cfg.tasks, cfg.num_tasks)
+    if spec in ("train", "test", "all"):
+        return task_subset(env_id, spec, cfg.num_tasks)
+    ids: list[int] = []
+    try:
+        for part in spec.split(","):
+            lo, sep, hi = part.strip().partition("-")
+            ids.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    except ValueError:
+        raise ValueError(f"--rulesets {spec!r}: expected train, test, all, or ids like "
+                         "'0,5,9' or '0-99'") from None
+    return ids
+
+
+def collect_xland_noisy_expert(cfg: CollectConfig, env_id: str) -> EpisodeStore:
+    """``--policy noisy-expert`` on an ``xland:`` id (:mod:`envs.xland_expert`)."""
+    from envs.xland_expert import NoisyExpertSchedule, collect_noisy_expert
+
+    if not env_id.startswith("xland:"):
+        raise ValueError(f"--policy noisy-expert is for xland: ids, got {env_id!r}")
+    schedule = NoisyExpertSchedule()
+    if cfg.learner_noise is not None:
+        start, end, decay = cfg.learner_noise
+        schedule = NoisyExpertSchedule(start=start, end=end, decay_fraction=decay)
+    rulesets = _rulesets(cfg, env_id)
+    per = cfg.histories or 1
+    bar = tqdm(total=len(rulesets) * per, unit="history", disable=cfg.quiet)
+    store = collect_noisy_expert(env_id, rulesets, histories_per_ruleset=per,
+                                 steps=cfg.history_steps, seed=cfg.seed, schedule=schedule,
+                                 progress=bar.update)
+    bar.close()
+    store.metadata["source_format"] = "rl_ring.collect"
+    return store
 
 
 def _episodes(
@@ -148,10 +206,13 @@ def _base_metadata(env_id: str, policy: str, seed: int) -> dict:
 
 
 def collect_random(
-    env_id: str, episodes: int, *, seed: int = 0, tasks: str = "train", progress=None
+    env_id: str, episodes: int, *, seed: int = 0, tasks: str = "train", num_tasks: int = 0,
+    progress=None,
 ) -> EpisodeStore:
-    """Uniformly random actions; in-context envs cycle through the tasks of ``tasks``."""
-    task_ids = _tasks_for(env_id, tasks)
+    """Uniformly random actions; in-context envs cycle through the tasks of ``tasks`` (the
+    first ``num_tasks`` of them, as :func:`~envs.registry.task_subset` picks, when not 0):
+    with optimal-action labels, the uniform in-context datasets of DPT."""
+    task_ids = task_subset(env_id, tasks, num_tasks) if env_id in IN_CONTEXT else None
 
     def act_for(i, task, env):
         space = env.action_space
@@ -223,6 +284,11 @@ def write(store: EpisodeStore, fmt: str, out: Path, *, dataset_id: str | None = 
     out = Path(out)
     if fmt == "store":
         return store.save(out, overwrite=overwrite)
+    if fmt == "xland":
+        from envs.xland_expert import store_to_groups
+        from rl_ring.data.xland import write_xland
+
+        return write_xland(out, store_to_groups(store), overwrite=overwrite)
     if fmt == "exorl" and "physics" not in store.extras:
         raise ValueError(
             f"--format exorl needs dm_control physics states; {store.metadata.get('env_id')!r} "
@@ -252,7 +318,17 @@ def write(store: EpisodeStore, fmt: str, out: Path, *, dataset_id: str | None = 
 # ---------------------------------------------------------------------- CLI
 def run(cfg: CollectConfig) -> EpisodeStore:
     """Collects the dataset ``cfg`` describes (without writing it)."""
+    env_id = cfg.env
+    if cfg.benchmark is not None:
+        from envs.xland import with_benchmark
+
+        env_id = with_benchmark(env_id, str(cfg.benchmark))
+        cfg = replace(cfg, env=env_id)
     make(cfg.env).close()  # unknown ids fail here, before any work
+    if cfg.policy == "noisy-expert":
+        return collect_xland_noisy_expert(cfg, cfg.env)
+    if cfg.format == "xland":
+        raise ValueError("--format xland holds learning histories: use --policy noisy-expert")
     if cfg.policy == "sac":
         bar = tqdm(total=cfg.steps, unit="step", disable=cfg.quiet, desc="sac")
         config = SACConfig(hidden=cfg.sac_hidden)
@@ -307,7 +383,8 @@ def run(cfg: CollectConfig) -> EpisodeStore:
     bar = tqdm(total=cfg.episodes, unit="ep", disable=cfg.quiet, desc=cfg.policy)
     if cfg.policy == "random":
         store = collect_random(
-            cfg.env, cfg.episodes, seed=cfg.seed, tasks=cfg.tasks, progress=bar.update
+            cfg.env, cfg.episodes, seed=cfg.seed, tasks=cfg.tasks, num_tasks=cfg.num_tasks,
+            progress=bar.update,
         )
     else:
         store = collect_scripted(
@@ -361,7 +438,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         store = run(cfg)
-    except (ValueError, KeyError, RuntimeError) as err:
+    except (ValueError, KeyError, RuntimeError, FileNotFoundError) as err:
         print(f"rl-ring collect: {err}", file=sys.stderr)
         return 2
     store.metadata["collect_args"] = jsonable(asdict(cfg))

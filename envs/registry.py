@@ -11,7 +11,10 @@ Id families:
   env id (collect, eval, the checkpoint's env) agrees on the shortened task.
 * ``gym:<id>``: any Gymnasium id (``gym:HalfCheetah-v5``), built by ``gymnasium.make``.
 * in-context task families: ``darkroom``, ``darkroom-hard``, ``keydoor``, ``bandit``,
-  ``bandit-10``, whose ``task`` argument picks the goal / key and door / arm means.
+  ``bandit-10``, ``bandit-hard``, ``bandit-gauss``, whose ``task`` argument picks the goal /
+  key and door / arm means.
+* ``xland:<xminigrid id>[:<benchmark>]``: XLand-MiniGrid (:mod:`envs.xland`); ``XLand-MiniGrid-*``
+  ids are in-context families whose task is a ruleset index, ``MiniGrid-*`` ids single tasks.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.envs.registration import EnvSpec
 
-from envs import bandit, darkroom, keydoor
+from envs import bandit, darkroom, keydoor, xland
 
 #: ExoRL domains defined in this package (module, tasks).
 CUSTOM_DMC: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -64,6 +67,8 @@ FEATURED = (
     "keydoor",
     "bandit",
     "bandit-10",
+    "bandit-hard",
+    "bandit-gauss",
 )
 
 #: D4RL reference-score names (``rl_ring.data.scores``) of the Gymnasium MuJoCo envs.
@@ -135,6 +140,22 @@ IN_CONTEXT: dict[str, InContextFamily] = {
         "10-armed Bernoulli bandit, one pull per episode; task = seeded arm means",
         time_limit=False,
     ),
+    "bandit-hard": InContextFamily(
+        bandit.Bandit,
+        bandit.HARD_BERNOULLI.to_dict(),
+        lambda s: bandit.task_split(s, num_tasks=bandit.HARD_BERNOULLI.num_tasks),
+        lambda t: float(bandit.HARD_BERNOULLI.means(t).max()),
+        "20-armed Bernoulli bandit, success probabilities in [0.3, 0.7), one pull per episode",
+        time_limit=False,
+    ),
+    "bandit-gauss": InContextFamily(
+        bandit.Bandit,
+        bandit.HARD_GAUSSIAN.to_dict(),
+        lambda s: bandit.task_split(s, num_tasks=bandit.HARD_GAUSSIAN.num_tasks),
+        lambda t: float(bandit.HARD_GAUSSIAN.means(t).max()),
+        "20-armed Gaussian bandit, means N(0, 0.2^2), unit reward noise, one pull per episode",
+        time_limit=False,
+    ),
 }
 
 
@@ -182,7 +203,9 @@ def _gym_ids() -> list[str]:
 
 def list_envs() -> list[str]:
     """Every valid id: the featured ones first, then the rest, sorted."""
-    rest = sorted((set(_dmc_ids()) | set(_gym_ids()) | set(IN_CONTEXT)) - set(FEATURED))
+    xland_ids = {f"xland:{i}" for i in xland.xminigrid_ids()}
+    rest = sorted((set(_dmc_ids()) | set(_gym_ids()) | set(IN_CONTEXT) | xland_ids)
+                  - set(FEATURED))
     return list(FEATURED) + rest
 
 
@@ -192,7 +215,7 @@ def _unknown(env_id: str, candidates: list[str], what: str) -> UnknownEnvError:
     return UnknownEnvError(
         f"unknown {what} {env_id!r}.{hint} Known ids include: {', '.join(FEATURED)}; "
         "in general 'dmc:<domain>-<task>' for any dm_control suite task, 'gym:<id>' for any "
-        "Gymnasium id, and the in-context families "
+        "Gymnasium id, 'xland:<xminigrid id>' for XLand-MiniGrid, and the in-context families "
         f"{', '.join(IN_CONTEXT)} (envs.list_envs() lists them all)."
     )
 
@@ -247,12 +270,34 @@ def _parse(env_id: str) -> tuple[str, Any]:
         if sep and (domain, task) in set(_suite_tasks()):
             return "dmc", (domain, task)
         raise _unknown(env_id, _dmc_ids(), "dm_control env id")
+    if env_id.startswith("xland:"):
+        return _parse_xland(env_id)
     if env_id.startswith("gym:"):
         name = env_id[4:]
         if name in gym.registry:
             return "gym", name
         raise _unknown(env_id, _gym_ids(), "Gymnasium env id")
     raise _unknown(env_id, list_envs(), "env id")
+
+
+@functools.cache
+def _parse_xland(env_id: str) -> tuple[str, Any]:
+    """XLand ids are in-context families built on the fly (task = ruleset index of the id's
+    benchmark); MiniGrid ids are the single-task family "xland"."""
+    try:
+        xid, spec = xland.parse_id(env_id)
+    except xland.UnknownXMinigridId as err:
+        raise UnknownEnvError(str(err)) from None
+    if spec is None:
+        return "xland", xid
+    family = InContextFamily(
+        xland.XLandEnv,
+        {"xid": xid, "benchmark": spec},
+        lambda s: xland.task_split(spec, s),
+        lambda t: 1.0,  # an upper bound: the reward on reaching the goal is 1 - 0.9 t / T
+        xland.description(env_id),
+    )
+    return "in-context", family
 
 
 # ---------------------------------------------------------------------- construction
@@ -363,6 +408,9 @@ def make(env_id: str, *, task: int | None = None, seed: int | None = None, **kwa
     if family == "in-context":
         env = detail.cls(task, seed=seed, **{**detail.kwargs, **kwargs})
         max_steps = env.episode_length if detail.time_limit else None
+    elif family == "xland":
+        env = xland.XLandEnv(None, xid=detail, seed=seed, **kwargs)
+        max_steps = env.episode_length
     elif family == "dmc":
         domain, dmc_task = detail
         from envs.dmc import DMCEnv
@@ -377,7 +425,9 @@ def make(env_id: str, *, task: int | None = None, seed: int | None = None, **kwa
         return env
     # A spec that gymnasium.make can rebuild from (the env checker and vector envs do).
     env.spec = EnvSpec(
-        id=env_id,
+        # Gymnasium's id grammar has no '/' or '=' (an xland benchmark path); the exact id
+        # travels in kwargs, from which gymnasium.make(env.spec) rebuilds the env.
+        id=re.sub(r"[^\w:.-]", "_", env_id),
         entry_point="envs.registry:make",
         kwargs=spec_kwargs,
         max_episode_steps=max_steps,
@@ -411,6 +461,8 @@ def env_info(env_id: str) -> EnvInfo:
         if in_context:
             max_steps = env.episode_length  # a bandit's horizon is its length, not a limit
             ref, desc, ntasks = "optimal_return", detail.description, len(detail.split("all"))
+        elif family == "xland":
+            ref, ntasks, desc = None, None, xland.description(env_id)
         elif family == "dmc":
             ref, ntasks = None, None
             desc = f"dm_control {detail[0]} {detail[1]}, ExoRL flat observations"
@@ -469,7 +521,8 @@ def _task_set(env_id: str) -> frozenset[int]:
 
 @functools.cache
 def _split(env_id: str, split: str) -> tuple[int, ...]:
-    return tuple(IN_CONTEXT[env_id].split(split))
+    family, detail = _parse(env_id)
+    return tuple(detail.split(split))
 
 
 def optimal_return(env_id: str, task: int) -> float:

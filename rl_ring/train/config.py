@@ -41,7 +41,9 @@ class TrainConfig(Generic[A]):
     """Forward/backward compute dtype: float32 or bfloat16 (parameters stay float32)."""
     attention: str = "auto"
     """Attention: auto (ring when the seq axis has >1 device, else the agent's), reference,
-    blockwise or ring."""
+    blockwise, ring, allgather or ulysses (the context-parallel strategies of
+    docs/attention.md; the dispatcher's per-call ``auto`` rule is ``attn_impl="auto"`` in the
+    model config)."""
     layout: str = ""
     """Token layout on the seq axis: contiguous, zigzag or striped ('' = the agent's)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -92,7 +94,7 @@ class TrainConfig(Generic[A]):
         return dataclasses.replace(self, **changes)
 
 
-ATTENTION_CHOICES = ("auto", "reference", "blockwise", "ring")
+ATTENTION_CHOICES = ("auto", "reference", "blockwise", "ring", "allgather", "ulysses")
 
 
 def run_model_config(cfg: TrainConfig, model: Any) -> Any:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from rl_ring.attention import chunks as C
+from rl_ring.attention import kernels as K
 from rl_ring.attention.masks import FULL, PARTIAL, SKIP, TokenInfo, pair_kinds, summarize_chunks
 from rl_ring.attention.masks import chunk_visible as _chunk_visible
 from rl_ring.attention.options import (
@@ -417,6 +418,32 @@ def _blockwise_chunked_bwd(cfg, res, do):
 _blockwise_chunked.defvjp(_blockwise_chunked_fwd, _blockwise_chunked_bwd)
 
 
+# ----------------------------------------------------------------------------------------
+# The same with the fused Pallas kernels (AttentionOptions.kernel="pallas"): one pair call.
+# ----------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _pallas_attention(q, k, v, info, spec):
+    """``[b, h, t, d]`` attention by the fused kernels; saves only out and lse for the VJP."""
+    return K.forward(spec, q, k, v, info, info)[0].astype(q.dtype)
+
+
+def _pallas_attention_fwd(q, k, v, info, spec):
+    out, lse = K.forward(spec, q, k, v, info, info)
+    out = out.astype(q.dtype)
+    return out, (q, k, v, out, lse, info)
+
+
+def _pallas_attention_bwd(spec, res, do):
+    q, k, v, out, lse, info = res
+    dq, dk, dv = K.backward(spec, q, k, v, do, lse, output_delta(out, do), info, info)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+
+
+_pallas_attention.defvjp(_pallas_attention_fwd, _pallas_attention_bwd)
+
+
 def token_info(b, t, *, segment_ids=None, positions=None, kv_mask=None) -> TokenInfo:
     """TokenInfo ``[b, t]`` from the public keyword arguments (positions default arange)."""
     if positions is None:
@@ -476,6 +503,10 @@ def blockwise_attention(
         tokens_per_step=tokens_per_step,
     )
     info = token_info(b, t, segment_ids=segment_ids, positions=positions, kv_mask=kv_mask)
+    if K.resolve_kernel(options.kernel) == "pallas":
+        spec = K.kernel_spec(q, causal=causal, tokens_per_step=tokens_per_step, options=options)
+        hf = K.heads_first
+        return hf(_pallas_attention(hf(q), hf(k), hf(v), info, spec))
     cfg = kernel_config(q, k, causal=causal, tokens_per_step=tokens_per_step, options=options)
     qc, q_info = prepare_queries(q, info, chunk_len(options.q_chunk, t), hk)
     kc, vc, k_info = prepare_keys(k, v, info, chunk_len(options.k_chunk, t))

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from rl_ring.sharding import SEQ
 
+KERNELS = ("xla", "pallas", "auto")
+"""Values of :attr:`AttentionOptions.kernel`."""
+
 
 @dataclass(frozen=True)
 class AttentionOptions:
@@ -27,9 +30,24 @@ class AttentionOptions:
     """Skip chunk pairs the mask hides entirely (False computes them: for comparisons only)."""
     overlap_grads: bool = True
     """Ring backward: overlap the dK/dV transfer with compute (False: 2 fewer f32 blocks)."""
+    kernel: str = "xla"
+    """Blockwise / ring attention per (query block, key block) pair: ``"xla"`` (chunk pairs
+    in XLA, online softmax), ``"pallas"`` (fused Pallas kernels, ``attention.kernels``:
+    Triton on GPU, Mosaic on TPU, the Triton kernels interpreted on CPU) or ``"auto"``
+    (pallas on GPU / TPU backends, xla on CPU). With pallas the chunk options are unused."""
+    interpret: bool | None = None
+    """Pallas kernels in the interpreter (None: exactly when the backend is CPU)."""
+    block_q: int | None = None
+    """Pallas kernel query tile (None: the kernel's default)."""
+    block_k: int | None = None
+    """Pallas kernel key tile (None: the kernel's default)."""
 
     def __post_init__(self):
-        for name in ("q_chunk", "k_chunk"):
+        if self.kernel not in KERNELS:
+            raise ValueError(
+                f"AttentionOptions.kernel must be one of {KERNELS}, got {self.kernel!r}"
+            )
+        for name in ("q_chunk", "k_chunk", "block_q", "block_k"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"AttentionOptions.{name} must be a positive int, got {value!r}")

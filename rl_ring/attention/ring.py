@@ -25,7 +25,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from rl_ring.attention import chunks as C
+from rl_ring.attention import kernels as K
 from rl_ring.attention.blockwise import (
+    _varying_axes,
     block_backward,
     block_forward,
     chunk_len,
@@ -33,6 +35,7 @@ from rl_ring.attention.blockwise import (
     from_chunks,
     init_state,
     kernel_config,
+    match_varying,
     output_delta,
     prepare_keys,
     prepare_queries,
@@ -162,6 +165,89 @@ def _ring_chunked_bwd(cfg, res, do):
 _ring_chunked.defvjp(_ring_chunked_fwd, _ring_chunked_bwd)
 
 
+# ----------------------------------------------------------------------------------------
+# The ring with the fused Pallas kernels (AttentionOptions.kernel="pallas"): each hop is one
+# pair_forward whose (out, lse) merges into the running result with chunks.combine; the
+# backward calls pair_backward per hop with the final lse / delta.
+# ----------------------------------------------------------------------------------------
+
+
+def ring_forward_pallas(q, kv, q_info, k_info, spec: K.KernelSpec):
+    """Forward over local ``[b, h, t, d]`` queries and ``kv`` ``[2, b, hk, t, d]``:
+    ``(out float32, lse)``."""
+    n, axis = spec.axis_size, spec.axis_name
+    b, h, t, d = q.shape
+    out = match_varying(jnp.zeros((b, h, t, d), jnp.float32), q, kv)
+    lse = match_varying(jnp.full((b, h, t), -jnp.inf, jnp.float32), q, kv)
+
+    def fold(kv, info, out, lse):
+        o, l = K.forward(spec, q, kv[0], kv[1], q_info, unpack_info(info, k_info))
+        return C.combine(out, lse, o, l)
+
+    def hop(_, carry):
+        kv, info, out, lse = carry
+        nxt = lax.ppermute((kv, info), axis, _perm(n))  # in flight during this block's compute
+        return (*nxt, *fold(kv, info, out, lse))
+
+    info = pack_info(k_info)
+    if n > 1:
+        kv, info, out, lse = lax.fori_loop(0, n - 1, hop, (kv, info, out, lse))
+    return fold(kv, info, out, lse)
+
+
+def ring_backward_pallas(q, kv, out, lse, do, q_info, k_info, spec: K.KernelSpec):
+    """Backward of :func:`ring_forward_pallas`: ``(dq, dkv)`` float32; dK/dV travel one hop
+    behind their block and a last hop brings them home (as :func:`ring_backward`)."""
+    n, axis = spec.axis_size, spec.axis_name
+    delta = output_delta(out, do)
+    dq = match_varying(jnp.zeros(q.shape, jnp.float32), q, kv, do)
+
+    def contribution(kv, info, dq):
+        dq_c, dk, dv = K.backward(
+            spec, q, kv[0], kv[1], do, lse, delta, q_info, unpack_info(info, k_info)
+        )
+        return dq + dq_c, jnp.stack([dk, dv])
+
+    info = pack_info(k_info)
+    if n == 1:
+        return contribution(kv, info, dq)
+    nxt = lax.ppermute((kv, info), axis, _perm(n))
+    dq, dkv = contribution(kv, info, dq)
+
+    def hop(_, carry):
+        (kv, info), dkv, dq = carry
+        nxt = lax.ppermute((kv, info), axis, _perm(n))
+        dkv_in = lax.ppermute(dkv, axis, _perm(n))
+        dq, dkv_part = contribution(kv, info, dq)
+        return nxt, dkv_in + dkv_part, dq
+
+    (kv, info), dkv, dq = lax.fori_loop(1, n - 1, hop, (nxt, dkv, dq))
+    dkv_in = lax.ppermute(dkv, axis, _perm(n))
+    dq, dkv_part = contribution(kv, info, dq)
+    # The block held after the last hop belongs to the successor: send its grads home.
+    return dq, lax.ppermute(dkv_in + dkv_part, axis, _perm(n))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _ring_pallas(q, kv, q_info, k_info, spec):
+    return ring_forward_pallas(q, kv, q_info, k_info, spec)[0].astype(q.dtype)
+
+
+def _ring_pallas_fwd(q, kv, q_info, k_info, spec):
+    out, lse = ring_forward_pallas(q, kv, q_info, k_info, spec)
+    out = out.astype(q.dtype)
+    return out, (q, kv, out, lse, q_info, k_info)
+
+
+def _ring_pallas_bwd(spec, res, do):
+    q, kv, out, lse, q_info, k_info = res
+    dq, dkv = ring_backward_pallas(q, kv, out, lse, do, q_info, k_info, spec)
+    return dq.astype(q.dtype), dkv.astype(kv.dtype), None, None
+
+
+_ring_pallas.defvjp(_ring_pallas_fwd, _ring_pallas_bwd)
+
+
 def local_positions(batch: int, block: int, axis_name: str) -> jnp.ndarray:
     """Contiguous-layout global positions ``[batch, block]`` of this device's tokens."""
     start = lax.axis_index(axis_name) * block
@@ -213,6 +299,21 @@ def ring_attention(
     if positions is None:
         positions = local_positions(b, t, axis)
     info = token_info(b, t, segment_ids=segment_ids, positions=positions, kv_mask=kv_mask)
+    if K.resolve_kernel(options.kernel) == "pallas":
+        spec = K.kernel_spec(
+            q, causal=causal, tokens_per_step=tokens_per_step, options=options,
+            axis_name=axis, axis_size=n,
+        )
+        if spec.interpret and _varying_axes(q):
+            raise ValueError(
+                "ring_attention(kernel='pallas') in interpret mode needs shard_map(check_vma="
+                "False): JAX's Pallas interpreter fails on indexing inside a kernel whose "
+                "operands vary over mesh axes (the compiled GPU/TPU kernels are unaffected). "
+                "Use kernel='xla' on CPU, or call ring_attention in your own shard_map with "
+                "check_vma=False."
+            )
+        hf = K.heads_first
+        return hf(_ring_pallas(hf(q), jnp.stack([hf(k), hf(v)]), info, info, spec))
     cfg = kernel_config(
         q, k, causal=causal, tokens_per_step=tokens_per_step, options=options,
         axis_name=axis, axis_size=n,

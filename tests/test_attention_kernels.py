@@ -18,6 +18,7 @@ from jax.sharding import PartitionSpec as P
 
 from rl_ring.attention import AttentionOptions, attention, layout_positions, ring_attention
 from rl_ring.attention import kernels as K
+from rl_ring.attention.allgather import allgather_attention
 from rl_ring.attention.kernels import common
 from rl_ring.attention.kernels import triton as T
 from rl_ring.attention.masks import FULL, PARTIAL, SKIP, visible
@@ -237,11 +238,29 @@ def test_ring_pallas_matches_reference(n, layout, masked):
                             **kw)
 
 
+@pytest.mark.parametrize("impl,n,layout", [("ring", 4, "zigzag"), ("allgather", 4, "striped"),
+                                            ("ulysses", 2, "contiguous")])
+def test_dispatcher_strategies_with_pallas_match_reference(impl, n, layout):
+    """attention(impl=..., kernel="pallas") as the model calls it: natural-order inputs, the
+    dispatcher's own shard_map (interpreted kernels: check_vma off), masks and GQA."""
+    b, t = 2, 32
+    mesh = make_mesh(f"seq={n}", jax.devices()[:n])
+    q, k, v, ct = make_qkv(5, b, t, 4, 2, 16)
+    kw = {**_masks(b, t), "tokens_per_step": 2}
+    fn = functools.partial(attention, impl=impl, mesh=mesh, layout=layout, kernel="pallas",
+                           block_q=16, block_k=16, **kw)
+    check_against_reference(fn, q, k, v, ct, f"{impl} pallas [{n}, {layout}]", **kw)
+
+
 def test_ring_pallas_interpret_under_check_vma_says_why():
     mesh = make_mesh("seq=2", jax.devices()[:2])
     q, k, v, _ = make_qkv(0, 1, 32, 2, 2, 16)
-    with pytest.raises(ValueError, match="check_vma"):
-        attention(q, k, v, impl="ring", mesh=mesh, kernel="pallas")
+    for fn in (ring_attention, allgather_attention):
+        local = jax.shard_map(lambda q, k, v, fn=fn: fn(q, k, v, kernel="pallas"), mesh=mesh,
+                              in_specs=(P(None, "seq"),) * 3, out_specs=P(None, "seq"),
+                              check_vma=True)
+        with pytest.raises(ValueError, match="check_vma=False"):
+            local(q, k, v)
 
 
 def test_ring_pallas_lowers_for_cuda_on_8_devices():
@@ -261,3 +280,21 @@ def test_ring_pallas_lowers_for_cuda_on_8_devices():
     # forward: 2 call sites (ring loop + last block); backward: 3 sites x (dq, dk/dv).
     assert text.count(TRITON_CALL) == 8
     assert "collective_permute" in text
+
+
+@pytest.mark.parametrize("impl", ["allgather", "ulysses"])
+def test_other_strategies_lower_for_cuda_with_the_kernels(impl):
+    """All-gather and Ulysses call the fused kernels too (forward and backward), sharded."""
+    mesh = make_mesh("seq=8", jax.devices()[:8])
+    sds = jax.ShapeDtypeStruct
+    q, k = sds((1, 2048, 8, 64), jnp.bfloat16), sds((1, 2048, 8, 64), jnp.bfloat16)
+
+    def loss(q, k, v):
+        out = attention(q, k, v, impl=impl, mesh=mesh, causal=True, kernel="pallas",
+                        interpret=False, block_q=128, block_k=128)
+        return out.astype(jnp.float32).sum()
+
+    text = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(q, k, k).lower(
+        lowering_platforms=("cuda",)).as_text()
+    assert text.count(TRITON_CALL) == 3  # forward, dq, dk/dv
+    assert ("all_gather" if impl == "allgather" else "all_to_all") in text

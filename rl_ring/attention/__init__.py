@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec
 
+from rl_ring.attention import kernels as K
 from rl_ring.attention.allgather import allgather_attention
 from rl_ring.attention.blockwise import blockwise_attention
 from rl_ring.attention.chunks import attend_chunk, chunk_backward, combine
@@ -303,7 +304,9 @@ def _sharded(impl, q, k, v, mesh, layout, positions, options, semantics):
 
     fn = jax.shard_map(
         local, mesh=mesh, in_specs=(qkv_spec,) * 3 + (tok_spec,) * (1 + len(names)),
-        out_specs=qkv_spec, check_vma=True,
+        # JAX's Pallas interpreter cannot index operands typed as varying over mesh axes
+        # (kernels.check_interpretable): interpreted kernels run without the type check.
+        out_specs=qkv_spec, check_vma=not K.interpreted(options),
     )
     return fn(*args)
 

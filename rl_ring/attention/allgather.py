@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from rl_ring.attention import chunks as C
+from rl_ring.attention import kernels as K
 from rl_ring.attention.blockwise import (
     block_backward,
     block_forward,
@@ -112,6 +113,48 @@ def _allgather_chunked_bwd(cfg, res, do):
 _allgather_chunked.defvjp(_allgather_chunked_fwd, _allgather_chunked_bwd)
 
 
+# ----------------------------------------------------------------------------------------
+# The same with the fused Pallas kernels (AttentionOptions.kernel="pallas"): the local
+# queries against the gathered K/V in one pair call (the kernels take tq != tk).
+# ----------------------------------------------------------------------------------------
+
+
+def _gather_pallas(kv: jnp.ndarray, k_info: TokenInfo, axis: str):
+    """``[2, b, hk, t, d]`` K/V and ``[b, t]`` info gathered along the sequence axis."""
+    kv_all = lax.all_gather(kv, axis, axis=3, tiled=True)
+    info_all = TokenInfo(*(
+        None if a is None else lax.all_gather(a, axis, axis=1, tiled=True) for a in k_info
+    ))
+    return kv_all, info_all
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _allgather_pallas(q, kv, q_info, k_info, spec):
+    kv_all, info_all = _gather_pallas(kv, k_info, spec.axis_name)
+    return K.forward(spec, q, kv_all[0], kv_all[1], q_info, info_all)[0].astype(q.dtype)
+
+
+def _allgather_pallas_fwd(q, kv, q_info, k_info, spec):
+    kv_all, info_all = _gather_pallas(kv, k_info, spec.axis_name)
+    out, lse = K.forward(spec, q, kv_all[0], kv_all[1], q_info, info_all)
+    out = out.astype(q.dtype)
+    return out, (q, kv, out, lse, q_info, k_info)
+
+
+def _allgather_pallas_bwd(spec, res, do):
+    q, kv, out, lse, q_info, k_info = res
+    kv_all, info_all = _gather_pallas(kv, k_info, spec.axis_name)
+    dq, dk, dv = K.backward(
+        spec, q, kv_all[0], kv_all[1], do, lse, output_delta(out, do), q_info, info_all
+    )
+    # Every device holds partial dK/dV for the whole sequence: sum them, keep our block.
+    dkv = lax.psum_scatter(jnp.stack([dk, dv]), spec.axis_name, scatter_dimension=3, tiled=True)
+    return dq.astype(q.dtype), dkv.astype(kv.dtype), None, None
+
+
+_allgather_pallas.defvjp(_allgather_pallas_fwd, _allgather_pallas_bwd)
+
+
 def allgather_attention(
     q: jnp.ndarray,
     k: jnp.ndarray,
@@ -157,6 +200,15 @@ def allgather_attention(
     if positions is None:
         positions = local_positions(b, t, axis)
     info = token_info(b, t, segment_ids=segment_ids, positions=positions, kv_mask=kv_mask)
+    if K.resolve_kernel(options.kernel) == "pallas":
+        spec = K.kernel_spec(
+            q, causal=causal, tokens_per_step=tokens_per_step, options=options,
+            axis_name=axis, axis_size=n,
+        )
+        K.check_interpretable(spec, q, "allgather_attention")
+        hf = K.heads_first
+        kv = jnp.stack([hf(k), hf(v)])
+        return hf(_allgather_pallas(hf(q), kv, info, info, spec))
     cfg = kernel_config(
         q, k, causal=causal, tokens_per_step=tokens_per_step, options=options,
         axis_name=axis, axis_size=n,

@@ -281,6 +281,7 @@ def decode_attention(
     scale = d**-0.5 if options.scale is None else options.scale
     axis = options.axis_name
     n = 1 if mesh is None or axis not in mesh.axis_names else int(mesh.shape[axis])
+    merge = mesh is not None and axis in mesh.axis_names
 
     def local(q, k_new, v_new, q_pos, ck, cv, cpos, slots, write, new_len, layer):
         offset = 0
@@ -292,7 +293,7 @@ def decode_attention(
             q, q_pos, ck, cv, cpos, new_len, layer=layer, offset=offset, scale=scale,
             k_chunk=options.k_chunk,
         )
-        if n > 1:
+        if merge:  # also on a size-1 axis: it marks the output replicated over it
             out, _ = merge_across(out, lse, axis)
         return _to_bmhd(out, *q.shape).astype(q.dtype), ck, cv
 

@@ -27,7 +27,6 @@ from jax import lax
 from rl_ring.attention import chunks as C
 from rl_ring.attention import kernels as K
 from rl_ring.attention.blockwise import (
-    _varying_axes,
     block_backward,
     block_forward,
     chunk_len,
@@ -304,14 +303,7 @@ def ring_attention(
             q, causal=causal, tokens_per_step=tokens_per_step, options=options,
             axis_name=axis, axis_size=n,
         )
-        if spec.interpret and _varying_axes(q):
-            raise ValueError(
-                "ring_attention(kernel='pallas') in interpret mode needs shard_map(check_vma="
-                "False): JAX's Pallas interpreter fails on indexing inside a kernel whose "
-                "operands vary over mesh axes (the compiled GPU/TPU kernels are unaffected). "
-                "Use kernel='xla' on CPU, or call ring_attention in your own shard_map with "
-                "check_vma=False."
-            )
+        K.check_interpretable(spec, q, "ring_attention")
         hf = K.heads_first
         return hf(_ring_pallas(hf(q), jnp.stack([hf(k), hf(v)]), info, info, spec))
     cfg = kernel_config(

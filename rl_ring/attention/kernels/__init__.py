@@ -10,7 +10,6 @@ for tests). ``blockwise.py`` and ``ring.py`` call :func:`forward` / :func:`backw
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
 import jax
@@ -40,9 +39,13 @@ def kernel_module(backend: str | None = None):
     and CPU (CPU only in interpret mode), ``tpu`` on TPU."""
     backend = _backend(backend)
     if backend == "tpu":
-        return importlib.import_module("rl_ring.attention.kernels.tpu")
+        from rl_ring.attention.kernels import tpu
+
+        return tpu
     if backend in (*GPU_BACKENDS, "cpu"):
-        return importlib.import_module("rl_ring.attention.kernels.triton")
+        from rl_ring.attention.kernels import triton
+
+        return triton
     raise ValueError(f"attention: no Pallas attention kernel for backend {backend!r}")
 
 
@@ -100,6 +103,36 @@ def backward(spec: KernelSpec, q, k, v, do, lse, delta, q_info: TokenInfo, k_inf
     )
 
 
+def interpreted(options) -> bool:
+    """Whether ``options`` run the fused kernels in the Pallas interpreter (kernel resolving
+    to ``"pallas"`` and ``interpret`` set, or left None on a CPU backend)."""
+    if resolve_kernel(options.kernel) != "pallas":
+        return False
+    return options.interpret if options.interpret is not None else _backend(None) == "cpu"
+
+
+def check_interpretable(spec: KernelSpec, q, who: str) -> None:
+    """Raises when an interpreted kernel would run on operands that vary over mesh axes.
+
+    JAX's Pallas interpreter fails on indexing inside a kernel whose operands carry a
+    varying-manual-axes type (``shard_map(check_vma=True)``); compiled GPU/TPU kernels are
+    unaffected. ``attention(...)`` builds its ``shard_map`` with ``check_vma=False`` when it
+    interprets kernels; a caller's own ``shard_map`` must do the same.
+    """
+    if not spec.interpret:
+        return
+    aval = jax.typeof(q)
+    mat = getattr(aval, "manual_axis_type", None)
+    varying = mat.varying if mat is not None else getattr(aval, "vma", ())
+    if varying:
+        raise ValueError(
+            f"{who}(kernel='pallas') in interpret mode needs shard_map(check_vma=False): "
+            "JAX's Pallas interpreter fails on indexing inside a kernel whose operands vary "
+            "over mesh axes (the compiled GPU/TPU kernels are unaffected). Use kernel='xla' "
+            f"on CPU, or call {who} in your own shard_map with check_vma=False."
+        )
+
+
 def heads_first(x: jnp.ndarray) -> jnp.ndarray:
     """``[b, t, h, d]`` -> ``[b, h, t, d]`` (the kernels' layout); its own inverse."""
     return jnp.swapaxes(x, 1, 2)
@@ -110,8 +143,10 @@ __all__ = [
     "KERNELS",
     "KernelSpec",
     "backward",
+    "check_interpretable",
     "forward",
     "heads_first",
+    "interpreted",
     "kernel_module",
     "kernel_spec",
     "resolve_kernel",

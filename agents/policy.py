@@ -24,17 +24,27 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from agents import base, registry
 from rl_ring.attention.decode import DecodeOptions
 from rl_ring.data.batch import Kind
 from rl_ring.data.tokens import TokenLayout
 from rl_ring.models import TrajectoryTransformer
-from rl_ring.models.decode import Decoder
+from rl_ring.models.decode import (
+    Decoder,
+    KVCache,
+    cache_shardings,
+    decode,
+    init_cache,
+    prefill,
+)
 
 
 @nnx.jit
@@ -446,3 +456,168 @@ def check_action_space(space: Any, spec: base.DataSpec, *, where: str = "") -> N
             f"{prefix}the agent was trained with act_dim={spec.act_dim} but the environment's "
             f"action space {space} has {size}"
         )
+
+
+# ------------------------------------------------------------------ functional (jittable)
+class FunctionalState(NamedTuple):
+    """State of :func:`functional_policy` for ``N`` rows (a pytree: it lives in a scan)."""
+
+    values: jax.Array
+    """``[N, capacity, F]`` float32 token payloads of each row's context (slot order)."""
+    timesteps: jax.Array
+    """``[N, capacity]`` int32 timestep of each slot."""
+    length: jax.Array
+    """``[N]`` int32 tokens in each row's context."""
+    cache: KVCache
+    """The KV cache of the same contexts."""
+    prev_action: jax.Array
+    """``[N]`` int32 last action of each row (-1 before its first)."""
+    acts: jax.Array
+    """``[N]`` int32 actions taken by each row (folded into its sampling key)."""
+    keys: jax.Array
+    """``[N, 2]`` uint32 each row's sampling key, from its policy seed."""
+    params: Any
+    """The model's parameters (carried, not baked into the compiled loop as constants)."""
+
+
+def functional_policy(
+    model: TrajectoryTransformer,
+    layout: TokenLayout,
+    spec: base.DataSpec,
+    *,
+    context_steps: int,
+    slide_steps: int = 1,
+    greedy: bool = True,
+    mesh=None,
+    options: DecodeOptions | None = None,
+):
+    """:class:`CachedPolicy` of a one-token-per-step layout (AD) as two pure, jittable
+    functions ``(init, step)`` for :func:`rl_ring.eval.jax_rollout.make_rollout`.
+
+    ``init(policy_seeds [N]) -> state`` and ``step(state, inp) -> (actions [N], state)``,
+    ``inp`` an :class:`rl_ring.eval.jax_rollout.StepInput`. The contexts and actions are
+    :class:`CachedPolicy`'s: each step appends the row's STEP token (observation, previous
+    action, previous reward, new-episode flag) and decodes it against the cache; a full row
+    drops its oldest ``slide_steps`` steps and is refilled by one forward pass over what
+    remains (in a ``lax.while_loop`` of 0 or 1 trips, so steps without a slide pay nothing
+    for it). Sampled actions (``greedy=False``) draw ``jax.random.categorical`` from
+    ``fold_in(PRNGKey(policy_seed), actions taken by the row)``, so a row's actions depend
+    on its own seed alone; :class:`CachedPolicy` samples from numpy instead, so the two agree
+    only when greedy.
+
+    Raises:
+        ValueError: a layout with more than one token per step, continuous actions, or bad
+            context / slide sizes.
+    """
+    if layout.kinds != (Kind.STEP,):
+        raise ValueError(f"functional_policy: layout kinds {[k.name for k in layout.kinds]}; "
+                         "only the one-token-per-step STEP layout (AD) is supported")
+    if not spec.discrete_actions:
+        raise ValueError("functional_policy: only discrete actions are supported")
+    if context_steps < 1 or not 1 <= slide_steps <= context_steps:
+        raise ValueError(f"functional_policy: context_steps={context_steps} must be >= 1 and "
+                         f"slide_steps={slide_steps} in [1, context_steps]")
+    cap, slide, feat = int(context_steps), int(slide_steps), layout.feature_dim
+    o, a = layout.obs_dim, layout.act_dim
+    mean = jnp.asarray(layout.norm.obs_mean, jnp.float32)
+    inv_std = jnp.asarray(layout.norm._inv_std, jnp.float32)
+    reward_scale = float(layout.norm.reward_scale)
+    graphdef, params = nnx.split(model)
+    if mesh is not None:
+        params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+    slots = jnp.arange(cap, dtype=jnp.int32)
+
+    def init(policy_seeds: jax.Array) -> FunctionalState:
+        n = policy_seeds.shape[0]
+        return FunctionalState(
+            values=jnp.zeros((n, cap, feat), jnp.float32),
+            timesteps=jnp.zeros((n, cap), jnp.int32),
+            length=jnp.zeros((n,), jnp.int32),
+            cache=init_cache(model.cfg, n, cap, mesh=mesh),
+            prev_action=jnp.full((n,), -1, jnp.int32),
+            acts=jnp.zeros((n,), jnp.int32),
+            keys=jax.vmap(jax.random.PRNGKey)(policy_seeds),
+            params=params,
+        )
+
+    def token(inp, prev_action: jax.Array) -> jax.Array:
+        """``[N, F]`` STEP payloads, as :meth:`TokenLayout.encode_token` computes them."""
+        n = inp.active.shape[0]
+        obs = (jnp.asarray(inp.obs, jnp.float32).reshape(n, o) - mean) * inv_std
+        prev = jax.nn.one_hot(prev_action, a, dtype=jnp.float32)  # id -1: all zeros
+        parts = [obs, prev, (inp.prev_reward / reward_scale)[:, None].astype(jnp.float32)]
+        if layout.new_episode_flag:
+            parts.append(inp.new_episode.astype(jnp.float32)[:, None])
+        out = jnp.concatenate(parts, axis=1)
+        return jnp.pad(out, ((0, 0), (0, feat - out.shape[1])))
+
+    def step(state: FunctionalState, inp) -> tuple[jax.Array, FunctionalState]:
+        act = jnp.asarray(inp.active, bool)
+        n = act.shape[0]
+        full = act & (state.length + 1 > cap)
+        length = state.length - slide * full.astype(jnp.int32)
+        new_length = length + act.astype(jnp.int32)
+        tok = token(inp, state.prev_action)
+        ts = jnp.asarray(inp.timestep, jnp.int32)
+        rows = jnp.arange(n)
+        kind = jnp.full((n, cap), int(Kind.STEP), jnp.int32)
+
+        def append(values, timesteps):
+            """This step's token at slot ``length`` of the acting rows."""
+            at = jnp.where(act, length, cap)  # out of range: dropped
+            return (values.at[rows, at].set(tok, mode="drop"),
+                    timesteps.at[rows, at].set(ts, mode="drop"))
+
+        def slide_and_refill(params, cache, values, timesteps):
+            # A full row drops its oldest steps so the step about to start fits, and is
+            # re-read whole (the context CachedPolicy's refill reads).
+            shifted = jnp.minimum(slots + slide, cap - 1)
+            keep = (slots < cap - slide)[None, :]
+            values = jnp.where(full[:, None, None],
+                               jnp.where(keep[..., None], values[:, shifted], 0.0), values)
+            timesteps = jnp.where(full[:, None],
+                                  jnp.where(keep, timesteps[:, shifted], 0), timesteps)
+            values, timesteps = append(values, timesteps)
+            tokens = {"kind": kind, "values": values, "timesteps": timesteps,
+                      "positions": jnp.broadcast_to(slots, (n, cap)),
+                      "segment_ids": jnp.zeros((n, cap), jnp.int32),
+                      "valid": slots[None, :] < new_length[:, None]}
+            # Merged inside the branch: an NNX module must not cross a trace level.
+            model = nnx.merge(graphdef, params)
+            pred, cache = prefill(model, tokens, cache, full, mesh=mesh)
+            last = jnp.maximum(new_length - 1, 0)
+            pred = jnp.take_along_axis(pred, last[:, None, None], axis=1)[:, 0]
+            return pred, cache, values, timesteps
+
+        # A while loop of 0 or 1 trips rather than a cond: a loop's carry is updated in
+        # place, where a cond copied the whole cache (and token buffers) at every step.
+        def body(carry):
+            _, params, cache, values, timesteps, _ = carry
+            pred, cache, values, timesteps = slide_and_refill(params, cache, values, timesteps)
+            return jnp.bool_(False), params, cache, values, timesteps, pred
+
+        start = (full.any(), state.params, state.cache, state.values, state.timesteps,
+                 jnp.zeros((n, model.cfg.out_dim), jnp.float32))
+        _, _, cache, values, timesteps, pred_full = jax.lax.while_loop(
+            lambda carry: carry[0], body, start)
+        # Appending is idempotent: a refilled row already holds this token at `length`.
+        values, timesteps = append(values, timesteps)
+        dec = {"kind": kind[:, :1], "values": tok[:, None], "timesteps": ts[:, None],
+               "positions": length[:, None]}
+        pred_dec, cache = decode(nnx.merge(graphdef, state.params), dec, cache,
+                                 (act & ~full).astype(jnp.int32), mesh=mesh, options=options)
+        if mesh is not None:
+            cache = jax.lax.with_sharding_constraint(cache, cache_shardings(mesh))
+        pred = jnp.where(full[:, None], pred_full, pred_dec[:, 0])
+        if greedy:
+            action = jnp.argmax(pred, axis=-1).astype(jnp.int32)
+        else:
+            keys = jax.vmap(jax.random.fold_in)(state.keys, state.acts)
+            action = jax.vmap(jax.random.categorical)(keys, pred).astype(jnp.int32)
+        new_state = FunctionalState(
+            values=values, timesteps=timesteps, length=new_length, cache=cache,
+            prev_action=jnp.where(act, action, state.prev_action),
+            acts=state.acts + act.astype(jnp.int32), keys=state.keys, params=state.params)
+        return action, new_state
+
+    return init, step

@@ -21,11 +21,14 @@ def test_bench_lists_and_dispatches(capsys):
 # (name, argv given the tmp dir, the result file that already exists)
 CASES = {
     "attention": (lambda d: ["--out", f"{d}/a.json", "--png", f"{d}/a.png"], "a.png"),
+    "attention_gpu": (lambda d: ["--dry-run", "--out", f"{d}/g.json"], "g.png"),
     "data": (lambda d: ["--quick", "--out", f"{d}/d.json"], "d.json"),
     "train": (lambda d: ["--quick", "--out", f"{d}/t.json"], "t.png"),
     "eval": (lambda d: ["--tiny", "--out", f"{d}/e.json"], "e.json"),
     "eval_workers": (lambda d: ["--out", str(d)], "bench_eval_workers.png"),
+    "jax_rollout": (lambda d: ["--quick", "--out", str(d)], "jax_rollout.json"),
     "model_memory": (lambda d: ["--out", f"{d}/m"], "m.json"),
+    "xland_reader": (lambda d: ["--out", f"{d}/x.json"], "x.png"),
 }
 
 

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from envs.learners.bandits import UCB1, Thompson
+from envs.learners.bandits import learner_for
 from envs.learners.grid import NoiseSchedule, NoisyOracle, PosteriorSampling
 from envs.learners.qlearning import QLearner, QLearningConfig
 from envs.recording import episode_seed, run_episode
@@ -54,10 +54,10 @@ def make_learner(
     """
     if name == "qlearning":
         return QLearner(num_actions, episodes, qlearning or QLearningConfig(), seed)
-    if name == "ucb":
-        return UCB1(num_actions, seed)
-    if name == "thompson":
-        return Thompson(num_actions, seed)
+    if name in ("ucb", "thompson"):
+        # The family's reward distribution picks Beta-Bernoulli or Gaussian Thompson sampling.
+        params = _bandit_params(env_id, num_actions)
+        return learner_for(name, num_actions, seed, params)
     if name in ("noisy_oracle", "posterior", "optimistic") and env_id is None:
         raise ValueError(f"learner {name!r} needs env_id")
     if name == "noisy_oracle":
@@ -68,6 +68,17 @@ def make_learner(
         return PosteriorSampling(env_id, num_actions, episodes, seed, noise,
                                  nearest=name == "optimistic")
     raise ValueError(f"unknown learner {name!r}; expected one of {LEARNERS}")
+
+
+def _bandit_params(env_id: str | None, num_actions: int):
+    """The :class:`envs.bandit.BanditParams` of a bandit env id (default: Bernoulli arms)."""
+    from envs.bandit import BanditParams
+    from envs.registry import IN_CONTEXT
+
+    family = IN_CONTEXT.get(env_id) if env_id else None
+    kwargs = dict(family.kwargs) if family is not None else {}
+    kwargs.setdefault("arms", num_actions)
+    return BanditParams(**kwargs)
 
 
 def collect_histories(

@@ -16,7 +16,10 @@ BENCHMARKS: dict[str, str] = {
     "train": "training step: ring vs blockwise tokens/s, longest context, paper plan",
     "eval": "evaluation: KV-cached policy vs recompute, batching, decode scaling",
     "eval_workers": "rollout workers: env steps/s in-process vs worker processes",
+    "jax_rollout": "JAX-native rollout (one jitted scan) vs Python workers: env steps/s",
     "model_memory": "compiled memory of a training step per rematerialisation policy",
+    "attention_gpu": "one GPU: fused Pallas kernel vs XLA blockwise, dense, cuDNN; ring overhead",
+    "xland_reader": "XLand-100B-layout file: AD window tokens/s and resident memory",
 }
 
 
@@ -45,8 +48,14 @@ def main(argv: list[str] | None = None) -> int:
         from experiments.bench import eval as bench
     elif name == "eval_workers":
         from experiments.bench import eval_workers as bench
+    elif name == "jax_rollout":
+        from experiments.bench import jax_rollout as bench
     elif name == "model_memory":
         from experiments.bench import model_memory as bench
+    elif name == "attention_gpu":
+        from experiments.bench import attention_gpu as bench
+    elif name == "xland_reader":
+        from experiments.bench import xland_reader as bench
     else:
         print(f"rl-ring bench: unknown benchmark {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2

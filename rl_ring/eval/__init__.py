@@ -6,6 +6,7 @@ See ``docs/evaluation.md``. The pieces, each in its own module:
 - :mod:`rl_ring.eval.env_spec`: ``EnvSpec``, ``make_env`` and the seed derivation.
 - :mod:`rl_ring.eval.workers`: in-process and worker-process backends.
 - :mod:`rl_ring.eval.rollout`: ``run_seed`` -- rows x trials in one context.
+- :mod:`rl_ring.eval.jax_rollout`: the same loop for JAX envs, in one jitted ``lax.scan``.
 - :mod:`rl_ring.eval.report`: aggregation (last trial, best of n), JSON schema, plot.
 - :mod:`rl_ring.eval.evaluate`: ``EvalConfig`` and ``evaluate`` (what ``rl-ring eval`` runs).
 """

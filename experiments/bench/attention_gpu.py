@@ -68,7 +68,8 @@ class GPUBenchConfig:
     check_len: int = 1024
     """T of the correctness check against the dense reference."""
     dry_run: bool = False
-    """CPU check: T=128/256, D=64, 2 heads, float32, interpret mode, no cuDNN."""
+    """CPU check: T=128/256 (unless --seq-lens), D=64, 2 heads, float32, interpret mode,
+    no cuDNN."""
     out: str = "results/attention_gpu.json"
     """Result JSON (the PNG goes beside it)."""
     overwrite: bool = False
@@ -79,8 +80,10 @@ def resolve(cfg: GPUBenchConfig) -> GPUBenchConfig:
     """The dry-run preset applied."""
     if not cfg.dry_run:
         return cfg
+    default = GPUBenchConfig()
+    seq_lens = (128, 256) if cfg.seq_lens == default.seq_lens else cfg.seq_lens
     return dataclasses.replace(
-        cfg, seq_lens=(128, 256), head_dims=(64,), heads=2, dtype="float32", repeats=1,
+        cfg, seq_lens=seq_lens, head_dims=(64,), heads=2, dtype="float32", repeats=1,
         impls=tuple(i for i in cfg.impls if i != "cudnn"), dense_max=256, xla_max=256,
         check_len=96,
     )

@@ -45,6 +45,16 @@ tq`` bytes each, the price of keeping every in-kernel vector in its native layou
 
 Block sizes: multiples of 128 (default: ``min(512, t rounded up to 128)``); head_dim must
 be below 128 or a multiple of it.
+
+Checked without a TPU (JAX 0.10.2): (1) interpret mode on CPU against the dense oracle,
+forward and gradients; (2) Pallas -> Mosaic lowering, ``jax.jit(f).trace(...).lower(
+lowering_platforms=("tpu",))``, works on a CPU-only machine (also inside
+``shard_map(check_vma=True)``); it stops before Mosaic's own compiler (vector layouts, VMEM
+budget), which lives in libtpu; (3) with the ``libtpu`` package importable (no TPU needed),
+full deviceless compilation for a compile-only TPU device from
+``jax.experimental.topologies.get_topology_desc`` succeeds for TPU v4, v5e, v5p and v6e at
+T=4096 and 32768, d=64 and 128, bf16 and f32, tiles 512 (libtpu 0.0.42.1; 1024-tiles
+compile too; 4096-tiles in f32 exceed VMEM, 150 of 128 MiB). Speed is unmeasured.
 """
 
 from __future__ import annotations

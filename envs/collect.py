@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from envs.learners.grid import NoiseSchedule
 from envs.learners.history import LEARNERS, collect_histories, learning_curve
+from envs.learners.ppo_xland import PPOConfig
 from envs.learners.qlearning import QLearningConfig
 from envs.learners.sac import SACConfig, train_sac
 from envs.recording import episode_seed, run_episode
@@ -40,7 +41,7 @@ from rl_ring.data import EpisodeStore
 from rl_ring.data.formats import check_dataset_target
 from rl_ring.io import jsonable
 
-POLICIES = ("random", "scripted", *LEARNERS, "sac", "noisy-expert")
+POLICIES = ("random", "scripted", *LEARNERS, "sac", "noisy-expert", "ppo")
 GRID_LEARNERS = ("noisy_oracle", "posterior", "optimistic")
 FORMATS = ("store", "exorl", "d4rl", "minari", "xland")
 
@@ -54,15 +55,16 @@ class CollectConfig:
     out: Path
     """Output: a directory (store, exorl buffer, minari dataset) or a .hdf5 file (d4rl)."""
     policy: Literal["random", "scripted", "qlearning", "ucb", "thompson", "noisy_oracle",
-                    "posterior", "optimistic", "sac", "noisy-expert"] = "random"
+                    "posterior", "optimistic", "sac", "noisy-expert", "ppo"] = "random"
     """Behaviour policy: random, scripted, a source learner's learning histories (qlearning,
-    ucb, thompson; grid learners noisy_oracle, posterior, optimistic), SAC's replay, or the
-    XLand shortest-path expert with decaying noise (noisy-expert, xland: ids)."""
+    ucb, thompson; grid learners noisy_oracle, posterior, optimistic), SAC's replay, the
+    XLand shortest-path expert with decaying noise (noisy-expert, xland: ids) or PPO's
+    learning histories (ppo, xland: ids; --ppo.* options)."""
     episodes: int | None = None
     """Episodes to collect (random, scripted); for learners, the total over all histories."""
     format: Literal["store", "exorl", "d4rl", "minari", "xland"] = "store"
     """Output format: EpisodeStore directory, ExoRL buffer, D4RL HDF5, Minari dataset or the
-    XLand-100B HDF5 layout (xland, noisy-expert histories only)."""
+    XLand-100B HDF5 layout (xland, noisy-expert and ppo histories only)."""
     seed: int = 0
     """Seed of everything random in the run."""
     noise: tuple[float, ...] = (0.0,)
@@ -94,10 +96,14 @@ class CollectConfig:
     """xland: ids: a benchmark file you have (xminigrid's bz2 format; it is unpickled, so name
     only files you trust). Default: the benchmark the id names (trivial)."""
     rulesets: str | None = None
-    """noisy-expert: the XLand rulesets, "train" / "test" / "all" or ids "0,5,9" / "0-99"
-    (default: --tasks with --num-tasks)."""
+    """noisy-expert, ppo: the XLand rulesets, "train" / "test" / "all" or ids "0,5,9" /
+    "0-99" (default: --tasks with --num-tasks)."""
     history_steps: int = 4096
-    """noisy-expert: env steps of each history (episodes reset automatically)."""
+    """noisy-expert, ppo: env steps of each history (episodes reset automatically); for ppo
+    a multiple of --ppo.rollout-steps. ppo's --histories is the number of PPO runs per
+    ruleset, each recording --ppo.num-envs histories."""
+    ppo: PPOConfig = PPOConfig()
+    """ppo: hyperparameters (envs.learners.ppo_xland.PPOConfig)."""
     quiet: bool = False
     """No progress bar."""
     overwrite: bool = False
@@ -153,6 +159,24 @@ def collect_xland_noisy_expert(cfg: CollectConfig, env_id: str) -> EpisodeStore:
     store = collect_noisy_expert(env_id, rulesets, histories_per_ruleset=per,
                                  steps=cfg.history_steps, seed=cfg.seed, schedule=schedule,
                                  progress=bar.update)
+    bar.close()
+    store.metadata["source_format"] = "rl_ring.collect"
+    return store
+
+
+def collect_xland_ppo(cfg: CollectConfig, env_id: str) -> EpisodeStore:
+    """``--policy ppo`` on an ``xland:`` id (:mod:`envs.learners.ppo_xland`)."""
+    from envs.learners.ppo_xland import collect_ppo
+
+    if not env_id.startswith("xland:"):
+        raise ValueError(f"--policy ppo is for xland: ids, got {env_id!r}")
+    cfg.ppo.updates_for(cfg.history_steps)  # a bad length fails before any work
+    rulesets = _rulesets(cfg, env_id)
+    per = cfg.histories or 1
+    bar = tqdm(total=len(rulesets) * per * cfg.ppo.num_envs * cfg.history_steps, unit="step",
+               disable=cfg.quiet, desc="ppo")
+    store = collect_ppo(env_id, rulesets, steps=cfg.history_steps, runs_per_ruleset=per,
+                        config=cfg.ppo, seed=cfg.seed, progress=bar.update)
     bar.close()
     store.metadata["source_format"] = "rl_ring.collect"
     return store
@@ -327,8 +351,11 @@ def run(cfg: CollectConfig) -> EpisodeStore:
     make(cfg.env).close()  # unknown ids fail here, before any work
     if cfg.policy == "noisy-expert":
         return collect_xland_noisy_expert(cfg, cfg.env)
+    if cfg.policy == "ppo":
+        return collect_xland_ppo(cfg, cfg.env)
     if cfg.format == "xland":
-        raise ValueError("--format xland holds learning histories: use --policy noisy-expert")
+        raise ValueError("--format xland holds learning histories: use --policy noisy-expert "
+                         "or ppo")
     if cfg.policy == "sac":
         bar = tqdm(total=cfg.steps, unit="step", disable=cfg.quiet, desc="sac")
         config = SACConfig(hidden=cfg.sac_hidden)

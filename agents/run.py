@@ -71,6 +71,49 @@ def recipe(cfg: TrainConfig, store) -> Recipe:
     )
 
 
+def xland_recipe(cfg: TrainConfig, data) -> Recipe:
+    """The recipe training AD on an XLand-100B-layout file (an ``XLandDataset``): windows
+    read straight from the file by :class:`~rl_ring.data.xland.XLandHistorySampler`
+    (one-hot observations, identity normalisation), never the whole file in memory.
+
+    Raises:
+        ValueError: an agent other than AD (the others load the file as an EpisodeStore).
+    """
+    from rl_ring.data.samplers import HistoryConfig
+    from rl_ring.data.samplers.base import sampler_factory
+    from rl_ring.data.xland import XLandHistorySampler
+
+    module = registry.get(cfg.agent)
+    if module.NAME != "ad":
+        raise ValueError(f"--data {cfg.data}: streaming from an XLand file trains 'ad' only, "
+                         f"got agent {cfg.agent!r}")
+    agent_cfg = cfg.agent_config
+    spec = base.DataSpec.coerce(data.data_spec())
+    norm = Normalization.identity(spec.obs_dim)
+    options = {f.name: getattr(agent_cfg, f.name) for f in dataclasses.fields(HistoryConfig)
+               if f.name not in ("batch_size", "seed", "pad_multiple")}
+    meta = {"agent": module.NAME, "env": cfg.env, "data": cfg.data,
+            "data_spec": spec.to_dict(), "normalization": norm.to_dict()}
+    return Recipe(
+        make_model=model_factory(module.resolved_model(agent_cfg, spec)),
+        loss_fn=module.loss_fn,
+        make_sampler=sampler_factory(XLandHistorySampler, HistoryConfig, options, data,
+                                     norm=norm),
+        layout=agent_cfg.model.attn_layout,
+        param_specs=rule_specs,
+        meta=meta,
+    )
+
+
+def _xland_data(cfg: TrainConfig):
+    """An ``XLandDataset`` when AD trains on an XLand-layout file, else None."""
+    if registry.get(cfg.agent).NAME != "ad" or not cfg.data or not os.path.isfile(cfg.data):
+        return None
+    from rl_ring.data.xland import XLandDataset, is_xland_file
+
+    return XLandDataset(cfg.data) if is_xland_file(cfg.data) else None
+
+
 def load_dataset(path: str):
     """An EpisodeStore from any path ``rl_ring.data.load`` understands.
 
@@ -89,6 +132,9 @@ def load_dataset(path: str):
 def train(cfg: TrainConfig, *, eval_fn: EvalFn | None = None, store=None) -> TrainResult:
     """Trains ``cfg.agent`` on ``cfg.data`` (or on ``store`` when given); resumes if possible.
 
+    AD on an XLand-100B-layout file streams its windows from the file
+    (:func:`xland_recipe`); every other agent and format loads an EpisodeStore.
+
     Args:
         cfg: the run configuration (``agent_config=None`` takes the agent's preset).
         eval_fn: called as ``eval_fn(model, step) -> dict`` every ``cfg.eval_every`` steps.
@@ -99,6 +145,9 @@ def train(cfg: TrainConfig, *, eval_fn: EvalFn | None = None, store=None) -> Tra
     """
     cfg = resolve_config(cfg)
     if store is None:
+        xland = _xland_data(cfg)  # AD on an XLand file: windows streamed from the file
+        if xland is not None:
+            return run(xland_recipe(cfg, xland), cfg, eval_fn=eval_fn)
         store = load_dataset(cfg.data)
     return run(recipe(cfg, store), cfg, eval_fn=eval_fn)
 
@@ -197,4 +246,5 @@ __all__ = [
     "saved_config",
     "shape_from_workdir",
     "train",
+    "xland_recipe",
 ]

@@ -786,7 +786,8 @@ class XLandHistorySampler(Sampler):
         for i in range(r):  # steps since the episode began
             cut = np.flatnonzero(new_ep[i])
             seg = np.searchsorted(cut, np.arange(w), side="right") - 1
-            t0 = np.where(seg >= 0, cut[np.maximum(seg, 0)], -int(win["timestep0"][i]))
+            at = cut[np.maximum(seg, 0)] if cut.size else np.zeros(w, np.int64)
+            t0 = np.where(seg >= 0, at, -int(win["timestep0"][i]))
             t[i] = np.arange(w) - t0
         plan = StepPlan(row_steps=np.full(r, w), idx=idx.reshape(-1),
                         timesteps=t.reshape(-1).astype(np.int32),

@@ -298,3 +298,19 @@ def test_other_strategies_lower_for_cuda_with_the_kernels(impl):
         lowering_platforms=("cuda",)).as_text()
     assert text.count(TRITON_CALL) == 3  # forward, dq, dk/dv
     assert ("all_gather" if impl == "allgather" else "all_to_all") in text
+
+
+def test_ring_with_tpu_kernels_matches_reference_on_8_devices():
+    """The Mosaic TPU kernels (interpreted on this CPU: kernel_platform="tpu") inside the
+    ring on 8 fake devices, zigzag, block-causal + segments + padding keys, GQA."""
+    b, t = 2, 64
+    mesh = make_mesh("seq=8", jax.devices()[:8])
+    q, k, v, ct = make_qkv(7, b, t, 4, 2, 16)
+    kw = {**_masks(b, t), "tokens_per_step": 3}
+    fn = functools.partial(attention, impl="ring", mesh=mesh, layout="zigzag", kernel="pallas",
+                           kernel_platform="tpu", block_q=128, block_k=128, **kw)
+    check_against_reference(fn, q, k, v, ct, "ring tpu-kernels [8, zigzag]", **kw)
+    # The TPU kernels did run: their tiles must be multiples of 128 (the Triton ones need not).
+    with pytest.raises(ValueError, match="multiple of 128"):
+        attention(q, k, v, impl="blockwise", kernel="pallas", kernel_platform="tpu",
+                  block_q=16, block_k=16)

@@ -37,6 +37,10 @@ class AttentionOptions:
     (pallas on GPU / TPU backends, xla on CPU). With pallas the chunk options are unused."""
     interpret: bool | None = None
     """Pallas kernels in the interpreter (None: exactly when the backend is CPU)."""
+    kernel_platform: str | None = None
+    """Whose Pallas kernels run: ``"gpu"`` (Triton) or ``"tpu"`` (Mosaic); None: the
+    backend's (Triton interpreted on CPU). ``"tpu"`` on a CPU runs the TPU kernels in the
+    interpreter: how the tests check them inside the ring without a TPU."""
     block_q: int | None = None
     """Pallas kernel query tile (None: the kernel's default)."""
     block_k: int | None = None
@@ -46,6 +50,11 @@ class AttentionOptions:
         if self.kernel not in KERNELS:
             raise ValueError(
                 f"AttentionOptions.kernel must be one of {KERNELS}, got {self.kernel!r}"
+            )
+        if self.kernel_platform not in (None, "gpu", "tpu"):
+            raise ValueError(
+                "AttentionOptions.kernel_platform must be None, 'gpu' or 'tpu', got "
+                f"{self.kernel_platform!r}"
             )
         for name in ("q_chunk", "k_chunk", "block_q", "block_k"):
             value = getattr(self, name)

@@ -77,8 +77,9 @@ class KernelSpec:
 def kernel_spec(q, *, causal, tokens_per_step, options, **ring) -> KernelSpec:
     """KernelSpec of a call from its :class:`~rl_ring.attention.options.AttentionOptions`
     (``interpret`` None means: interpret when the backend is CPU)."""
-    backend = jax.default_backend()
-    interpret = options.interpret if options.interpret is not None else backend == "cpu"
+    platform = jax.default_backend()
+    backend = options.kernel_platform or platform
+    interpret = options.interpret if options.interpret is not None else platform == "cpu"
     d = q.shape[-1]
     scale = float(options.scale if options.scale is not None else d**-0.5)
     return KernelSpec(

@@ -209,7 +209,7 @@ def _jitted(xid: str, spec: str | None, kwargs: tuple):
 def _jitted_expert():
     import jax
 
-    from envs.xland_expert import expert_action
+    from envs.xland_planner import expert_action
 
     return jax.jit(expert_action)
 

@@ -39,7 +39,7 @@ import numpy as np
 import optax
 
 from envs import xland
-from envs.xland_expert import expert_action
+from envs.xland_planner import expert_action
 from rl_ring.data import EpisodeStore
 
 NUM_TILES, NUM_COLORS = 13, 12  # xminigrid.core.constants (checked in the tests)

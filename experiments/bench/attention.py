@@ -119,6 +119,9 @@ class BenchConfig:
     """Head dimension of the sweep (small, so that 64K runs on 2 CPU cores)."""
     strategy_repeats: int = 3
     """Timed runs per strategy and T (after one warm-up run), interleaved."""
+    strategy_time_max: int = 65536
+    """Longest T that is timed; longer ones are compiled for their memory only (on 2 CPU
+    cores the ring's fwd+bwd takes minutes per run at 32K)."""
     strategies_out: str = ""
     """Strategies JSON path ('' : ``<out>`` with ``_strategies`` added); its PNG beside it."""
 

@@ -59,8 +59,14 @@ def run_strategies(cfg, mesh) -> dict[str, Any]:
     for t in cfg.strategy_seq_lens:
         built, entry = {}, {}
         for impl in cfg.strategy_impls:
+            timed_t = t <= getattr(cfg, "strategy_time_max", t)
             try:
                 fn, args, memory = _build(cfg, impl, t, mesh)
+                if not timed_t:  # memory only: compiled, not run
+                    entry[impl] = {"memory": memory, "timed": False}
+                    print(f"  strategies T={t:6d} {impl:10s} (memory only) "
+                          f"{memory['total'] / 2**20:8.1f} MiB/device", flush=True)
+                    continue
                 jax.block_until_ready(fn(*args))  # warm-up
             except Exception as e:  # noqa: BLE001 - e.g. out of memory at large T
                 entry[impl] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
@@ -85,11 +91,14 @@ def run_strategies(cfg, mesh) -> dict[str, Any]:
         auto = rule(candidates=tuple(i for i in STRATEGIES if i in timed_impls) or STRATEGIES)
         auto_ms = timed_impls.get(auto)
         # The rule's other branch, for heads that n does not divide: ring against allgather.
+        memory_order = sorted((e["memory"]["total"], i) for i, e in entry.items()
+                              if "memory" in e)
         pair = {i: timed_impls[i] for i in ("ring", "allgather") if i in timed_impls}
         pair_fastest = min(pair, key=pair.get) if len(pair) == 2 else None
         pair_auto = rule(candidates=("ring", "allgather"))
         per_t[str(t)] = {
             "impls": entry, "fastest": fastest, "auto": auto,
+            "least_memory": memory_order[0][1] if memory_order else None,
             "auto_is_fastest": auto == fastest,
             "auto_over_fastest": (round(auto_ms / timed_impls[fastest], 3)
                                   if auto_ms and fastest else None),
@@ -135,7 +144,9 @@ def plot_strategies(result: dict, path) -> None:
         ts = [t for t, _ in pts]
         style = {"label": impl, "color": colors.get(impl)}
         axes[0].plot(ts, [e["median_ms"] for _, e in pts], "o-", **style)
-        axes[1].plot(ts, [e["memory"]["total"] / 2**20 for _, e in pts], "o-", **style)
+        mem = [(int(t), e["impls"][impl]["memory"]["total"] / 2**20)
+               for t, e in s["by_seq_len"].items() if "memory" in e["impls"].get(impl, {})]
+        axes[1].plot(*zip(*mem, strict=True), "o-", **style)
         picked = [(t, e["median_ms"]) for t, e in pts if s["by_seq_len"][str(t)]["auto"] == impl]
         if picked:
             axes[0].plot(*zip(*picked, strict=True), "o", ms=13, mfc="none", mec="k")

@@ -97,8 +97,10 @@ def attention_flops(batch: int, heads: int, head_dim: int, seq: int, causal: boo
     return 3.5 * fwd if backward else fwd
 
 
-def _fn(impl: str, causal: bool, mesh):
-    """``f(q, k, v) -> out`` of one implementation, in ``[B, T, H, D]``."""
+def _fn(impl: str, causal: bool, mesh, **kernel_options):
+    """``f(q, k, v) -> out`` of one implementation, in ``[B, T, H, D]``; ``kernel_options``
+    (AttentionOptions fields, e.g. ``interpret=False, kernel_platform="tpu"``) go to the
+    Pallas paths (the tests lower them for a GPU / TPU from a CPU)."""
     import jax
 
     from rl_ring.attention import (
@@ -109,7 +111,7 @@ def _fn(impl: str, causal: bool, mesh):
     )
 
     if impl == "pallas":
-        opts = AttentionOptions(kernel="pallas")
+        opts = AttentionOptions(kernel="pallas", **kernel_options)
         return lambda q, k, v: blockwise_attention(q, k, v, causal=causal, options=opts)
     if impl == "xla":
         opts = AttentionOptions(kernel="xla")
@@ -120,7 +122,7 @@ def _fn(impl: str, causal: bool, mesh):
         return lambda q, k, v: jax.nn.dot_product_attention(
             q, k, v, is_causal=causal, implementation="cudnn")
     if impl == "ring1":
-        opts = AttentionOptions(kernel="pallas")
+        opts = AttentionOptions(kernel="pallas", **kernel_options)
         return lambda q, k, v: attention(q, k, v, impl="ring", mesh=mesh, causal=causal,
                                          options=opts)
     raise ValueError(f"attention_gpu: unknown implementation {impl!r}; one of {IMPLS}")

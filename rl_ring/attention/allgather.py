@@ -52,7 +52,7 @@ from rl_ring.attention.blockwise import (
 )
 from rl_ring.attention.masks import TokenInfo
 from rl_ring.attention.options import AttentionOptions, check_qkv, resolve_options
-from rl_ring.attention.ring import local_positions, pack_info, unpack_info
+from rl_ring.attention.ring import axis_size, local_positions, pack_info, unpack_info
 
 
 def gather_kv(kv: jnp.ndarray, k_info: TokenInfo, axis: str) -> tuple[jnp.ndarray, TokenInfo]:
@@ -217,14 +217,3 @@ def allgather_attention(
     kc, vc, k_info = prepare_keys(k, v, info, chunk_len(options.k_chunk, t))
     out = _allgather_chunked(qc, jnp.stack([kc, vc]), q_info, k_info, cfg)
     return from_chunks(out, h)[:, :t]
-
-
-def axis_size(axis: str, who: str) -> int:
-    """Size of the manual mesh axis ``axis``; a clear error outside ``shard_map`` over it."""
-    try:
-        return int(lax.axis_size(axis))
-    except NameError as e:  # unbound axis name: not inside shard_map over it
-        raise ValueError(
-            f"{who} must run inside jax.shard_map over the mesh axis {axis!r} (or use "
-            f"attention(..., impl=..., mesh=...)): {e}"
-        ) from None

@@ -294,7 +294,7 @@ def ring_attention(
         tokens_per_step=tokens_per_step,
     )
     axis = options.axis_name
-    n = _axis_size(axis)
+    n = axis_size(axis, "ring_attention")
     if positions is None:
         positions = local_positions(b, t, axis)
     info = token_info(b, t, segment_ids=segment_ids, positions=positions, kv_mask=kv_mask)
@@ -316,11 +316,13 @@ def ring_attention(
     return from_chunks(out, h)[:, :t]
 
 
-def _axis_size(axis: str) -> int:
+def axis_size(axis: str, who: str) -> int:
+    """Size of the manual mesh axis ``axis`` (the ring, all-gather and Ulysses all run inside
+    ``shard_map`` over it); a clear error naming ``who`` outside it."""
     try:
         return int(lax.axis_size(axis))
     except NameError as e:  # unbound axis name: not inside shard_map over it
         raise ValueError(
-            f"ring_attention must run inside jax.shard_map over the mesh axis {axis!r} "
-            f"(or use attention(..., impl='ring', mesh=...)): {e}"
+            f"{who} must run inside jax.shard_map over the mesh axis {axis!r} (or use "
+            f"attention(..., impl=..., mesh=...)): {e}"
         ) from None

@@ -27,10 +27,9 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
-from rl_ring.attention.allgather import axis_size
 from rl_ring.attention.blockwise import blockwise_attention
 from rl_ring.attention.options import AttentionOptions, check_qkv, resolve_options
-from rl_ring.attention.ring import local_positions
+from rl_ring.attention.ring import axis_size, local_positions
 
 
 def kv_repeats(heads: int, kv_heads: int, num_devices: int) -> int:

@@ -72,33 +72,41 @@ def recipe(cfg: TrainConfig, store) -> Recipe:
 
 
 def xland_recipe(cfg: TrainConfig, data) -> Recipe:
-    """The recipe training AD on an XLand-100B-layout file (an ``XLandDataset``): windows
-    read straight from the file by :class:`~rl_ring.data.xland.XLandHistorySampler`
-    (one-hot observations, identity normalisation), never the whole file in memory.
+    """The recipe training AD or DPT on an XLand-100B-layout file (an ``XLandDataset``),
+    its rows read straight from the file, never the whole file in memory (one-hot
+    observations, identity normalisation): AD's windows by
+    :class:`~rl_ring.data.xland.XLandHistorySampler`, DPT's labelled in-context windows
+    (``context="window"``, ``label_key="expert_actions"``) by
+    :class:`~rl_ring.data.xland.XLandDPTWindowSampler`.
 
     Raises:
-        ValueError: an agent other than AD (the others load the file as an EpisodeStore).
+        ValueError: an agent other than AD or DPT (the others load the file as an
+            EpisodeStore), or DPT options the file cannot stream (named by the sampler).
     """
-    from rl_ring.data.samplers import HistoryConfig
+    from rl_ring.data.samplers import DPTSamplerConfig, HistoryConfig
     from rl_ring.data.samplers.base import sampler_factory
-    from rl_ring.data.xland import XLandHistorySampler
+    from rl_ring.data.xland import XLandDPTWindowSampler, XLandHistorySampler
 
     module = registry.get(cfg.agent)
-    if module.NAME != "ad":
-        raise ValueError(f"--data {cfg.data}: streaming from an XLand file trains 'ad' only, "
-                         f"got agent {cfg.agent!r}")
+    streams = {"ad": (XLandHistorySampler, HistoryConfig),
+               "dpt": (XLandDPTWindowSampler, DPTSamplerConfig)}
+    if module.NAME not in streams:
+        raise ValueError(f"--data {cfg.data}: streaming from an XLand file trains 'ad' or 'dpt' "
+                         f"only, got agent {cfg.agent!r}")
+    sampler_cls, config_cls = streams[module.NAME]
     agent_cfg = cfg.agent_config
     spec = base.DataSpec.coerce(data.data_spec())
     norm = Normalization.identity(spec.obs_dim)
-    options = {f.name: getattr(agent_cfg, f.name) for f in dataclasses.fields(HistoryConfig)
+    options = {f.name: getattr(agent_cfg, f.name) for f in dataclasses.fields(config_cls)
                if f.name not in ("batch_size", "seed", "pad_multiple")}
+    make_sampler = sampler_factory(sampler_cls, config_cls, options, data, norm=norm)
+    make_sampler(batch_size=1, seed=0)  # options the file cannot stream fail here, not later
     meta = {"agent": module.NAME, "env": cfg.env, "data": cfg.data,
             "data_spec": spec.to_dict(), "normalization": norm.to_dict()}
     return Recipe(
         make_model=model_factory(module.resolved_model(agent_cfg, spec)),
         loss_fn=module.loss_fn,
-        make_sampler=sampler_factory(XLandHistorySampler, HistoryConfig, options, data,
-                                     norm=norm),
+        make_sampler=make_sampler,
         layout=agent_cfg.model.attn_layout,
         param_specs=rule_specs,
         meta=meta,
@@ -106,8 +114,9 @@ def xland_recipe(cfg: TrainConfig, data) -> Recipe:
 
 
 def _xland_data(cfg: TrainConfig):
-    """An ``XLandDataset`` when AD trains on an XLand-layout file, else None."""
-    if registry.get(cfg.agent).NAME != "ad" or not cfg.data or not os.path.isfile(cfg.data):
+    """An ``XLandDataset`` when AD or DPT trains on an XLand-layout file, else None."""
+    if registry.get(cfg.agent).NAME not in ("ad", "dpt") or not cfg.data or not os.path.isfile(
+            cfg.data):
         return None
     from rl_ring.data.xland import XLandDataset, is_xland_file
 
@@ -132,7 +141,7 @@ def load_dataset(path: str):
 def train(cfg: TrainConfig, *, eval_fn: EvalFn | None = None, store=None) -> TrainResult:
     """Trains ``cfg.agent`` on ``cfg.data`` (or on ``store`` when given); resumes if possible.
 
-    AD on an XLand-100B-layout file streams its windows from the file
+    AD and DPT on an XLand-100B-layout file stream their windows from the file
     (:func:`xland_recipe`); every other agent and format loads an EpisodeStore.
 
     Args:
@@ -145,7 +154,7 @@ def train(cfg: TrainConfig, *, eval_fn: EvalFn | None = None, store=None) -> Tra
     """
     cfg = resolve_config(cfg)
     if store is None:
-        xland = _xland_data(cfg)  # AD on an XLand file: windows streamed from the file
+        xland = _xland_data(cfg)  # AD / DPT on an XLand file: streamed from the file
         if xland is not None:
             return run(xland_recipe(cfg, xland), cfg, eval_fn=eval_fn)
         store = load_dataset(cfg.data)

@@ -9,7 +9,7 @@ from rl_ring.cli import data as data_cli
 from rl_ring.data import detect_format, load
 from rl_ring.data.checks import DatasetError
 from rl_ring.data.normalize import Normalization
-from rl_ring.data.samplers import HistoryConfig, HistorySampler
+from rl_ring.data.samplers import DPTSampler, DPTSamplerConfig, HistoryConfig, HistorySampler
 from rl_ring.data.xland import (
     NUM_ACTIONS,
     NUM_COLORS,
@@ -17,6 +17,7 @@ from rl_ring.data.xland import (
     XLandDataset,
     XLandDPTConfig,
     XLandDPTSampler,
+    XLandDPTWindowSampler,
     XLandGroup,
     XLandHistorySampler,
     XLandWriter,
@@ -329,3 +330,114 @@ def test_info_estimates_episodes_of_large_files(hand_file):
     eps = sum(int(hists[i]["dones"].sum()) + int(not hists[i]["dones"][-1]) for i in pick)
     total = eps * (2 * 5000 + 3 * 4300) / (5000 + 4300)
     assert line.startswith(f"episodes: ~{total:.4g} (estimated from 2 of 5 histories")
+
+
+# ---------------------------------------------------------------------- DPT streamed windows
+# Task 0: two histories across the writer's 4096-step chunk; task 1: three 60-step histories,
+# shorter than a context alone but not as one task's stream.
+DPT_SHAPES = [(2, 4200), (3, 60)]
+DPT_K = 100
+
+
+@pytest.fixture(scope="module")
+def dpt_file(tmp_path_factory):
+    groups = [XLandGroup("trivial", "XLand-MiniGrid-R1-9x9", i, **make_arrays(h, s, 10 + i))
+              for i, (h, s) in enumerate(DPT_SHAPES)]
+    return write_xland(tmp_path_factory.mktemp("xland_dpt") / "dpt.hdf5", groups)
+
+
+@pytest.mark.parametrize("group_key, order_key", [("history_id", "episode_in_history"),
+                                                   ("task_id", "")])
+def test_dpt_windows_equal_dpt_sampler_on_the_store_view(dpt_file, group_key, order_key):
+    cfg = DPTSamplerConfig(context_steps=DPT_K, group_key=group_key, order_key=order_key,
+                           label_key="expert_actions", batch_size=6, seed=1)
+    xs = XLandDPTWindowSampler(dpt_file, cfg)
+    ds = DPTSampler(load(dpt_file), cfg, norm=Normalization.identity(625))
+    specs = xs.specs_at(0)
+    for k, v in ds.specs_at(0).items():  # the same draw
+        np.testing.assert_array_equal(specs[k], v)
+    # Forced windows: a stream's first and last, across the 4096 chunk (task 0's first
+    # history), across a history's end into the next (a task stream).
+    last = int(xs.group_steps[0]) - DPT_K
+    forced = {"history_id": ([0, 0, 1, 1, 0, 0], [0, last, 4050, 4000, 4100, 17]),
+              "task_id": ([0, 0, 0, 1, 1, 0], [0, last, 4150, 30, 80, 4050])}[group_key]
+    forced = {"group": np.array(forced[0]), "start": np.array(forced[1])}
+    for sp in (forced, xs.specs_at(3)):
+        a, b = xs.batch_for(sp), ds.assemble(ds._plan(sp, ds.host_rows))
+        for f, v in b.tokens().items():
+            np.testing.assert_array_equal(a.tokens()[f], v, err_msg=f)
+    # Host shards concatenate to the single-host batch; the stream resumes from its state.
+    halves = [XLandDPTWindowSampler(dpt_file, cfg, host_id=i, num_hosts=2).batch_at(5)
+              for i in range(2)]
+    np.testing.assert_array_equal(np.concatenate([h.values for h in halves]),
+                                  ds.batch_at(5).values)
+    xs.next_batch()
+    again = XLandDPTWindowSampler(dpt_file, cfg)
+    again.load_state_dict(xs.state_dict())
+    np.testing.assert_array_equal(again.next_batch().values, xs.next_batch().values)
+
+
+def test_dpt_windows_by_hand(dpt_file):
+    # Oracle from the arrays: per step the previous step's transition (next state hidden,
+    # ended 1 after a done), the step's state as query, its expert action as target.
+    arrs = make_arrays(*DPT_SHAPES[0], 10)
+    s = XLandDPTWindowSampler(dpt_file, DPTSamplerConfig(
+        context_steps=DPT_K, group_key="history_id", label_key="expert_actions", batch_size=2))
+    hist, start = 1, 4040  # across the chunk boundary at 4096
+    batch = s.batch_for({"group": np.array([hist, 0]), "start": np.array([start, 0])})
+    h = {k: v[hist] for k, v in arrs.items()}
+    od, a = 625, NUM_ACTIONS
+    vals = batch.values[0].reshape(DPT_K, 2, -1)
+    assert h["dones"][start - 1 : start + DPT_K - 1].any()  # the window crosses an episode end
+    for j in range(DPT_K):
+        t, p = start + j, start + j - 1
+        np.testing.assert_array_equal(vals[j, 1, :od], encode_states(h["states"][t]))
+        assert batch.target_ids[0, 2 * j + 1] == h["expert_actions"][t]
+        assert batch.loss_mask[0, 2 * j + 1] == 1 and batch.loss_mask[0, 2 * j] == 0
+        tr = vals[j, 0]
+        ended = bool(h["dones"][p])
+        np.testing.assert_array_equal(tr[:od], encode_states(h["states"][p]))
+        assert tr[od : od + a].argmax() == h["actions"][p] and tr[od + a] == np.float32(
+            h["rewards"][p])
+        np.testing.assert_array_equal(tr[od + a + 1 : 2 * od + a + 1],
+                                      0 if ended else encode_states(h["states"][t]))
+        assert tr[2 * od + a + 1] == ended
+    # The stream's first step has no transition before it.
+    assert not batch.values[1, 0].any() and batch.values[1, 1, :od].any()
+    with pytest.raises(ValueError, match="label_key='optimal_actions'.*'expert_actions'"):
+        XLandDPTWindowSampler(dpt_file, DPTSamplerConfig(context_steps=8,
+                                                          group_key="history_id"))
+    with pytest.raises(ValueError, match="context='shuffle' is not supported"):
+        XLandDPTWindowSampler(dpt_file, DPTSamplerConfig(
+            context_steps=8, context="shuffle", label_key="expert_actions"))
+    with pytest.raises(ValueError, match="group_key='task_id' with order_key="):
+        XLandDPTWindowSampler(dpt_file, DPTSamplerConfig(
+            context_steps=8, order_key="episode_in_history", label_key="expert_actions"))
+
+
+def test_rl_ring_train_dpt_streams_from_the_file(dpt_file, tmp_path, monkeypatch):
+    from rl_ring.cli.train import main as train_main
+    from rl_ring.train.checkpoint import checkpoint_meta
+    from rl_ring.train.metrics import read_metrics
+
+    def no_store(*a, **k):
+        raise AssertionError("DPT on an XLand file must stream, not load an EpisodeStore")
+
+    monkeypatch.setattr(XLandDataset, "to_store", no_store)
+    run = tmp_path / "dpt"
+    code = train_main(["--agent", "dpt", "--preset", "tiny", "--data", str(dpt_file),
+                       "--workdir", str(run), "--mesh", "seq=1", "--devices", "1",
+                       "--steps", "2", "--batch-size", "2", "--log-every", "1",
+                       "--no-progress", "--no-tensorboard",
+                       "--agent-config.group-key", "history_id",
+                       "--agent-config.label-key", "expert_actions"])
+    assert code == 0
+    losses = [r["loss"] for r in read_metrics(run)]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    meta = checkpoint_meta(run)
+    assert meta["sampler"]["sampler"] == "xland_dpt" and meta["sampler"]["step"] == 2
+    assert meta["sampler"]["store"] == {"format": "xland", "histories": 5, "steps": 8580,
+                                        "obs_encoding": "onehot"}
+    # 16 steps of (TRANSITION, STATE); a transition is (s, one-hot a, r, s', ended).
+    assert meta["batch_shape"]["seq_len"] == 32
+    assert meta["batch_shape"]["feature_dim"] == 2 * 625 + NUM_ACTIONS + 2

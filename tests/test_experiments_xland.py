@@ -61,8 +61,8 @@ def test_xland_recipe_streams_ad_windows_from_the_file(tmp_path):
                                ).next_batch()
     for k, v in want.tokens().items():
         np.testing.assert_array_equal(got.tokens()[k], v)
-    with pytest.raises(ValueError, match="'ad' only"):
-        xland_recipe(cfg.replace(agent="dpt"), data)
+    with pytest.raises(ValueError, match="'ad' or 'dpt' only"):
+        xland_recipe(cfg.replace(agent="dt"), data)
     assert ad.NAME == "ad"
 
 

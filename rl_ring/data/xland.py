@@ -24,9 +24,11 @@ consecutive episodes of one learner on one task, episode boundaries given by ``d
 Reading never loads a whole task or history: :class:`XLandDataset` opens the file with a
 bounded h5py chunk cache and reads hyperslabs ``ds[h, a:b]``;
 :class:`XLandHistorySampler` turns them into the Algorithm Distillation TokenBatches of
-:class:`~rl_ring.data.samplers.HistorySampler` and :class:`XLandDPTSampler` into
-Decision-Pretrained-Transformer items. :meth:`XLandDataset.to_store` gives an
-:class:`~rl_ring.data.store.EpisodeStore` view of a small file (``rl_ring.data.load``).
+:class:`~rl_ring.data.samplers.HistorySampler`, :class:`XLandDPTWindowSampler` into the
+Decision-Pretrained-Transformer TokenBatches of :class:`~rl_ring.data.samplers.DPTSampler`
+(``context="window"``) and :class:`XLandDPTSampler` into DPT items (one query each).
+:meth:`XLandDataset.to_store` gives an :class:`~rl_ring.data.store.EpisodeStore` view of a
+small file (``rl_ring.data.load``).
 
 Observations are decoded from the 5x5 cells (``divmod(cell, NUM_COLORS)`` = tile, color) as
 
@@ -50,12 +52,14 @@ from typing import Any
 import h5py
 import numpy as np
 
+from rl_ring.data.batch import TokenBatch
 from rl_ring.data.checks import DatasetError
 from rl_ring.data.normalize import Normalization
 from rl_ring.data.samplers.base import Sampler, StepPlan, check_positive
+from rl_ring.data.samplers.dpt import DPTPlan, DPTSamplerConfig, assemble_dpt
 from rl_ring.data.samplers.histories import HistoryConfig
 from rl_ring.data.store import EpisodeStore
-from rl_ring.data.tokens import ad_layout
+from rl_ring.data.tokens import ad_layout, dpt_layout
 from rl_ring.io import atomic_output
 
 # xminigrid.core.constants (0.9.3); tests check them against xminigrid itself.
@@ -936,3 +940,165 @@ class XLandDPTSampler:
         out = self.batch_at(self.step)
         self.step += 1
         return out
+
+
+# XLand histories as DPT streams: (group_key, order_key) -> a stream is one history, or the
+# histories of one task (file group) in file order, exactly as on the EpisodeStore view.
+_DPT_STREAMS = {("history_id", ""): "history", ("history_id", "episode_in_history"): "history",
+                ("task_id", ""): "task"}
+
+
+class XLandDPTWindowSampler(Sampler):
+    """Decision-Pretrained-Transformer TokenBatches streamed from an XLand file.
+
+    The interface and the batches are those of :class:`~rl_ring.data.samplers.DPTSampler`
+    with ``context="window"`` (``DPTSamplerConfig``, ``norm``, ``host_id``, ``num_hosts``;
+    ``next_batch``, ``prefetch``, ``state_dict``): a row is ``context_steps`` consecutive
+    steps of one stream, crossing episode boundaries; step ``j`` is a TRANSITION token (the
+    stream's previous step ``(s, a, r, s', ended)``, zero before the stream's first step; the
+    next state hidden and ``ended`` 1 where the step ended its episode: a ``done`` or the
+    history's last step) and a STATE token, the query, labelled with its ``expert_actions``.
+    Streams are drawn, and windows inside them, exactly as DPTSampler draws them, so on
+    :meth:`XLandDataset.to_store` of the same file (with the same ``norm``) both give
+    identical batches; but a batch reads only the chunks its windows touch (the steps
+    ``start - 1 .. start + context_steps - 1`` of its streams), never a whole history.
+
+    A stream (``group_key`` / ``order_key``, named as on the store view) is one learning
+    history (``"history_id"``, with ``order_key`` ``""`` or ``"episode_in_history"``: the
+    same order) or the histories of one task (``"task_id"``, ``order_key=""``: file order,
+    a window may cross from one history into the next). ``label_key`` must be
+    ``"expert_actions"``, the file's only per-step label; ``context="shuffle"`` is not
+    supported (its i.i.d. draws touch every chunk of a group).
+
+    Args:
+        data: an :class:`XLandDataset` or the path of a file.
+        config: the in-context dataset and stream options.
+        norm: token scaling; default the identity (as :class:`XLandHistorySampler`).
+        obs_encoding: ``"onehot"`` (625 features) or ``"index"`` (50); see the module.
+    """
+
+    name = "xland_dpt"
+
+    def __init__(self, data: XLandDataset | str | os.PathLike,
+                 config: DPTSamplerConfig | None = None, *, norm: Normalization | None = None,
+                 host_id: int = 0, num_hosts: int = 1, obs_encoding: str = "onehot"):
+        cfg = config or DPTSamplerConfig(group_key="history_id", label_key="expert_actions")
+        self.data = data if isinstance(data, XLandDataset) else XLandDataset(data)
+        where = f"XLandDPTWindowSampler ({self.data.path})"
+        check_positive("context_steps", cfg.context_steps)
+        if cfg.context != "window":
+            raise ValueError(f"{where}: context={cfg.context!r} is not supported, only "
+                             "'window' (a 'shuffle'd draw reads every chunk of a group)")
+        stream = _DPT_STREAMS.get((cfg.group_key, cfg.order_key))
+        if stream is None:
+            raise ValueError(f"{where}: group_key={cfg.group_key!r} with order_key="
+                             f"{cfg.order_key!r} is not a stream of the file; expected one of "
+                             f"{sorted(_DPT_STREAMS)} (group_key, order_key)")
+        if cfg.label_key != "expert_actions":
+            raise ValueError(f"{where}: label_key={cfg.label_key!r}, but the file labels each "
+                             "step with 'expert_actions' (set label_key='expert_actions')")
+        self.obs_encoding = obs_encoding
+        od = obs_dim(obs_encoding)
+        d = self.data
+        if stream == "history":
+            self.stream_first = np.arange(d.num_histories, dtype=np.int64)
+            self.group_steps = d.hist_steps.copy()
+        else:
+            counts = np.array([g.num_histories for g in d.groups], np.int64)
+            self.stream_first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+            self.group_steps = counts * np.array([g.num_steps for g in d.groups], np.int64)
+        # Histories of a stream all have hist_steps[stream_first] steps (one file group).
+        self.history_steps = d.hist_steps[self.stream_first]
+        k = cfg.context_steps
+        self._groups = np.flatnonzero(self.group_steps >= k)
+        if self._groups.size == 0:
+            raise ValueError(f"{where}: context_steps={k} is longer than every stream (by "
+                             f"{cfg.group_key!r}; the longest has {int(self.group_steps.max())}"
+                             " steps)")
+        norm = norm or Normalization.identity(od)
+        layout = dpt_layout(od, NUM_ACTIONS, True, norm)
+        super().__init__(_Spec(d, obs_encoding), cfg, layout, raw_steps=k, host_id=host_id,
+                         num_hosts=num_hosts)
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.group_steps)
+
+    def _draw(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        # DPTSampler's window draw: a stream long enough, then a start inside it.
+        b, k = self.batch_size, self.config.context_steps
+        g = self._groups[rng.integers(0, len(self._groups), size=b)]
+        return {"group": g, "start": rng.integers(0, self.group_steps[g] - k + 1)}
+
+    def read_rows(self, specs: dict[str, np.ndarray], rows: np.ndarray
+                  ) -> tuple[dict[str, np.ndarray], DPTPlan]:
+        """The steps of the given rows read from the file, ``[R * (k + 1)]`` per key (row
+        ``i``'s slot 0 is the stream step before its window, zero when there is none), with
+        ``is_last`` and ``timestep`` per slot, and the plan indexing them."""
+        k = self.config.context_steps
+        r = len(rows)
+        buf = {"states": np.zeros((r, k + 1, VIEW, VIEW), np.uint8),
+               "actions": np.zeros((r, k + 1), np.int64),
+               "rewards": np.zeros((r, k + 1), np.float32),
+               "expert_actions": np.zeros((r, k + 1), np.int64),
+               "is_last": np.zeros((r, k + 1), bool),
+               "timestep": np.zeros((r, k + 1), np.int64)}
+        for i, row in enumerate(rows):
+            g, s = int(specs["group"][row]), int(specs["start"][row])
+            n_hist = int(self.history_steps[g])
+            pos = np.arange(max(s - 1, 0), s + k)  # stream positions read
+            hist = self.stream_first[g] + pos // n_hist
+            step = pos % n_hist
+            off = k + 1 - len(pos)
+            cuts = np.flatnonzero(np.diff(hist)) + 1
+            for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(pos)], strict=True):
+                got = self.data.read(int(hist[a]), int(step[a]), int(step[b - 1]) + 1)
+                for key in ("states", "actions", "rewards", "expert_actions"):
+                    buf[key][i, off + a : off + b] = got[key]
+                buf["is_last"][i, off + a : off + b] = got["dones"].astype(bool) | (
+                    step[a:b] == n_hist - 1)
+            # Steps since the episode began: a query begins one when the slot before it
+            # ended one (or it starts the stream); else it continues the episode running at
+            # the window's first step.
+            new = buf["is_last"][i, :k].copy()
+            new[0] |= s == 0
+            j = np.arange(k)
+            last_new = np.maximum.accumulate(np.where(new, j, -1))
+            t0 = 0
+            if not new[0]:
+                h0, t = int(hist[1]), int(step[1])  # the window's first step (slot 1)
+                t0 = t - self.data.episode_start_before(h0, t)
+            buf["timestep"][i, 1:] = np.where(last_new >= 0, j - last_new, j + t0)
+        base = (np.arange(r) * (k + 1))[:, None]
+        query = base + 1 + np.arange(k)[None]
+        prev = query - 1
+        prev[:, 0] = np.where(specs["start"][rows] > 0, prev[:, 0], -1)
+        flat = {key: v.reshape(r * (k + 1), *v.shape[2:]) for key, v in buf.items()}
+        return flat, DPTPlan(query=query, prev=prev)
+
+    def _plan(self, specs, rows) -> DPTPlan:
+        return self.read_rows(specs, rows)[1]
+
+    def batch_at(self, step: int) -> TokenBatch:
+        return self.batch_for(self.specs_at(step))
+
+    def batch_for(self, specs: dict[str, np.ndarray], rows: np.ndarray | None = None
+                  ) -> TokenBatch:
+        """The TokenBatch of given row specs (``group``: the stream, ``start``: the window's
+        first step in it; default rows: this host's)."""
+        buf, plan = self.read_rows(specs, self.host_rows if rows is None else rows)
+        return assemble_dpt(self.layout, self.seq_len, plan,
+                            observations=_Buffer(buf["states"], None, None, self.obs_encoding),
+                            actions=buf["actions"], rewards=buf["rewards"],
+                            labels=buf["expert_actions"], timestep=buf["timestep"],
+                            is_last=buf["is_last"])
+
+    def assemble(self, plan: DPTPlan) -> TokenBatch:
+        raise NotImplementedError("XLandDPTWindowSampler assembles in batch_at (it reads the "
+                                  "plan's steps from the file first)")
+
+    def state_dict(self, step: int | None = None) -> dict[str, Any]:
+        state = super().state_dict(step)
+        state["store"] = {"format": "xland", "histories": self.data.num_histories,
+                          "steps": self.data.num_steps, "obs_encoding": self.obs_encoding}
+        return state

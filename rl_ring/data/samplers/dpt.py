@@ -41,7 +41,7 @@ from rl_ring.data.batch import TokenBatch
 from rl_ring.data.normalize import Normalization
 from rl_ring.data.samplers.base import Sampler, check_choice, check_positive, ranges
 from rl_ring.data.store import EpisodeStore
-from rl_ring.data.tokens import dpt_layout
+from rl_ring.data.tokens import TokenLayout, dpt_layout
 
 
 @dataclass(frozen=True)
@@ -161,65 +161,82 @@ class DPTSampler(Sampler):
         return DPTPlan(query=self.stream[first + specs["query"][rows]], prev=prev)
 
     def assemble(self, plan: DPTPlan) -> TokenBatch:
-        """The planned steps as a TokenBatch: per step TRANSITION then STATE, the loss (and
-        the optimal action as target) on every STATE."""
-        store, layout = self.store, self.layout
-        q, prev = np.asarray(plan.query), np.asarray(plan.prev)
-        rows, k = q.shape
-        t_len, feat, tps = self.seq_len, layout.feature_dim, layout.tokens_per_step
-        has = prev >= 0
-        p = np.maximum(prev, 0)
-        obs = store.observations
-        if layout.discrete_actions:
-            prev_action = np.where(has, store.actions[p], -1)
-        else:
-            prev_action = store.actions[p] * has[..., None]
-        fields = dict(
-            obs=np.asarray(obs[q.reshape(-1)], np.float32).reshape(rows, k, -1),
-            prev_obs=np.asarray(obs[p.reshape(-1)], np.float32).reshape(rows, k, -1),
-            prev_action=prev_action,
-            prev_reward=np.where(has, store.rewards[p], 0.0),
-            # Row p + 1 is the next state unless p ended its episode (then it is hidden).
-            prev_next_obs=np.asarray(obs[np.minimum(p + 1, store.num_steps - 1).reshape(-1)],
-                                     np.float32).reshape(rows, k, -1),
-            prev_ended=self.is_last[p].astype(np.float32),
-            has_prev=has.astype(np.float32),
-        )
+        """The planned steps as a TokenBatch (:func:`assemble_dpt` over the store)."""
+        store = self.store
+        return assemble_dpt(self.layout, self.seq_len, plan, observations=store.observations,
+                            actions=store.actions, rewards=store.rewards, labels=self.labels,
+                            timestep=self.timestep, is_last=self.is_last)
 
-        def view(arr: np.ndarray) -> np.ndarray:
-            return arr[:, : k * tps].reshape(rows, k, tps, *arr.shape[2:])
 
-        values = np.zeros((rows, t_len, feat), np.float32)
-        layout.encode_steps(out=view(values), **fields)
-        kind = np.zeros((rows, t_len), np.int32)
-        view(kind)[...] = np.asarray(layout.kinds, np.int32)
-        timesteps = np.zeros((rows, t_len), np.int32)
-        view(timesteps)[...] = self.timestep[q][..., None]
-        valid = np.zeros((rows, t_len), bool)
-        view(valid)[...] = True
-        pi = layout.predict_index
-        loss_mask = np.zeros((rows, t_len), np.float32)
-        view(loss_mask)[..., pi] = 1.0
-        target_ids = np.zeros((rows, t_len), np.int32)
-        if layout.discrete_actions:
-            target = np.zeros((rows, t_len, 0), np.float32)
-            view(target_ids)[..., pi] = self.labels[q]
-        else:
-            target = np.zeros((rows, t_len, layout.act_dim), np.float32)
-            view(target)[..., pi, :] = self.labels[q]
-        return TokenBatch(
-            kind=kind,
-            values=values,
-            positions=np.tile(np.arange(t_len, dtype=np.int32), (rows, 1)),
-            timesteps=timesteps,
-            segment_ids=valid.astype(np.int32),
-            valid=valid,
-            target=target,
-            target_ids=target_ids,
-            loss_mask=loss_mask,
-            tokens_per_step=tps,
-            discrete_actions=layout.discrete_actions,
-        )
+def assemble_dpt(layout: TokenLayout, seq_len: int, plan: DPTPlan, *, observations,
+                 actions: np.ndarray, rewards: np.ndarray, labels: np.ndarray,
+                 timestep: np.ndarray, is_last: np.ndarray) -> TokenBatch:
+    """The planned steps as a TokenBatch: per step TRANSITION then STATE, the loss (and the
+    optimal action as target) on every STATE.
+
+    The plan's rows index the per-step arrays (``[N, ...]`` each): a store's, or the steps
+    an XLand sampler read for one batch. ``observations[idx]`` gives ``[len(idx), obs_dim]``
+    (an array or a view decoding on the fly); ``labels`` the optimal actions, ``timestep``
+    the step within its episode, ``is_last`` whether the step ends its episode (its next
+    state, row ``p + 1``, is then hidden).
+    """
+    q, prev = np.asarray(plan.query), np.asarray(plan.prev)
+    rows, k = q.shape
+    t_len, feat, tps = seq_len, layout.feature_dim, layout.tokens_per_step
+    n = len(actions)
+    has = prev >= 0
+    p = np.maximum(prev, 0)
+    obs = observations
+    if layout.discrete_actions:
+        prev_action = np.where(has, actions[p], -1)
+    else:
+        prev_action = actions[p] * has[..., None]
+    fields = dict(
+        obs=np.asarray(obs[q.reshape(-1)], np.float32).reshape(rows, k, -1),
+        prev_obs=np.asarray(obs[p.reshape(-1)], np.float32).reshape(rows, k, -1),
+        prev_action=prev_action,
+        prev_reward=np.where(has, rewards[p], 0.0),
+        # Row p + 1 is the next state unless p ended its episode (then it is hidden).
+        prev_next_obs=np.asarray(obs[np.minimum(p + 1, n - 1).reshape(-1)],
+                                 np.float32).reshape(rows, k, -1),
+        prev_ended=is_last[p].astype(np.float32),
+        has_prev=has.astype(np.float32),
+    )
+
+    def view(arr: np.ndarray) -> np.ndarray:
+        return arr[:, : k * tps].reshape(rows, k, tps, *arr.shape[2:])
+
+    values = np.zeros((rows, t_len, feat), np.float32)
+    layout.encode_steps(out=view(values), **fields)
+    kind = np.zeros((rows, t_len), np.int32)
+    view(kind)[...] = np.asarray(layout.kinds, np.int32)
+    timesteps = np.zeros((rows, t_len), np.int32)
+    view(timesteps)[...] = timestep[q][..., None]
+    valid = np.zeros((rows, t_len), bool)
+    view(valid)[...] = True
+    pi = layout.predict_index
+    loss_mask = np.zeros((rows, t_len), np.float32)
+    view(loss_mask)[..., pi] = 1.0
+    target_ids = np.zeros((rows, t_len), np.int32)
+    if layout.discrete_actions:
+        target = np.zeros((rows, t_len, 0), np.float32)
+        view(target_ids)[..., pi] = labels[q]
+    else:
+        target = np.zeros((rows, t_len, layout.act_dim), np.float32)
+        view(target)[..., pi, :] = labels[q]
+    return TokenBatch(
+        kind=kind,
+        values=values,
+        positions=np.tile(np.arange(t_len, dtype=np.int32), (rows, 1)),
+        timesteps=timesteps,
+        segment_ids=valid.astype(np.int32),
+        valid=valid,
+        target=target,
+        target_ids=target_ids,
+        loss_mask=loss_mask,
+        tokens_per_step=tps,
+        discrete_actions=layout.discrete_actions,
+    )
 
 
 def label_array(store: EpisodeStore, key: str = "optimal_actions") -> np.ndarray:

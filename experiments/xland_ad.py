@@ -16,11 +16,13 @@ Everything through the library, nothing downloaded:
    (``--windows``, default 4,096 and 16,384 steps), ``--seeds`` seeds each, ring attention
    over 8 fake CPU devices (mesh ``seq=8``), in a watched child process that resumes from
    its checkpoint if an in-process collective stalls (see ``experiments.ad_darkroom``).
-   ``--agents ad dpt`` adds DPT, trained on the file loaded as an EpisodeStore (expert
-   actions as labels; small files only).
+   ``--agents ad dpt`` adds DPT, its labelled in-context windows (expert actions as
+   labels, one learning history each) also read straight from the file
+   (``XLandDPTWindowSampler``).
 3. **Evaluation** in context on the held-out rulesets (never trained on): one context
-   across ``eval_episodes`` episodes per row (:func:`evaluate_in_context`, the one place
-   to swap for the JAX-native rollout) -> return against in-context episode, next to the
+   across ``eval_episodes`` episodes per row, each row on its own ruleset, played in the
+   JAX-native rollout (:func:`evaluate_in_context`; ``XLandRun.eval_backend="workers"``:
+   the Python workers, DPT's fallback) -> return against in-context episode, next to the
    source's own curve on the same rulesets, the source at fixed noise levels, the expert
    (noise 0) and random (noise 1).
 
@@ -80,8 +82,8 @@ class XLandRun:
     max_steps: int = 0
     """Episode step limit (0: xminigrid's, 3 H W = 243 in a 9x9 room)."""
     agent: str = "ad"
-    """"ad" (windows streamed from the file) or "dpt" (the file loaded as an EpisodeStore:
-    expert-action labels, in-context windows of one learning history; small files only)."""
+    """"ad" (windows streamed from the file) or "dpt" (expert-action labels, in-context
+    windows of one learning history, also streamed from the file)."""
     window_steps: int = 4096
     """Steps of context: AD's window, DPT's context_steps."""
     width: int = 64
@@ -99,6 +101,10 @@ class XLandRun:
     eval_episodes: int = 40
     eval_seeds: int = 2
     greedy: bool = False
+    eval_backend: str = "jax"
+    """"jax": the JAX-native rollout (:mod:`rl_ring.eval.jax_rollout`, one jitted scan, each
+    row on its own held-out ruleset); "workers": the evaluator's Python workers (the check;
+    also what DPT's two-token policy falls back to)."""
     baseline_steps: int = 4096
     """Steps per history of the fixed-noise baselines."""
     noise_levels: tuple[float, ...] = (1.0, 0.5, 0.25, 0.1, 0.0)
@@ -236,7 +242,8 @@ def train_config(run: XLandRun, data: str, workdir: str):
     elif run.agent == "dpt":
         # The query of every step is labelled with the expert's action (the file's
         # expert_actions); the in-context data is the window of one learning history before
-        # it, as an agent acting online builds it.
+        # it, as an agent acting online builds it. agents.run.train streams these windows
+        # from the file (XLandDPTWindowSampler), like AD's: no EpisodeStore in memory.
         agent_cfg = agents.get("dpt").Config(
             context_steps=run.window_steps, context="window", group_key="history_id",
             order_key="episode_in_history", label_key="expert_actions", model=model,
@@ -342,18 +349,154 @@ def onehot_env(env_id: str, **kwargs):
     return OneHotView(make(env_id, **kwargs))
 
 
+def onehot_table() -> np.ndarray:
+    """``[cells, features]`` float32: row ``c`` is cell ``c``'s (``tile * NUM_COLORS +
+    colour``) one-hot features, as ``rl_ring.data.xland.encode_states`` encodes it."""
+    from rl_ring.data import xland as xd
+
+    cells = xd.NUM_TILES * xd.NUM_COLORS
+    grid = np.repeat(np.arange(cells, dtype=np.uint8), xd.VIEW * xd.VIEW)
+    enc = xd.encode_states(grid.reshape(cells, xd.VIEW, xd.VIEW), "onehot")
+    return enc[:, :xd.obs_dim("onehot") // (xd.VIEW * xd.VIEW)]
+
+
+def jax_env(run: XLandRun):
+    """``(env_reset(key_seed, ruleset), env_step)``: :func:`onehot_env`'s env (XLandEnv seen
+    through :class:`OneHotView`) as the pure, unbatched functions of
+    :mod:`rl_ring.eval.jax_rollout`, the row task being its ruleset index. ``key_seed`` is
+    the PRNG key seed XLandEnv draws at ``reset(seed=...)`` (:func:`reset_key_seeds`)."""
+    import jax
+    import jax.numpy as jnp
+
+    from envs import xland
+
+    reset_fn, step_fn = xland.xland_functional(run.env, **env_kwargs(run))
+    table = jnp.asarray(onehot_table())
+
+    def obs(ts):
+        return table[xland.compressed_view(ts.observation).reshape(-1)].reshape(-1)
+
+    def env_reset(key_seed, ruleset):
+        ts = reset_fn(jax.random.key(key_seed), jnp.asarray(ruleset, jnp.int32))
+        return ts, obs(ts)
+
+    def env_step(ts, action):
+        ts = step_fn(ts, jnp.asarray(action, jnp.int32))
+        last = ts.last()
+        terminated = last & (ts.discount == 0)
+        return ts, obs(ts), ts.reward, terminated, last & ~terminated
+
+    return env_reset, env_step
+
+
+def reset_key_seeds(episode_seeds: np.ndarray) -> np.ndarray:
+    """int32 key seed of each episode seed: what ``XLandEnv.reset(seed=s)`` draws from its
+    generator (Gymnasium's seeding of ``s``, then ``integers(2**31)``) and keys xminigrid's
+    reset with, so the JAX path's rows start the workers' episodes."""
+    from gymnasium.utils import seeding
+
+    flat = [int(seeding.np_random(int(s))[0].integers(2**31)) for s in np.ravel(episode_seeds)]
+    return np.asarray(flat, np.int32).reshape(np.shape(episode_seeds))
+
+
+def jax_policy(policy):
+    """``(init, step)`` of ``agents.policy.functional_policy`` for a checkpoint's cached
+    evaluation policy, or ``(None, why)`` where the JAX rollout cannot run it (DPT's two
+    tokens per step, a policy that empties its context between trials)."""
+    from agents.policy import CachedPolicy, functional_policy
+
+    if not isinstance(policy, CachedPolicy) or not policy.trial_context:
+        return None, f"{type(policy).__name__} without a context across trials"
+    try:
+        return functional_policy(policy.model, policy.layout, policy.spec,
+                                 context_steps=policy.capacity // policy.k,
+                                 slide_steps=policy.slide // policy.k,
+                                 greedy=policy.greedy), None
+    except ValueError as err:
+        return None, str(err)
+
+
+JAX_EVAL_CHUNK = 1024
+"""Steps per compiled call of the JAX evaluation (it stops once every row is done)."""
+
+
+def jax_evaluator(run: XLandRun, policy_fns, *, envs: int, trials: int):
+    """``play(seed, rulesets) -> SeedResult``: evaluation seed ``seed`` of ``envs`` rows in
+    the JAX-native rollout, row ``i`` on ruleset ``rulesets[i]`` (the rollout's row tasks)
+    for ``trials`` episodes in one context, with the evaluator's episode and policy seeds
+    (``run_seed``'s). Compiled once, for any seeds and rulesets; played in compiled calls
+    of ``JAX_EVAL_CHUNK`` steps until every row is done."""
+    import jax
+
+    from envs import xland
+    from rl_ring.eval.jax_rollout import make_rollout_steps, rollout_seeds, seed_result
+
+    _, params = xland.env_params(run.env, **env_kwargs(run))
+    total = trials * int(params.max_steps)  # every episode ends by the env's limit
+    chunk = min(total, JAX_EVAL_CHUNK)
+    env_reset, env_step = jax_env(run)
+    start, advance = make_rollout_steps(env_reset, env_step, *policy_fns, num_envs=envs,
+                                        num_steps=chunk, trials=trials)
+
+    def play(seed: int, rulesets: list[int]):
+        ep_seeds, pol_seeds = rollout_seeds(seed, envs, trials)
+        t0 = time.perf_counter()
+        state = start(reset_key_seeds(ep_seeds), pol_seeds, np.asarray(rulesets, np.int32))
+        for _ in range(-(-total // chunk)):
+            state = advance(state)
+            if not bool(state.active.any()):
+                break
+        out = jax.block_until_ready(state.out)
+        return seed_result(out, seed=seed, episode_seeds=ep_seeds,
+                           wall_s=time.perf_counter() - t0, tasks=[int(r) for r in rulesets])
+
+    return play
+
+
+def evaluate_jax(cfg, run: XLandRun, policy_fns, tasks: list[int], *, policy_name: str
+                 ) -> dict[str, Any]:
+    """``rl_ring.eval.evaluate``'s seeds, rows (``assign_tasks``: row ``i`` on its own
+    ruleset), episode seeds and report (``cfg.out/report.json`` + ``returns.png``) through
+    :func:`jax_evaluator` (one compilation for every seed)."""
+    from rl_ring.eval.env_spec import assign_tasks
+    from rl_ring.eval.report import build_report, plot_report, validate_report
+    from rl_ring.io import check_output_dir, write_json
+
+    check_output_dir(cfg.out, overwrite=cfg.overwrite, what="an evaluation report")
+    play = jax_evaluator(run, policy_fns, envs=cfg.envs, trials=cfg.trials)
+    results = [play(cfg.first_seed + s, assign_tasks(tasks, s, cfg.envs))
+               for s in range(cfg.seeds)]
+    config = {k: v for k, v in dataclasses.asdict(cfg).items()
+              if k not in ("progress", "overwrite")}
+    config.update(env_id=cfg.env, policy=policy_name, backend="jax")
+    report = build_report(results, config=config, num_envs=cfg.envs, trials=cfg.trials,
+                          score_name=cfg.score_name or cfg.env)
+    report["files"]["plot"] = plot_report(report, Path(cfg.out) / "returns.png",
+                                          x_label=cfg.x_label).name
+    validate_report(report)
+    write_json(report, Path(cfg.out) / "report.json")
+    return report
+
+
 def evaluate_in_context(run: XLandRun, workdir: str, out: str) -> dict[str, Any]:
-    """In-context evaluation of a trained AD on the held-out rulesets: one row per ruleset,
-    one context across ``run.eval_episodes`` episodes, ``run.eval_seeds`` seeds (the
-    evaluator's Python path; the JAX-native rollout can replace this one function).
+    """In-context evaluation of a trained agent on the held-out rulesets: one row per
+    ruleset, one context across ``run.eval_episodes`` episodes, ``run.eval_seeds`` seeds.
+    ``run.eval_backend``: "jax" plays them in the JAX-native rollout (:func:`evaluate_jax`;
+    a policy it cannot run, DPT's, falls back to the workers, logged), "workers" through the
+    evaluator's Python workers. Both play the same episodes for the same seeds (greedy
+    actions; sampled ones draw from different generators).
 
     Returns:
-        ``per_episode`` mean return per in-context episode, ``per_seed`` curves, ``wall_s``.
+        ``per_episode`` mean return per in-context episode, ``per_seed`` curves, ``wall_s``,
+        ``backend`` ("jax" or "workers": the one that ran).
     """
     from agents.policy import eval_policy_from_checkpoint
     from envs import xland
     from rl_ring.eval import EvalConfig, evaluate
 
+    if run.eval_backend not in ("jax", "workers"):
+        raise ValueError(f"XLandRun.eval_backend must be 'jax' or 'workers', got "
+                         f"{run.eval_backend!r}")
     ids = rulesets(run, "test", run.eval_rulesets)
     _, params = xland.env_params(run.env, **env_kwargs(run))
     episode = int(params.max_steps)
@@ -364,9 +507,16 @@ def evaluate_in_context(run: XLandRun, workdir: str, out: str) -> dict[str, Any]
                      seeds=run.eval_seeds, task_split="test", progress=False,
                      x_label="in-context episode", overwrite=True)  # our own work dir
     t0 = time.perf_counter()
-    report = evaluate(cfg, make_env=functools.partial(onehot_env, run.env, **env_kwargs(run)),
-                      tasks=ids,
-                      policy=policy)
+    fns, why = jax_policy(policy) if run.eval_backend == "jax" else (None, None)
+    if why:
+        log(f"{run.name}: the JAX rollout cannot run this policy ({why}); evaluating "
+            "through the Python workers")
+    if fns is not None:
+        report = evaluate_jax(cfg, run, fns, ids, policy_name=f"checkpoint:{workdir}")
+    else:
+        report = evaluate(cfg, make_env=functools.partial(onehot_env, run.env,
+                                                          **env_kwargs(run)),
+                          tasks=ids, policy=policy)
     per_trial = report["summary"]["return"]["per_trial"]
     seeds = sorted({e["seed"] for e in report["episodes"]})
     per_seed = []
@@ -378,10 +528,28 @@ def evaluate_in_context(run: XLandRun, workdir: str, out: str) -> dict[str, Any]
             curve[k] = np.mean(v) if v else np.nan
         per_seed.append([None if np.isnan(x) else float(x) for x in curve])
     return {"per_episode": per_trial["mean"], "per_seed": per_seed,
-            "wall_s": time.perf_counter() - t0}
+            "wall_s": time.perf_counter() - t0, "backend": "jax" if fns is not None else "workers"}
 
 
 # ---------------------------------------------------------------------- one run
+EVAL_FIELDS = frozenset({"eval_rulesets", "eval_episodes", "eval_seeds", "greedy",
+                         "eval_backend", "baseline_steps", "noise_levels"})
+"""XLandRun fields that change only the evaluation (a run trained before is evaluated again)."""
+
+
+def same_training(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether two run configs (``asdict``, as JSON) train the same checkpoint: equal outside
+    :data:`EVAL_FIELDS`; a field an older record lacks counts as equal when the new config
+    holds its default (the field did not exist, so the old run used that behaviour)."""
+    defaults = json.loads(json.dumps(dataclasses.asdict(XLandRun())))
+    for key in (set(old) | set(new)) - EVAL_FIELDS:
+        if key not in new:
+            return False
+        if old.get(key, defaults.get(key)) != new[key]:
+            return False
+    return True
+
+
 def run_one(run: XLandRun, data: Path, workdir: Path, *, in_process: bool) -> dict[str, Any]:
     """Train -> evaluate; the run's record (kept in its directory and reused)."""
     from rl_ring.io import write_json
@@ -389,19 +557,25 @@ def run_one(run: XLandRun, data: Path, workdir: Path, *, in_process: bool) -> di
     rdir = workdir / run.name
     done = rdir / "record.json"
     config = json.loads(json.dumps(dataclasses.asdict(run)))
-    if done.exists():
-        record = json.loads(done.read_text())
-        if record["config"] == config:
-            log(f"{run.name}: finished before, reusing {done}")
-            return record
-    if rdir.exists():
-        shutil.rmtree(rdir)
-    rdir.mkdir(parents=True)
-    t0 = time.perf_counter()
-    trained = train_watched(run, str(data), str(rdir / "train"), in_process=in_process)
-    train_s = time.perf_counter() - t0
-    log(f"{run.name}: {run.steps} steps of {run.window_steps}-step windows in {train_s:.0f} s "
-        f"({trained['tokens_per_s']:.0f} tokens/s)")
+    record = json.loads(done.read_text()) if done.exists() else None
+    if record is not None and record["config"] == config:
+        log(f"{run.name}: finished before, reusing {done}")
+        return record
+    if record is not None and same_training(record["config"], config):
+        # Only how it is evaluated changed: keep the trained checkpoint, evaluate again.
+        log(f"{run.name}: trained before with this configuration, evaluating again")
+        trained, train_s = record["train"], record["train_s"]
+        shutil.rmtree(rdir / "eval", ignore_errors=True)
+        done.unlink()
+    else:
+        if rdir.exists():
+            shutil.rmtree(rdir)
+        rdir.mkdir(parents=True)
+        t0 = time.perf_counter()
+        trained = train_watched(run, str(data), str(rdir / "train"), in_process=in_process)
+        train_s = time.perf_counter() - t0
+        log(f"{run.name}: {run.steps} steps of {run.window_steps}-step windows in "
+            f"{train_s:.0f} s ({trained['tokens_per_s']:.0f} tokens/s)")
     ev = evaluate_in_context(run, str(rdir / "train"), str(rdir / "eval"))
     record = {"name": run.name, "config": config, "agent": run.agent,
               "window_steps": run.window_steps,
@@ -423,8 +597,7 @@ class Args:
     windows: tuple[int, ...] = (4096, 16384)
     """Context lengths (steps per training window) compared."""
     agents: tuple[str, ...] = ("ad",)
-    """Agents trained: "ad", and "dpt" (which loads the whole file in memory: with the
-    default data, 2M steps x 2.5 KB, too much; use fewer --train-rulesets)."""
+    """Agents trained: "ad", and "dpt" (both stream their windows from the file)."""
     seeds: int = 3
     """Training seeds per context length."""
     steps: int = 0

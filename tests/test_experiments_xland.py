@@ -147,3 +147,16 @@ def test_dpt_trains_on_the_file_loaded_as_a_store(tmp_path):
     assert np.array_equal(batch.target_ids[mask].reshape(2, 16), expert[plan.query])
     # A window of one history: consecutive store rows.
     assert (np.diff(plan.query, axis=1) == 1).all()
+
+
+def test_evaluation_fields_keep_the_trained_run():
+    # A run whose config differs only in how it is evaluated keeps its checkpoint; any
+    # training field, or a field an older record lacks set away from its default, retrains.
+    base = json.loads(json.dumps(dataclasses.asdict(xa.tiny_run())))
+    assert xa.same_training(base, base | {"eval_backend": "workers", "eval_episodes": 7})
+    assert not xa.same_training(base, base | {"steps": base["steps"] + 1})
+    assert not xa.same_training(base, base | {"window_steps": 2 * base["window_steps"]})
+    older = {k: v for k, v in base.items() if k != "tiny_model"}
+    assert xa.same_training(older, base | {"tiny_model": False})
+    assert not xa.same_training(older, base | {"tiny_model": True})
+    assert not xa.same_training(base | {"gone": 1}, base)

@@ -177,26 +177,27 @@ def test_toy_env_same_episodes_as_the_python_workers_with_sliding_context():
     validate_report(report)
 
 
+class SameKeyPolicy(CachedPolicy):
+    """CachedPolicy drawing row i's n-th action as functional_policy does."""
+
+    def reset(self, num_envs, *, seeds):
+        super().reset(num_envs, seeds=seeds)
+        self.seeds, self.count = list(seeds), np.zeros(num_envs, int)
+
+    def act(self, obs, env_mask):
+        self.mask = np.asarray(env_mask, bool)
+        return super().act(obs, env_mask)
+
+    def _actions(self, pred):
+        out = np.zeros(len(pred), np.int64)
+        for i in np.flatnonzero(self.mask):
+            key = jax.random.fold_in(jax.random.PRNGKey(self.seeds[i]), self.count[i])
+            out[i] = int(jax.random.categorical(key, jnp.asarray(pred[i])))
+            self.count[i] += 1
+        return out
+
+
 def test_sampled_actions_match_a_python_policy_drawing_the_same_keys():
-    class SameKeyPolicy(CachedPolicy):
-        """CachedPolicy drawing row i's n-th action as functional_policy does."""
-
-        def reset(self, num_envs, *, seeds):
-            super().reset(num_envs, seeds=seeds)
-            self.seeds, self.count = list(seeds), np.zeros(num_envs, int)
-
-        def act(self, obs, env_mask):
-            self.mask = np.asarray(env_mask, bool)
-            return super().act(obs, env_mask)
-
-        def _actions(self, pred):
-            out = np.zeros(len(pred), np.int64)
-            for i in np.flatnonzero(self.mask):
-                key = jax.random.fold_in(jax.random.PRNGKey(self.seeds[i]), self.count[i])
-                out[i] = int(jax.random.categorical(key, jnp.asarray(pred[i])))
-                self.count[i] += 1
-            return out
-
     model, layout, spec = tiny_ad(3, NUM_ACTIONS)
     py = python_episodes(TOY, model, layout, spec, n=2, trials=3, seed=3, context_steps=4,
                          policy_cls=SameKeyPolicy)
@@ -262,3 +263,58 @@ def test_unfinished_episodes_are_not_run_and_the_report_skips_their_rows():
     assert report["timing"]["steps_per_s"] == 5.0
     with pytest.raises(ValueError, match="episode_seeds has shape"):
         seed_result(out, seed=4, episode_seeds=np.zeros((2, 3), int))
+
+
+# ------------------------------------------------------------------ per-row tasks: XLand rulesets
+def report_episodes(report):
+    """The report's episodes as :func:`episodes` tuples, with their tasks."""
+    return [(e["env_index"], e["trial"], e["status"], e["return"], e["length"],
+             e["terminated"], e["truncated"], e["episode_seed"], e["task"])
+            for e in report["episodes"]]
+
+
+def test_xland_row_rulesets_equal_the_python_workers_and_each_ruleset_alone(tmp_path,
+                                                                            monkeypatch):
+    from experiments import xland_ad as xa
+    from rl_ring.data import xland as xd
+    from rl_ring.eval import EvalConfig, evaluate
+
+    # 80-step episodes: long enough that a tiny random AD, sampling, reaches goals.
+    run = xa.tiny_run().replace(max_steps=80)
+    model, layout, spec = tiny_ad(xd.obs_dim("onehot"), 6)
+    # Sampled actions drawn from the same keys on both paths; a 24-step context sliding 8
+    # steps at a time, across trial boundaries.
+    policy = SameKeyPolicy(model, layout, spec, context_steps=24, slide_steps=8, greedy=False)
+    # Held-out rulesets 4 (stand next to a square) and 6 (pick up a square); evaluate's
+    # assign_tasks gives the three rows 4, 6, 4.
+    tasks = xa.rulesets(run, "test", 2)
+    cfg = EvalConfig(env=run.env, out=str(tmp_path / "workers"), trials=2, envs=3, seeds=1,
+                     first_seed=1, task_split="test", progress=False)
+    py = evaluate(cfg, make_env=functools.partial(xa.onehot_env, run.env, **xa.env_kwargs(run)),
+                  tasks=tasks, policy=policy)
+    fns, why = xa.jax_policy(policy)
+    assert why is None
+    monkeypatch.setattr(xa, "JAX_EVAL_CHUNK", 64)  # 160 steps: 3 compiled calls
+    play = xa.jax_evaluator(run, fns, envs=3, trials=2)  # compiled once from here on
+    rows = [4, 6, 4]
+    mixed = play(1, rows)
+    assert [(*e, r.task) for e, r in zip(episodes(mixed), mixed.episodes, strict=True)] \
+        == report_episodes(py)
+    assert [e.task for e in mixed.episodes] == [4, 4, 6, 6, 4, 4]
+    # Each row plays the episodes of a rollout whose rows all have its ruleset.
+    alone = {r: episodes(play(1, [r] * 3)) for r in (4, 6)}
+    for i, r in enumerate(rows):
+        assert episodes(mixed)[2 * i:2 * i + 2] == alone[r][2 * i:2 * i + 2]
+    # The rulesets matter (goals reached, at other steps under the other ruleset).
+    assert any(e.terminated for e in mixed.episodes) and alone[4] != alone[6]
+    with pytest.raises(ValueError, match="one task per row"):
+        play(1, [4, 6])
+    # DPT's two tokens per step: the JAX rollout declines it (the experiment falls back).
+    dpt = agents.get("dpt")
+    dcfg = dpt.Config.tiny()
+    dspec = base.DataSpec(obs_dim=4, act_dim=3, discrete_actions=True)
+    dpolicy = CachedPolicy(dpt.make_model(dcfg, dspec, rngs=nnx.Rngs(0)),
+                           dpt.make_layout(dcfg, dspec, Normalization.identity(4)), dspec,
+                           context_steps=4)
+    fns, why = xa.jax_policy(dpolicy)
+    assert fns is None and "layout" in why

@@ -20,7 +20,16 @@ the same episodes:
 The environment is a pair of pure, unbatched functions (the library never imports one)::
 
     env_reset(seed)          -> (env_state, obs)          # seed: int32 scalar
+    env_reset(seed, task)    -> (env_state, obs)          # with row tasks (below)
     env_step(env_state, a)   -> (env_state, obs, reward, terminated, truncated)
+
+**Row tasks.** A task family (XLand-MiniGrid's rulesets) gives each row its own task:
+``row_tasks`` is a pytree of ``[N, ...]`` arrays (e.g. int32 ``[N]`` ruleset indices of a
+stacked benchmark, or the rows' stacked env params), an argument of the compiled function
+like the seeds, so one compilation serves any set of tasks. Row ``i``'s slice is passed to
+every ``env_reset`` of that row (its task stays fixed across its trials, as a worker's env
+built with ``task=`` keeps it). Without ``row_tasks`` (``None``) ``env_reset`` takes the seed
+alone, as before.
 
 and the policy a pair of pure, batched ones (an agent builds them, e.g.
 ``agents.policy.functional_policy``)::
@@ -111,6 +120,8 @@ class RolloutState(NamedTuple):
     active: jax.Array
     out: RolloutOutput
     policy_state: Any
+    tasks: Any = None
+    """The rows' tasks (a pytree of ``[N, ...]`` arrays), or None (``env_reset(seed)``)."""
 
 
 def _rows_sharding(mesh) -> Callable[[Any], Any]:
@@ -137,9 +148,12 @@ def make_rollout(
     trials: int,
     max_steps: int | None = None,
     mesh=None,
-) -> Callable[[jax.Array, jax.Array], tuple[RolloutOutput, Any]]:
-    """The compiled rollout ``(episode_seeds [N, trials], policy_seeds [N]) -> (output,
-    final policy state)``: ``num_steps`` steps of ``num_envs`` rows in one ``lax.scan``.
+) -> Callable[..., tuple[RolloutOutput, Any]]:
+    """The compiled rollout ``(episode_seeds [N, trials], policy_seeds [N], row_tasks=None)
+    -> (output, final policy state)``: ``num_steps`` steps of ``num_envs`` rows in one
+    ``lax.scan``. ``row_tasks`` (a pytree of ``[N, ...]`` arrays) gives each row its task,
+    passed to its resets as ``env_reset(seed, task)`` (module docstring); one compilation
+    per tree structure and shapes serves any values.
 
     Args:
         env_reset, env_step: the pure, unbatched environment (module docstring).
@@ -160,8 +174,9 @@ def make_rollout(
         env_reset, env_step, policy_init, policy_step, num_envs=num_envs, num_steps=num_steps,
         trials=trials, max_steps=max_steps, mesh=mesh)
 
-    def run(episode_seeds: jax.Array, policy_seeds: jax.Array) -> tuple[RolloutOutput, Any]:
-        state = advance(start(episode_seeds, policy_seeds))
+    def run(episode_seeds: jax.Array, policy_seeds: jax.Array,
+            row_tasks: Any = None) -> tuple[RolloutOutput, Any]:
+        state = advance(start(episode_seeds, policy_seeds, row_tasks))
         return state.out, state.policy_state
 
     return jax.jit(run)
@@ -178,14 +193,13 @@ def make_rollout_steps(
     trials: int,
     max_steps: int | None = None,
     mesh=None,
-) -> tuple[Callable[[jax.Array, jax.Array], RolloutState],
-           Callable[[RolloutState], RolloutState]]:
-    """:func:`make_rollout` in two compiled pieces: ``start(episode_seeds, policy_seeds) ->
-    state`` (first resets, policy init) and ``advance(state) -> state`` (``num_steps`` more
-    steps; its input is donated, so the KV cache is updated in place). Calling ``advance``
-    until ``state.active`` is all False plays every trial with a bounded scan length (e.g.
-    with a progress bar between calls), and timing ``advance`` alone measures the loop's
-    steady state. ``state.out`` is the :class:`RolloutOutput`. Arguments as
+) -> tuple[Callable[..., RolloutState], Callable[[RolloutState], RolloutState]]:
+    """:func:`make_rollout` in two compiled pieces: ``start(episode_seeds, policy_seeds,
+    row_tasks=None) -> state`` (first resets, policy init) and ``advance(state) -> state``
+    (``num_steps`` more steps; its input is donated, so the KV cache is updated in place).
+    Calling ``advance`` until ``state.active`` is all False plays every trial with a bounded
+    scan length (e.g. with a progress bar between calls), and timing ``advance`` alone
+    measures the loop's steady state. ``state.out`` is the :class:`RolloutOutput`. Arguments as
     :func:`make_rollout`."""
     start, advance = _rollout_functions(
         env_reset, env_step, policy_init, policy_step, num_envs=num_envs, num_steps=num_steps,
@@ -205,7 +219,8 @@ def _rollout_functions(
     max_steps: int | None,
     mesh,
 ):
-    """The loop's ``start(episode_seeds, policy_seeds)`` and ``advance(state)``, not jitted."""
+    """The loop's ``start(episode_seeds, policy_seeds, row_tasks=None)`` and
+    ``advance(state)``, not jitted."""
     for name, value in (("num_envs", num_envs), ("num_steps", num_steps), ("trials", trials)):
         if not isinstance(value, int | np.integer) or value < 1:
             raise ValueError(f"make_rollout: {name} must be a positive int, got {value!r}")
@@ -218,7 +233,13 @@ def _rollout_functions(
                              f"the mesh's batch axes ({shards} shards)")
     n, t_max = int(num_envs), int(trials)
     pin = _rows_sharding(mesh)
-    v_reset, v_step = jax.vmap(env_reset), jax.vmap(env_step)
+    v_step = jax.vmap(env_step)
+
+    def v_reset(seeds: jax.Array, tasks: Any) -> tuple[Any, jax.Array]:
+        """Every row's reset with its seed (and its task, where the rows have tasks)."""
+        if tasks is None:
+            return jax.vmap(env_reset)(seeds)
+        return jax.vmap(env_reset)(seeds, tasks)
 
     def rows_where(cond, a, b):
         """``a`` in rows where ``cond [N]``, else ``b`` (any pytree of ``[N, ...]`` leaves)."""
@@ -253,7 +274,7 @@ def _rollout_functions(
         more = ended & (trial < t_max)  # starts its next trial on this step
         nxt = jnp.minimum(trial, t_max - 1)[:, None]
         seeds = jnp.take_along_axis(c.episode_seeds, nxt, 1)[:, 0]
-        reset_state, reset_obs = v_reset(seeds)
+        reset_state, reset_obs = v_reset(seeds, c.tasks)
         env_state = rows_where(more, reset_state, rows_where(act, env_state, c.env_state))
         obs = rows_where(more, reset_obs, rows_where(act, obs, c.obs))
         carry = RolloutState(
@@ -268,12 +289,24 @@ def _rollout_functions(
             active=act & ~(ended & ~more),
             out=out,
             policy_state=policy_state,
+            tasks=c.tasks,
         )
         return carry
 
-    def start(episode_seeds: jax.Array, policy_seeds: jax.Array) -> RolloutState:
+    def start(episode_seeds: jax.Array, policy_seeds: jax.Array,
+              row_tasks: Any = None) -> RolloutState:
         seeds_nt = pin(jnp.asarray(episode_seeds, jnp.int32))
-        env_state, obs = v_reset(seeds_nt[:, 0])
+        if seeds_nt.shape != (n, t_max):
+            raise ValueError(f"make_rollout: episode_seeds has shape {seeds_nt.shape}, "
+                             f"expected [num_envs, trials] = {(n, t_max)}")
+        if row_tasks is not None:
+            for path, leaf in jax.tree_util.tree_leaves_with_path(row_tasks):
+                if jnp.ndim(leaf) < 1 or jnp.shape(leaf)[0] != n:
+                    raise ValueError(
+                        f"make_rollout: row_tasks{jax.tree_util.keystr(path)} has shape "
+                        f"{jnp.shape(leaf)}, expected one task per row: [num_envs={n}, ...]")
+            row_tasks = pin(jax.tree.map(jnp.asarray, row_tasks))
+        env_state, obs = v_reset(seeds_nt[:, 0], row_tasks)
         zeros = jnp.zeros((n, t_max))
         return RolloutState(
             episode_seeds=seeds_nt,
@@ -294,6 +327,7 @@ def _rollout_functions(
                 env_steps=jnp.zeros((), jnp.int32),
             ),
             policy_state=policy_init(jnp.asarray(policy_seeds, jnp.int32)),
+            tasks=row_tasks,
         )
 
     def advance(carry: RolloutState) -> RolloutState:
@@ -328,20 +362,22 @@ def jax_rollout(
     max_steps: int | None = None,
     mesh=None,
     tasks: Sequence[Any] | None = None,
+    row_tasks: Any = None,
 ) -> SeedResult:
     """Plays one evaluation seed with the JAX-native loop; returns the evaluator's record.
 
     Compiles :func:`make_rollout` (once per shape and function identity: keep one compiled
     function from :func:`make_rollout` to time repeated runs), runs it with the seeds of
     :func:`rollout_seeds` and converts the output with :func:`seed_result`. Arguments as
-    :func:`make_rollout`; ``seed`` is the evaluation seed (as ``run_seed``'s) and ``tasks``
-    the rows' tasks, copied into the episode records.
+    :func:`make_rollout`; ``seed`` is the evaluation seed (as ``run_seed``'s), ``row_tasks``
+    each row's task for ``env_reset(seed, task)`` (a pytree of ``[N, ...]`` arrays; None:
+    ``env_reset(seed)``) and ``tasks`` the rows' task labels, copied into the episode records.
     """
     run = make_rollout(env_reset, env_step, policy_init, policy_step, num_envs=num_envs,
                        num_steps=num_steps, trials=trials, max_steps=max_steps, mesh=mesh)
     ep_seeds, pol_seeds = rollout_seeds(seed, num_envs, trials)
     t0 = time.perf_counter()
-    out, _ = run(ep_seeds, pol_seeds)
+    out, _ = run(ep_seeds, pol_seeds, row_tasks)
     out = jax.block_until_ready(out)
     wall = time.perf_counter() - t0
     return seed_result(out, seed=seed, episode_seeds=ep_seeds, wall_s=wall, tasks=tasks)

@@ -1,27 +1,37 @@
-"""Context that pays: in-context regret against context length on hard bandits.
+"""Context that pays: in-context performance against context length, bandits and grids.
 
-    python -m experiments.context_scaling                     # bandit-hard, 3 training seeds
-    python -m experiments.context_scaling --env bandit-gauss  # the Gaussian family
+    python -m experiments.context_scaling                      # bandit-hard, 3 training seeds
+    python -m experiments.context_scaling --env bandit-gauss   # the Gaussian bandit family
+    python -m experiments.context_scaling --env darkroom-hard  # 17x17 Dark Room, first arrival
+    python -m experiments.context_scaling --env keydoor        # Key-to-Door
     python -m experiments.context_scaling --tiny --out /tmp/cs --workdir /tmp/cs_runs
 
 Each configuration (agent x context window) and training seed, all through the library:
-learning histories of the sources (Thompson sampling by default, UCB1 on request) on
-training bandits (:func:`envs.learners.bandits.bandit_histories`, 4,096 pulls each) ->
-Algorithm Distillation trained on windows of 256, 1,024 and 4,096 pulls (``agents.run.train``;
-windows of ``ring_from`` pulls and more on mesh ``seq=8``, i.e. ring attention over 8 fake
-CPU devices, shorter ones data-parallel on ``data=8``) -> the checkpoint played for 4,096
-pulls on held-out bandits through the KV-cached policy
+learning histories of the sources on training tasks (bandits: Thompson sampling / UCB1,
+:func:`envs.learners.bandits.bandit_histories`, 4,096 pulls each; grids: posterior sampling
+and the optimistic sweep, :func:`envs.learners.history.collect_histories`, 256 episodes
+each) -> the agent trained on windows of ``windows`` episodes (bandits: 256, 1,024, 4,096
+one-pull episodes; grids: 16, 64, 256 episodes, i.e. episodes x episode length steps;
+``agents.run.train``; windows of ``ring_from`` episodes and more on mesh ``seq=8``, ring
+attention over 8 fake CPU devices, shorter ones data-parallel on ``data=8``) -> the
+checkpoint played in context on held-out tasks through the KV-cached policy
 (``agents.policy.eval_policy_from_checkpoint``; windows shorter than the evaluation slide a
-quarter window at a time) -> expected cumulative regret
-against pulls, next to Thompson sampling, UCB1 and a random policy on the same bandits.
+quarter window at a time). Bandits: expected cumulative regret against pulls on 200 held-out
+bandits, next to Thompson sampling, UCB1 and random arms. Grids: return against in-context
+episode on every held-out goal (``rl_ring.eval.evaluate``), next to the sources' own learning
+curves, a random policy and the optimum; the final return is the mean over the last 10% of
+the episodes.
 
 Also measured: each configuration's per-device memory of the compiled training step for
 dense attention (1 device), blockwise (1 device) and ring (8 devices)
-(``rl_ring.train.plan.plan_step``), train wall time and tokens/s, and the time per decoded
-token at the longest context. Outputs: ``<out>/context_scaling[_<env>].json`` + ``.png``.
-Checkpoints stay under ``--workdir`` (git-ignored ``runs/``), each one re-playable alone with
-``rl-ring eval --checkpoint <workdir>/<env>/<agent>-w<W>-seed<S>/train --env <env>
---trials 4096 --envs 200``; finished runs are skipped when the command runs again.
+(``rl_ring.train.plan.plan_step``), train wall time and tokens/s, the time per decoded
+token at the longest context, and which context lengths would not fit one 16 GiB or 80 GiB
+accelerator without the ring at the recipe scale
+(:func:`experiments.context_scaling_report.recipe_plan`). Outputs:
+``<out>/context_scaling[_<env>].json`` + ``.png``. Checkpoints stay under ``--workdir``
+(git-ignored ``runs/``), each one re-playable alone with ``rl-ring eval --checkpoint
+<workdir>/<env>/<agent>-w<W>-seed<S>/train --env <env> ...``; finished runs are skipped
+when the command runs again.
 
 Agents: :func:`default_agents` lists AD, and DPT as soon as ``agents.dpt`` imports (its
 entries in :data:`AGENT_PLANS` build its data and options). Run it as a module: it fakes 8
@@ -37,6 +47,7 @@ if __name__ == "__main__":
 
 import dataclasses  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -49,7 +60,13 @@ import numpy as np  # noqa: E402
 
 RESULTS = "context_scaling"
 BANDIT_ENVS = ("bandit-hard", "bandit-gauss")
+GRID_ENVS = ("darkroom-hard", "keydoor")
+ENVS = BANDIT_ENVS + GRID_ENVS
 BASELINES = ("thompson", "ucb", "random")
+FINAL_FRACTION = 0.1
+"""Grids: the final return is the mean over the last 10% of the in-context episodes."""
+RANDOM_EPISODES = 16
+"""Grids: episodes per held-out task of the random baseline (stationary: no context)."""
 
 
 def log(msg: str) -> None:
@@ -59,23 +76,24 @@ def log(msg: str) -> None:
 # ---------------------------------------------------------------------- configuration
 @dataclass(frozen=True)
 class ScalingConfig:
-    """One context-scaling experiment on a bandit family (every window, agent and seed)."""
+    """One context-scaling experiment on one task family (every window, agent and seed)."""
 
     env: str = "bandit-hard"
-    """Bandit family (registry id)."""
+    """Task family (registry id): bandit-hard, bandit-gauss, darkroom-hard or keydoor."""
     windows: tuple[int, ...] = (256, 1024, 4096)
-    """Training context windows in pulls (= tokens: one token per one-pull episode)."""
+    """Training context windows in episodes (bandits: one-pull episodes, one token each)."""
     ring_from: int = 4096
-    """Windows of at least this many pulls train with ring attention on mesh ``seq=8``;
+    """Windows of at least this many episodes train with ring attention on mesh ``seq=8``;
     shorter ones data-parallel on mesh ``data=8`` (whole windows per device, the model's own
     attention). Measured on 2 busy cores: a 1-device mesh runs on one core only (330
     tokens/s at 1,024 pulls, against 600-850 for the 4,096 window on the ring)."""
     learners: tuple[str, ...] = ("thompson",)
-    """Sources of the AD learning histories ("thompson", "ucb"), histories split evenly."""
+    """Sources of the learning histories (bandits: "thompson", "ucb"; grids: "posterior",
+    "optimistic"), histories split evenly between them."""
     histories: int = 1000
-    """Learning histories, each on a training bandit (history h on task h of a fixed shuffle)."""
-    pulls: int = 4096
-    """Pulls per learning history."""
+    """Learning histories, each on a training task (history h on task h of a fixed shuffle)."""
+    history_episodes: int = 4096
+    """Episodes per learning history (bandits: pulls)."""
     width: int = 64
     """Transformer width."""
     depth: int = 4
@@ -92,24 +110,44 @@ class ScalingConfig:
     """Peak learning rate (AdamW, linear warmup, cosine decay)."""
     warmup_steps: int = 100
     """Warmup steps."""
-    eval_bandits: int = 200
-    """Held-out bandits played (the first of a fixed shuffle of the test split)."""
-    eval_pulls: int = 4096
-    """Pulls per held-out bandit, all in one context (shorter windows slide)."""
+    eval_tasks: int = 200
+    """Held-out tasks played (the first of a fixed shuffle of the test split; 0: all)."""
+    eval_episodes: int = 4096
+    """In-context episodes per held-out task, all in one context (shorter windows slide)."""
+    eval_rows: int = 0
+    """Grids: tasks played side by side (0: all at once); successive evaluation seeds take
+    the next tasks, so every held-out task is played once."""
     slide_fraction: float = 0.25
     """Fraction of the window that slides out of a full context at once (the KV cache is
     refilled at each slide; 0.25 keeps 3/4 to all of the window in context)."""
     greedy: bool = False
-    """Act with the argmax arm instead of sampling from the predicted distribution."""
+    """Act with the argmax action instead of sampling from the predicted distribution."""
     memory_batch: int = 16
     """Batch of the training step compiled for the memory table."""
-    memory_windows: tuple[int, ...] = ()
-    """Windows whose training step is compiled for the memory table (empty: all)."""
+    memory_windows: tuple[int, ...] | None = None
+    """Windows whose training step is compiled for the memory table (None: all, (): none)."""
+    memory_attention: tuple[str, ...] = ("dense", "blockwise", "ring")
+    """Attentions of the memory table: dense, blockwise (1 device), ring (8 devices)."""
+    plan_windows: tuple[int, ...] = ()
+    """Longer contexts (episodes) sized at the recipe scale beside ``windows``."""
     seed: int = 0
-    """Seed of the data collection and the held-out bandits' reward streams."""
+    """Seed of the data collection and the held-out tasks' evaluation streams."""
 
     def replace(self, **changes) -> ScalingConfig:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def bandit(self) -> bool:
+        return self.env in BANDIT_ENVS
+
+    @property
+    def episode_steps(self) -> int:
+        """Steps of one (longest) episode: 1 for bandits."""
+        return episode_steps(self.env)
+
+    def window_steps(self, window: int) -> int:
+        """Steps of a window of ``window`` episodes."""
+        return window * self.episode_steps
 
     def mesh(self, window: int) -> str:
         # A batch that does not split over 8 devices rides the ring too.
@@ -117,18 +155,57 @@ class ScalingConfig:
         return "seq=8" if ring else "data=8"
 
 
+def episode_steps(env: str) -> int:
+    """The longest episode of a family in steps (the registry's time limit)."""
+    check_env(env)
+    if env in BANDIT_ENVS:
+        return 1
+    from envs.evaluation import episode_steps as limit
+
+    return int(limit(env))
+
+
+def check_env(env: str) -> None:
+    if env not in ENVS:
+        raise ValueError(f"--env {env!r}: the context-scaling experiment runs on "
+                         f"{', '.join(ENVS)}")
+
+
 def main_config(env: str = "bandit-hard") -> ScalingConfig:
     """The full experiment (see docs/reproductions.md, "Context scaling")."""
-    return ScalingConfig(env=env)
+    check_env(env)
+    if env in BANDIT_ENVS:
+        return ScalingConfig(env=env, plan_windows=(16384, 65536, 262144))
+    # Grids: sources that search for many episodes. A window holds W x episode-length steps;
+    # Dark Room hard's episodes all last 20 steps, so 256-episode histories hold the longest
+    # window, while a Key-to-Door episode ends at the door (10.7 steps on average once
+    # the source has found key and door), so its histories run 2,048 episodes: longer than the
+    # 12,800 steps of the longest window except where centre -> key -> door takes 6 moves
+    # or fewer (14% of the tasks; the sampler cuts windows only from histories long enough).
+    dark = env == "darkroom-hard"
+    return ScalingConfig(
+        env=env, windows=(16, 64, 256), ring_from=256, learners=("posterior", "optimistic"),
+        histories=460 if dark else 500, history_episodes=256 if dark else 2048,
+        eval_tasks=0, eval_episodes=256, eval_rows=0 if dark else 158,
+        plan_windows=(1024, 4096, 16384))
 
 
 def tiny_config(env: str = "bandit-hard") -> ScalingConfig:
-    """Seconds on CPU (the test): two short windows (the longer one on the ring), a tiny
-    model, few histories and held-out bandits."""
-    return ScalingConfig(env=env, windows=(16, 64), ring_from=64, histories=32, pulls=64,
-                         width=32, depth=1, heads=2, dropout=0.0, steps=24, batch_size=8,
-                         lr=3e-3, warmup_steps=5, eval_bandits=8, eval_pulls=80,
-                         memory_batch=2, memory_windows=(64,))
+    """Seconds on CPU (the tests): a tiny model, few histories and steps; bandits: one
+    window, on the ring, and few held-out bandits; grids: two windows (the longer one on the
+    ring) and every held-out goal."""
+    check_env(env)
+    small = dict(env=env, width=32, depth=1, heads=2, dropout=0.0, steps=4, batch_size=8,
+                 lr=3e-3, warmup_steps=2, memory_batch=2)
+    if env in BANDIT_ENVS:
+        return ScalingConfig(**small, windows=(32,), ring_from=32, histories=16,
+                             history_episodes=32, eval_tasks=8, eval_episodes=40,
+                             memory_windows=(32,), memory_attention=("dense", "ring"),
+                             plan_windows=(128,))
+    return ScalingConfig(**small, windows=(2, 4), ring_from=4,
+                         learners=("posterior", "optimistic"), histories=8,
+                         history_episodes=4, eval_tasks=0, eval_episodes=4,
+                         memory_windows=(), plan_windows=(16,))
 
 
 # ---------------------------------------------------------------------- agents
@@ -137,84 +214,105 @@ class AgentPlan:
     """How one agent enters the experiment: its training data and its options."""
 
     data: Callable[[ScalingConfig, list[int]], Any]
-    """``data(cfg, tasks) -> EpisodeStore`` on the training bandits."""
+    """``data(cfg, tasks) -> EpisodeStore`` on the training tasks."""
     config: Callable[[ScalingConfig, int], Any]
-    """``config(cfg, window) -> the agent's Config``."""
+    """``config(cfg, window) -> the agent's Config`` (``window`` in episodes)."""
 
 
 def _model(cfg: ScalingConfig):
     from rl_ring.models import ModelConfig
 
     return ModelConfig(width=cfg.width, depth=cfg.depth, num_heads=cfg.heads,
-                       activation="gelu", dropout=cfg.dropout, max_timestep=16)
+                       activation="gelu", dropout=cfg.dropout,
+                       max_timestep=max(16, cfg.episode_steps))
+
+
+def _evaluation(cfg: ScalingConfig, window: int):
+    """Sampled actions; a quarter of the window (whole episodes) slides out of a full one."""
+    from agents.base import EvalDefaults
+
+    slide = max(1, int(window * cfg.slide_fraction)) * cfg.episode_steps
+    return EvalDefaults(greedy=cfg.greedy, slide_steps=slide)
+
+
+def source_histories(cfg: ScalingConfig, learner: str, tasks: list[int], seed: int):
+    """One learning history of ``learner`` per entry of ``tasks`` (an EpisodeStore)."""
+    if cfg.bandit:
+        from envs.learners.bandits import bandit_histories
+
+        return bandit_histories(cfg.env, family(cfg.env), tasks, learner,
+                                cfg.history_episodes, seed=seed)
+    from envs.learners.history import collect_histories
+
+    return collect_histories(cfg.env, learner, tasks=tasks,
+                             episodes_per_history=cfg.history_episodes,
+                             histories=len(tasks), seed=seed)
 
 
 def ad_data(cfg: ScalingConfig, tasks: list[int]):
     """Learning histories of the sources, ``cfg.histories`` split evenly between them."""
-    from envs.learners.bandits import bandit_histories
-    from rl_ring.data import EpisodeStore
-
-    params = family(cfg.env)
     stores = []
     per = -(-cfg.histories // len(cfg.learners))
     for i, learner in enumerate(cfg.learners):
         rows = [tasks[h % len(tasks)] for h in range(i * per, min(cfg.histories, (i + 1) * per))]
-        stores.append(bandit_histories(cfg.env, params, rows, learner, cfg.pulls,
-                                       seed=cfg.seed + 101 * i))
-    if len(stores) == 1:
-        return stores[0]
-    return _concat(stores, EpisodeStore)
+        stores.append(source_histories(cfg, learner, rows, seed=cfg.seed + 101 * i))
+    return stores[0] if len(stores) == 1 else concat_stores(stores)
 
 
-def _concat(stores, cls):
-    """Stores of one-pull histories back to back, history ids made distinct."""
-    offset, hist = 0, []
+def concat_stores(stores):
+    """Stores of learning histories back to back, history ids made distinct."""
+    from rl_ring.data import EpisodeStore
+
+    steps, hist_offset, starts, hist = 0, 0, [], []
     for s in stores:
-        hist.append(s.episode_extras["history_id"] + offset)
-        offset += int(s.episode_extras["history_id"].max()) + 1
-    n = sum(s.num_steps for s in stores)
-    cat = {k: np.concatenate([getattr(s, k) for s in stores]) for k in (
+        starts.append(np.asarray(s.episode_starts[:-1], np.int64) + steps)
+        steps += s.num_steps
+        hist.append(s.episode_extras["history_id"] + hist_offset)
+        hist_offset += int(s.episode_extras["history_id"].max()) + 1
+    starts.append(np.asarray([steps], np.int64))
+    core = {k: np.concatenate([getattr(s, k) for s in stores]) for k in (
         "observations", "actions", "rewards", "terminals", "timeouts")}
-    meta = dict(stores[0].metadata, policy="+".join(s.metadata["policy"] for s in stores))
-    return cls(**cat, episode_starts=np.arange(n + 1, dtype=np.int64),
-               extras={"optimal_actions": np.concatenate(
-                   [s.extras["optimal_actions"] for s in stores])},
-               episode_extras={"history_id": np.concatenate(hist), **{k: np.concatenate(
-                   [s.episode_extras[k] for s in stores]) for k in (
-                   "task_id", "episode_in_history", "policy_noise")}}, metadata=meta)
+    extras = {k: np.concatenate([s.extras[k] for s in stores]) for k in stores[0].extras
+              if all(k in s.extras for s in stores)}
+    ep_extras = {k: np.concatenate([s.episode_extras[k] for s in stores])
+                 for k in stores[0].episode_extras if k != "history_id"}
+    meta = dict(stores[0].metadata, policy="+".join(s.metadata["policy"] for s in stores),
+                histories=hist_offset)
+    return EpisodeStore(**core, episode_starts=np.concatenate(starts), extras=extras,
+                        episode_extras={"history_id": np.concatenate(hist), **ep_extras},
+                        metadata=meta)
 
 
 def ad_config(cfg: ScalingConfig, window: int):
     import agents
-    from agents.base import EvalDefaults
 
-    return agents.get("ad").Config(
-        window_steps=window, align="step", model=_model(cfg),
-        evaluation=EvalDefaults(greedy=cfg.greedy,
-                                slide_steps=max(1, int(window * cfg.slide_fraction))))
+    return agents.get("ad").Config(window_steps=cfg.window_steps(window), align="step",
+                                   model=_model(cfg), evaluation=_evaluation(cfg, window))
 
 
 def _dpt_plan() -> AgentPlan:
-    """DPT (``agents.dpt``, issue 10 section 1): uniform in-context datasets with the best-arm
-    labels; its Config takes the same model and a context of ``window`` transitions. The
-    module's own ``context_scaling_plan(cfg, window)`` wins when it defines one."""
+    """DPT (``agents.dpt``, issue 10 section 1). Bandits: uniform in-context datasets with
+    the best-arm labels; grids: the sources' histories with their shortest-path labels, a
+    context being a window of one history. Its Config takes the same model and a context of
+    the window's steps. The module's own ``context_scaling_plan()`` wins when it defines one."""
     import agents.dpt as dpt
 
     if hasattr(dpt, "context_scaling_plan"):
         return dpt.context_scaling_plan()
 
     def data(cfg: ScalingConfig, tasks: list[int]):
+        if not cfg.bandit:
+            return ad_data(cfg, tasks)
         from envs.learners.bandits import bandit_histories
 
         return bandit_histories(cfg.env, family(cfg.env), [tasks[h % len(tasks)] for h in
                                                            range(cfg.histories)],
-                                "random", cfg.pulls, seed=cfg.seed + 7)
+                                "random", cfg.history_episodes, seed=cfg.seed + 7)
 
     def config(cfg: ScalingConfig, window: int):
-        from agents.base import EvalDefaults
-
-        return dpt.Config(model=_model(cfg), context_steps=window, evaluation=EvalDefaults(
-            greedy=cfg.greedy, slide_steps=max(1, int(window * cfg.slide_fraction))))
+        extra = {} if cfg.bandit else {"group_key": "history_id"}
+        return dpt.Config(model=_model(cfg), context_steps=cfg.window_steps(window),
+                          evaluation=_evaluation(cfg, window), **extra)
 
     return AgentPlan(data, config)
 
@@ -237,20 +335,19 @@ def default_agents() -> list[str]:
     return names
 
 
-# ---------------------------------------------------------------------- pieces
+# ---------------------------------------------------------------------- tasks
 def family(env: str):
     """The :class:`envs.bandit.BanditParams` of a bandit registry id."""
     from envs.bandit import BanditParams
     from envs.registry import IN_CONTEXT
 
     if env not in BANDIT_ENVS:
-        raise ValueError(f"--env {env!r}: the context-scaling experiment runs on "
-                         f"{', '.join(BANDIT_ENVS)}")
+        raise ValueError(f"--env {env!r}: not a bandit family ({', '.join(BANDIT_ENVS)})")
     return BanditParams(**IN_CONTEXT[env].kwargs)
 
 
 def training_tasks(cfg: ScalingConfig) -> list[int]:
-    """History h's bandit is entry h of a fixed shuffle of the training split."""
+    """History h's task is entry h of a fixed shuffle of the training split."""
     from envs.registry import task_split
 
     tasks = task_split(cfg.env, "train")
@@ -261,41 +358,116 @@ def training_tasks(cfg: ScalingConfig) -> list[int]:
 def heldout_tasks(cfg: ScalingConfig) -> list[int]:
     from envs.registry import task_subset
 
-    return task_subset(cfg.env, "test", cfg.eval_bandits)
+    return task_subset(cfg.env, "test", cfg.eval_tasks)
 
 
+def optimal_returns(cfg: ScalingConfig) -> np.ndarray:
+    """Each held-out task's optimal return (the registry's)."""
+    from envs.registry import optimal_return
+
+    return np.asarray([optimal_return(cfg.env, t) for t in heldout_tasks(cfg)], np.float64)
+
+
+# ---------------------------------------------------------------------- curves
 def curve_points(pulls: int, points: int = 128) -> np.ndarray:
     """The pull counts (1-based) at which cumulative-regret curves are stored."""
     return np.unique(np.linspace(1, pulls, min(points, pulls)).round().astype(np.int64))
 
 
 def regret_summary(regret: np.ndarray) -> dict[str, Any]:
-    """Cumulative expected regret ``[B, P]`` per pull -> final mean / sem and the curve."""
+    """Bandits: expected regret ``[tasks, pulls]`` per pull -> the cumulative regret at the
+    last pull (mean, sem over tasks, per task) and its curve against pulls."""
     cum = np.cumsum(regret, axis=1)
     at = curve_points(regret.shape[1])
     final = cum[:, -1]
     per_pull = regret.mean(axis=0)
     p = regret.shape[1]
-    return {"final_mean": float(final.mean()),
-            "final_sem": float(final.std(ddof=1) / np.sqrt(len(final))) if len(final) > 1
-            else 0.0,
-            "final_per_bandit": final.tolist(), "curve_pulls": at.tolist(),
+    return {"final_mean": float(final.mean()), "final_sem": _sem(final),
+            "final_per_task": final.tolist(), "curve_x": at.tolist(),
             "curve": cum[:, at - 1].mean(axis=0).tolist(),
             "per_pull_regret": {f"{a}-{b}": float(per_pull[a:b].mean())
                                 for a, b in ((0, p // 4), (p // 4, p // 2), (p // 2, p))}}
 
 
-def baselines(cfg: ScalingConfig) -> dict[str, Any]:
-    """Thompson sampling, UCB1 and random arms on the held-out bandits."""
-    from envs.learners.bandits import play
+def return_summary(returns: np.ndarray, optimal: np.ndarray) -> dict[str, Any]:
+    """Grids: returns ``[tasks, episodes]`` of in-context episodes -> the mean return per
+    episode, and the final return (mean over the last 10% of the episodes: mean, sem over
+    tasks, per task) also as a fraction of the tasks' mean optimal return."""
+    e = returns.shape[1]
+    last = max(1, math.ceil(FINAL_FRACTION * e))
+    final = returns[:, e - last:].mean(axis=1)
+    best = float(np.mean(optimal))
+    return {"final_mean": float(final.mean()), "final_sem": _sem(final),
+            "final_per_task": final.tolist(), "final_episodes": [e - last + 1, e],
+            "curve_x": list(range(1, e + 1)), "curve": returns.mean(axis=0).tolist(),
+            "optimal": best, "final_fraction_of_optimal": float(final.mean()) / best
+            if best else None}
 
-    params = family(cfg.env)
-    means = params.means_of(heldout_tasks(cfg))
-    return {name: regret_summary(play(params, means, name, cfg.eval_pulls,
-                                      seed=cfg.seed + 1000 + i)["regret"])
-            for i, name in enumerate(BASELINES)}
+
+def _sem(x: np.ndarray) -> float:
+    return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
 
 
+def report_returns(report: dict[str, Any], tasks: list[int], trials: int) -> np.ndarray:
+    """``[tasks, trials]`` returns of an ``rl_ring.eval`` report, each task's first row (in
+    seed-then-row order; a last seed's rows wrap around to tasks already played)."""
+    first: dict[int, tuple[int, int]] = {}
+    for e in report["episodes"]:
+        first.setdefault(int(e["task"]), (e["seed"], e["env_index"]))
+    missing = [t for t in tasks if t not in first]
+    if missing:
+        raise ValueError(f"evaluation report: no episodes of held-out tasks {missing[:5]}")
+    row = {first[t]: i for i, t in enumerate(tasks)}
+    out = np.full((len(tasks), trials), np.nan)
+    for e in report["episodes"]:
+        i = row.get((e["seed"], e["env_index"]))
+        if i is not None and e["return"] is not None:
+            out[i, e["trial"]] = e["return"]
+    if np.isnan(out).any():
+        raise ValueError("evaluation report: unfinished or failed episodes; see its failures")
+    return out
+
+
+# ---------------------------------------------------------------------- baselines
+def baselines(cfg: ScalingConfig, workdir: Path) -> dict[str, Any]:
+    """Bandits: Thompson sampling, UCB1 and random arms on the held-out bandits. Grids: each
+    source's own learning history on every held-out task, and a random policy."""
+    if cfg.bandit:
+        from envs.learners.bandits import play
+
+        params = family(cfg.env)
+        means = params.means_of(heldout_tasks(cfg))
+        return {name: regret_summary(play(params, means, name, cfg.eval_episodes,
+                                          seed=cfg.seed + 1000 + i)["regret"])
+                for i, name in enumerate(BASELINES)}
+    tasks, optimal = heldout_tasks(cfg), optimal_returns(cfg)
+    out = {}
+    for i, learner in enumerate(cfg.learners):
+        store = cfg.replace(history_episodes=cfg.eval_episodes)
+        hist = source_histories(store, learner, tasks, seed=cfg.seed + 1000 + i)
+        out[learner] = return_summary(
+            hist.episode_returns.reshape(len(tasks), cfg.eval_episodes), optimal)
+    trials = min(cfg.eval_episodes, RANDOM_EPISODES)
+    report = grid_evaluate(cfg, None, workdir / "baseline_random", trials)
+    out["random"] = return_summary(report_returns(report, tasks, trials), optimal)
+    return out
+
+
+def grid_evaluate(cfg: ScalingConfig, policy, out: Path, trials: int) -> dict[str, Any]:
+    """``rl_ring.eval.evaluate`` on every held-out task (``policy`` None: random actions)."""
+    from envs.evaluation import env_factory
+    from rl_ring.eval import EvalConfig, evaluate
+
+    tasks = heldout_tasks(cfg)
+    rows = min(cfg.eval_rows or len(tasks), len(tasks))
+    ecfg = EvalConfig(env=cfg.env, out=str(out), trials=trials, envs=rows,
+                      seeds=-(-len(tasks) // rows), first_seed=cfg.seed + 2000,
+                      task_split="test", progress=False, x_label="in-context episode",
+                      overwrite=True)  # inside this experiment's own work directory
+    return evaluate(ecfg, make_env=env_factory(cfg.env), tasks=tasks, policy=policy)
+
+
+# ---------------------------------------------------------------------- evaluation
 def play_policy(policy, params, means: np.ndarray, pulls: int, seed: int) -> dict[str, Any]:
     """A batched ``Policy`` plays ``pulls`` one-pull episodes on each bandit of ``means``
     (one row each, one context across all pulls); expected regret and decode timings.
@@ -335,6 +507,34 @@ def play_policy(policy, params, means: np.ndarray, pulls: int, seed: int) -> dic
     return out
 
 
+def evaluate_run(cfg: ScalingConfig, ckpt: str, rdir: Path, window: int) -> dict[str, Any]:
+    """The checkpoint played in context on the held-out tasks (KV-cached policy)."""
+    from agents.policy import eval_policy_from_checkpoint
+
+    policy = eval_policy_from_checkpoint(ckpt, episode_steps=cfg.episode_steps)
+    if cfg.bandit:
+        params = family(cfg.env)
+        played = play_policy(policy, params, params.means_of(heldout_tasks(cfg)),
+                             cfg.eval_episodes, seed=cfg.seed + 2000)
+    else:
+        t0 = time.perf_counter()
+        report = grid_evaluate(cfg, policy, rdir / "eval", cfg.eval_episodes)
+        played = return_summary(report_returns(report, heldout_tasks(cfg), cfg.eval_episodes),
+                                optimal_returns(cfg))
+        played["wall_s"] = time.perf_counter() - t0
+        t = report["timing"]
+        rows = report["num_envs"]
+        # Mean over the whole evaluation (context growing, refills at each slide included).
+        step = t["policy_s"] / max(1.0, t["env_steps"] / rows)
+        played["decode"] = {"rows": rows, "context_tokens_at_end":
+                            min(cfg.window_steps(window), cfg.window_steps(cfg.eval_episodes))
+                            * policy.k, "s_per_step": step, "s_per_token": step / rows,
+                            "env_steps": t["env_steps"], "note": "mean policy time per step"}
+    played["tokens_per_step"] = policy.k
+    return played
+
+
+# ---------------------------------------------------------------------- training
 def run_name(agent: str, window: int, seed: int) -> str:
     return f"{agent}-w{window}-seed{seed}"
 
@@ -413,36 +613,56 @@ def _worker(job_path: str) -> int:
     return 0
 
 
+def data_spec(cfg: ScalingConfig):
+    """The family's observation size and discrete action count."""
+    from agents.base import DataSpec
+    from envs.registry import make
+
+    env = make(cfg.env)
+    try:
+        return DataSpec(obs_dim=int(np.prod(env.observation_space.shape)),
+                        act_dim=int(env.action_space.n), discrete_actions=True)
+    finally:
+        env.close()
+
+
+def agent_shape(cfg: ScalingConfig, agent: str, window: int):
+    """``(resolved model, tokens per step)`` of an agent's configuration on this family."""
+    from agents import registry
+
+    module = registry.get(agent)
+    spec = data_spec(cfg)
+    agent_cfg = AGENT_PLANS[agent]().config(cfg, window)
+    return (module.resolved_model(agent_cfg, spec),
+            module.make_layout(agent_cfg, spec).tokens_per_step)
+
+
 def step_memory(cfg: ScalingConfig, agent: str, window: int) -> dict[str, Any]:
     """Per-device bytes of the compiled training step: dense (reference attention, 1 device),
     blockwise (1 device), ring (8 devices, contiguous layout)."""
-    from agents import registry
-    from agents.base import DataSpec
     from rl_ring.train.plan import StepShape, plan_step
 
-    module = registry.get(agent)
-    spec = DataSpec(obs_dim=1, act_dim=family(cfg.env).arms, discrete_actions=True)
-    agent_cfg = AGENT_PLANS[agent]().config(cfg, window)
-    model = module.resolved_model(agent_cfg, spec)
-    k = module.make_layout(agent_cfg, spec).tokens_per_step
+    model, k = agent_shape(cfg, agent, window)
+    steps = cfg.window_steps(window)
     out = {}
     for label, impl, mesh in (("dense", "reference", "seq=1"), ("blockwise", "blockwise", "seq=1"),
                               ("ring", "ring", "seq=8")):
+        if label not in cfg.memory_attention:
+            continue
         shape = StepShape(name=f"{agent}-w{window}-{label}", agent=agent,
                           model=model.replace(attn_impl=impl), batch_size=cfg.memory_batch,
-                          steps_per_sequence=window, tokens_per_step=k, mesh=mesh)
+                          steps_per_sequence=steps, tokens_per_step=k, mesh=mesh)
         rep = plan_step(shape)
         out[label] = {"mesh": rep.mesh, "devices": rep.devices, "peak_bytes": rep.peak_bytes,
                       "temp_bytes": rep.temp_bytes, "argument_bytes": rep.argument_bytes,
                       "compile_s": rep.compile_s}
-    return {"batch_size": cfg.memory_batch, "tokens_per_sequence": window * k, **out}
+    return {"batch_size": cfg.memory_batch, "tokens_per_sequence": steps * k, **out}
 
 
 # ---------------------------------------------------------------------- one run
 def run_one(cfg: ScalingConfig, agent: str, window: int, seed: int, workdir: Path, data: str,
             *, watch: bool) -> dict[str, Any]:
-    """Train -> play the held-out bandits; the record (also saved in the run's directory)."""
-    from agents.policy import eval_policy_from_checkpoint
+    """Train -> play the held-out tasks; the record (also saved in the run's directory)."""
     from rl_ring.io import write_json
 
     name = run_name(agent, window, seed)
@@ -462,22 +682,30 @@ def run_one(cfg: ScalingConfig, agent: str, window: int, seed: int, workdir: Pat
     trained = train(tcfg, watch=watch)
     log(f"{name}: {cfg.steps} steps on mesh {tcfg.mesh} in {trained['wall_s']:.0f} s "
         f"({trained['tokens_per_s']:.0f} tokens/s), final loss {trained['final_loss']:.3f}")
-    params = family(cfg.env)
-    means = params.means_of(heldout_tasks(cfg))
-    policy = eval_policy_from_checkpoint(tcfg.workdir, episode_steps=1)
-    played = play_policy(policy, params, means, cfg.eval_pulls, seed=cfg.seed + 2000)
+    played = evaluate_run(cfg, tcfg.workdir, rdir, window)
     record = {"key": key, "name": name, "agent": agent, "window": window, "seed": seed,
-              "tokens_per_sequence": window * policy.k, "mesh": tcfg.mesh, "train": trained,
-              "eval": played}
+              "tokens_per_sequence": cfg.window_steps(window) * played["tokens_per_step"],
+              "mesh": tcfg.mesh, "train": trained, "eval": played}
     write_json(record, done)
-    log(f"{name}: cumulative regret at {cfg.eval_pulls} pulls {played['final_mean']:.1f} "
-        f"+- {played['final_sem']:.1f} (eval {played['wall_s']:.0f} s)")
+    log(f"{name}: final {metric(cfg)['name']} {played['final_mean']:.3f} "
+        f"+- {played['final_sem']:.3f} (eval {played['wall_s']:.0f} s)")
     return record
 
 
 # ---------------------------------------------------------------------- the experiment
+def metric(cfg: ScalingConfig) -> dict[str, Any]:
+    """What the final number of a configuration is."""
+    if cfg.bandit:
+        return {"name": "cumulative regret", "at": f"{cfg.eval_episodes} pulls",
+                "better": "lower", "x": "pulls (one-pull episodes in context)"}
+    last = max(1, math.ceil(FINAL_FRACTION * cfg.eval_episodes))
+    return {"name": "return", "at": f"mean over in-context episodes "
+            f"{cfg.eval_episodes - last + 1}-{cfg.eval_episodes}", "better": "higher",
+            "x": "in-context episode"}
+
+
 def summarize(cfg: ScalingConfig, records: list[dict[str, Any]], base: dict[str, Any],
-              memory: dict[str, Any]) -> dict[str, Any]:
+              memory: dict[str, Any], recipe: dict[str, Any] | None = None) -> dict[str, Any]:
     """The results JSON: per configuration, the headline, the baselines and the targets."""
     configs, headline = [], {}
     for agent in dict.fromkeys(r["agent"] for r in records):
@@ -489,13 +717,14 @@ def summarize(cfg: ScalingConfig, records: list[dict[str, Any]], base: dict[str,
             finals = np.asarray([r["eval"]["final_mean"] for r in runs])
             curves = np.asarray([r["eval"]["curve"] for r in runs])
             entry = {
-                "agent": agent, "window": w, "mesh": runs[0]["mesh"],
+                "agent": agent, "window": w, "window_steps": cfg.window_steps(w),
+                "mesh": runs[0]["mesh"],
                 "tokens_per_sequence": runs[0].get("tokens_per_sequence", w),
                 "attention": "ring" if runs[0]["mesh"] == "seq=8" else "per device",
-                "final_regret": {"mean": float(finals.mean()), "std": float(finals.std()),
-                                 "per_seed": finals.tolist(),
-                                 "sem_over_bandits": [r["eval"]["final_sem"] for r in runs]},
-                "curve_pulls": runs[0]["eval"]["curve_pulls"],
+                "final": {"mean": float(finals.mean()), "std": float(finals.std()),
+                          "per_seed": finals.tolist(),
+                          "sem_over_tasks": [r["eval"]["final_sem"] for r in runs]},
+                "curve_x": runs[0]["eval"]["curve_x"],
                 "curve_mean": curves.mean(axis=0).tolist(),
                 "curve_std": curves.std(axis=0).tolist(),
                 "train_wall_s": [r["train"]["wall_s"] for r in runs],
@@ -506,55 +735,86 @@ def summarize(cfg: ScalingConfig, records: list[dict[str, Any]], base: dict[str,
                 "decode": runs[0]["eval"].get("decode"),
                 "seeds": [r["seed"] for r in runs],
             }
+            if not cfg.bandit:
+                entry["final"]["fraction_of_optimal"] = float(
+                    finals.mean() / runs[0]["eval"]["optimal"])
             configs.append(entry)
             xs.append(w)
-            means.append(entry["final_regret"]["mean"])
-            stds.append(entry["final_regret"]["std"])
-        headline[agent] = {"windows": xs, "final_regret_mean": means, "final_regret_std": stds}
+            means.append(entry["final"]["mean"])
+            stds.append(entry["final"]["std"])
+        headline[agent] = {"windows": xs, "final_mean": means, "final_std": stds}
     longest = max(cfg.windows)
     decode = next((c["decode"] for c in configs if c["window"] == longest and c["decode"]),
                   None)
-    return {"env": cfg.env, "bandit": family(cfg.env).to_dict(),
-            "config": dataclasses.asdict(cfg), "eval_pulls": cfg.eval_pulls,
-            "eval_bandits": len(heldout_tasks(cfg)), "configs": configs, "headline": headline,
-            "baselines": {k: {kk: vv for kk, vv in v.items() if kk != "final_per_bandit"}
-                          for k, v in base.items()},
-            "decode_longest": decode, "targets": targets(cfg, records, base)}
+    out = {"env": cfg.env, "config": dataclasses.asdict(cfg), "metric": metric(cfg),
+           "episode_steps": cfg.episode_steps, "eval_episodes": cfg.eval_episodes,
+           "eval_tasks": len(heldout_tasks(cfg)), "configs": configs, "headline": headline,
+           "baselines": {k: {kk: vv for kk, vv in v.items() if kk != "final_per_task"}
+                         for k, v in base.items()},
+           "decode_longest": decode, "targets": targets(cfg, records, base)}
+    if cfg.bandit:
+        out["bandit"] = family(cfg.env).to_dict()
+    else:
+        out["optimal"] = float(optimal_returns(cfg).mean())
+    if recipe is not None:
+        out["recipe_scale"] = recipe
+    return out
 
 
 def targets(cfg: ScalingConfig, records: list[dict[str, Any]],
             base: dict[str, Any]) -> dict[str, Any]:
-    """Issue 10's bandit targets: the longest window within 1.25x Thompson sampling and below
-    UCB1; the shortest window worse by more than 3 standard errors (over held-out bandits,
-    pooled over training seeds)."""
-    ts, ucb = base["thompson"]["final_mean"], base["ucb"]["final_mean"]
+    """Issue 10's targets per agent, longest window against shortest.
+
+    Bandits: the longest window within 1.25x Thompson sampling and below UCB1; the shortest
+    worse by more than 3 standard errors (over held-out bandits, pooled over seeds).
+    Grids: the longest window's final return above the shortest's by more than the seed
+    spread (the two std's over training seeds added: mean +- std bars apart), and at least
+    70% of the optimal return."""
     out = {}
     lo, hi = min(cfg.windows), max(cfg.windows)
     for agent in dict.fromkeys(r["agent"] for r in records):
-        def pooled(w, agent=agent):
-            finals = [np.asarray(r["eval"]["final_per_bandit"]) for r in records
-                      if r["agent"] == agent and r["window"] == w]
-            return np.concatenate(finals) if finals else np.zeros(0)
+        def runs(w, agent=agent):
+            return [r for r in records if r["agent"] == agent and r["window"] == w]
 
-        long, short = pooled(hi), pooled(lo)
-        if not len(long) or not len(short):
+        long, short = runs(hi), runs(lo)
+        if not long or not short:
             continue
-        diff = float(short.mean() - long.mean())
-        se = float(np.sqrt(short.var(ddof=1) / len(short) + long.var(ddof=1) / len(long)))
-        out[agent] = {
-            "longest_window": hi, "shortest_window": lo,
-            "longest_over_thompson": float(long.mean() / ts) if ts else None,
+        out[agent] = (_bandit_targets if cfg.bandit else _grid_targets)(long, short, base)
+        out[agent].update(longest_window=hi, shortest_window=lo)
+    return out
+
+
+def _bandit_targets(long_runs, short_runs, base) -> dict[str, Any]:
+    ts, ucb = base["thompson"]["final_mean"], base["ucb"]["final_mean"]
+    long, short = (np.concatenate([np.asarray(r["eval"]["final_per_task"]) for r in runs])
+                   for runs in (long_runs, short_runs))
+    diff = float(short.mean() - long.mean())
+    se = float(np.sqrt(short.var(ddof=1) / len(short) + long.var(ddof=1) / len(long)))
+    return {"longest_over_thompson": float(long.mean() / ts) if ts else None,
             "within_1.25x_thompson": bool(long.mean() <= 1.25 * ts),
             "below_ucb": bool(long.mean() < ucb),
             "shortest_minus_longest": diff, "difference_se": se,
-            "shortest_worse_by_3se": bool(diff > 3 * se),
-        }
-    return out
+            "shortest_worse_by_3se": bool(diff > 3 * se)}
+
+
+def _grid_targets(long_runs, short_runs, base) -> dict[str, Any]:
+    del base
+    long, short = (np.asarray([r["eval"]["final_mean"] for r in runs])
+                   for runs in (long_runs, short_runs))
+    optimal = long_runs[0]["eval"]["optimal"]
+    diff = float(long.mean() - short.mean())
+    spread = float(long.std() + short.std())
+    frac = float(long.mean() / optimal) if optimal else None
+    return {"longest_minus_shortest": diff, "seed_spread": spread,
+            "longest_beats_shortest_by_seed_spread": bool(diff > spread),
+            "longest_fraction_of_optimal": frac,
+            "longest_reaches_70pct_optimal": bool(frac is not None and frac >= 0.7)}
 
 
 def run(cfg: ScalingConfig, agents_: list[str], seeds: int, workdir: Path, out: Path, *,
         watch: bool, name: str) -> dict[str, Any]:
-    """Every agent x window x seed, the baselines and the memory table; writes the results."""
+    """Every agent x window x seed, the baselines and the memory tables; writes the results."""
+    from experiments import context_scaling_report as report
     from rl_ring.io import write_json
 
     t_start = time.perf_counter()
@@ -563,85 +823,31 @@ def run(cfg: ScalingConfig, agents_: list[str], seeds: int, workdir: Path, out: 
     for agent in agents_:
         if agent not in AGENT_PLANS:
             raise ValueError(f"agent {agent!r}: known agents are {', '.join(AGENT_PLANS)}")
+    recipe = report.recipe_plan(cfg, agents_)
+    for agent in agents_:
         plan = AGENT_PLANS[agent]()
         data_dir = workdir / f"data-{agent}"
         if not (data_dir / "store.json").exists():
             t0 = time.perf_counter()
             store = plan.data(cfg, tasks)
             store.save(data_dir, overwrite=True)
-            log(f"{agent}: {store.num_episodes} pulls in {cfg.histories} histories on "
-                f"{len(tasks)} training bandits ({time.perf_counter() - t0:.1f} s)")
+            log(f"{agent}: {store.num_episodes} episodes ({store.num_steps} steps) in "
+                f"{cfg.histories} histories on {len(tasks)} training tasks "
+                f"({time.perf_counter() - t0:.1f} s)")
         for w in cfg.windows:
-            if w in (cfg.memory_windows or cfg.windows):
+            if w in (cfg.windows if cfg.memory_windows is None else cfg.memory_windows):
                 memory[f"{agent}-w{w}"] = step_memory(cfg, agent, w)
             for s in range(seeds):
                 records.append(run_one(cfg, agent, w, s, workdir, str(data_dir), watch=watch))
-    base = baselines(cfg)
-    summary = summarize(cfg, records, base, memory)
+    base = baselines(cfg, workdir)
+    summary = summarize(cfg, records, base, memory, recipe)
     summary["wall_s"] = time.perf_counter() - t_start
     summary["workdir"] = str(workdir)
-    summary["files"] = {"plot": plot(summary, out / f"{name}.png").name}
+    summary["files"] = {"plot": report.plot(summary, out / f"{name}.png").name}
     write_json(summary, out / f"{name}.json")
-    for line in table(summary):
+    for line in report.table(summary):
         print(line)
     return summary
-
-
-# ---------------------------------------------------------------------- report
-def table(summary: dict[str, Any]) -> list[str]:
-    """A markdown table of the headline and the memory per configuration."""
-    mib = 2**20
-    lines = [f"context scaling on {summary['env']}: cumulative regret at "
-             f"{summary['eval_pulls']} pulls, {summary['eval_bandits']} held-out bandits",
-             "| agent | window | regret (mean +- std over seeds) | dense 1 dev | blockwise 1 dev "
-             "| ring 8 dev | tokens/s |", "|---|---|---|---|---|---|---|"]
-    for c in summary["configs"]:
-        m = c["memory"] or {}
-        mem = " | ".join(f"{m[k]['peak_bytes'] / mib:.1f} MiB" if k in m else "-"
-                         for k in ("dense", "blockwise", "ring"))
-        lines.append(f"| {c['agent']} | {c['window']} | {c['final_regret']['mean']:.1f} +- "
-                     f"{c['final_regret']['std']:.1f} | {mem} | "
-                     f"{np.mean(c['tokens_per_s']):.0f} |")
-    for k, v in summary["baselines"].items():
-        lines.append(f"| {k} | - | {v['final_mean']:.1f} +- {v['final_sem']:.1f} (sem) "
-                     "| | | | |")
-    return lines
-
-
-def plot(summary: dict[str, Any], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from rl_ring.io import save_figure
-
-    fig, (ax, hx) = plt.subplots(1, 2, figsize=(11, 4))
-    for c in summary["configs"]:
-        y, s = np.asarray(c["curve_mean"]), np.asarray(c["curve_std"])
-        line, = ax.plot(c["curve_pulls"], y, label=f"{c['agent'].upper()} window {c['window']}")
-        ax.fill_between(c["curve_pulls"], y - s, y + s, color=line.get_color(), alpha=0.2)
-    styles = {"thompson": ("k", "-"), "ucb": ("k", "--"), "random": ("grey", ":")}
-    for k, v in summary["baselines"].items():
-        colour, ls = styles.get(k, ("k", "-."))
-        ax.plot(v["curve_pulls"], v["curve"], color=colour, ls=ls,
-                label={"thompson": "Thompson sampling", "ucb": "UCB1"}.get(k, k))
-        hx.axhline(v["final_mean"], color=colour, ls=ls, label=k)
-    ax.set_xlabel("pulls (one-pull episodes in context)")
-    ax.set_ylabel("cumulative regret")
-    ax.set_title(f"{summary['env']}: {summary['eval_bandits']} held-out bandits")
-    ax.legend(fontsize=7)
-    for agent, h in summary["headline"].items():
-        hx.errorbar(h["windows"], h["final_regret_mean"], yerr=h["final_regret_std"],
-                    marker="o", capsize=3, label=f"{agent.upper()} (mean +- std over seeds)")
-    hx.set_xscale("log", base=2)
-    hx.set_xlabel("training context window (pulls)")
-    hx.set_ylabel(f"cumulative regret at {summary['eval_pulls']} pulls")
-    hx.legend(fontsize=7)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
-    return path
 
 
 # ---------------------------------------------------------------------- CLI
@@ -649,8 +855,8 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
 class Args:
     """Options of the context-scaling experiment."""
 
-    env: Literal["bandit-hard", "bandit-gauss"] = "bandit-hard"
-    """Bandit family."""
+    env: Literal["bandit-hard", "bandit-gauss", "darkroom-hard", "keydoor"] = "bandit-hard"
+    """Task family."""
     seeds: int = 3
     """Training seeds per configuration."""
     agents: tuple[str, ...] = field(default_factory=tuple)
@@ -660,9 +866,10 @@ class Args:
     batch_size: int = 0
     """Override the windows per batch (0: as configured)."""
     windows: tuple[int, ...] = ()
-    """Override the context windows in pulls (default: 256 1024 4096)."""
+    """Override the context windows in episodes (default: bandits 256 1024 4096 pulls,
+    grids 16 64 256 episodes)."""
     tiny: bool = False
-    """Seconds on CPU: tiny model, two short windows, few bandits (the test runs it)."""
+    """Seconds on CPU: tiny model, two short windows, few tasks (the test runs it)."""
     out: str = "results"
     """Directory of the JSON / PNG results."""
     workdir: str = "runs/context_scaling"

@@ -1,7 +1,11 @@
-"""The context-scaling experiment: its tiny variant end to end, and its pieces.
+"""The context-scaling experiment: its tiny variants end to end (a bandit and a grid family),
+and its pieces.
 
-Oracles: cumulative regret and the target checks computed by hand on small arrays; the
-baselines recomputed with ``envs.learners.bandits.play``; the JSON / PNG read back.
+Oracles: cumulative regret, final returns, the target checks and the recipe-scale bytes
+computed by hand on small arrays; the bandit baselines recomputed with
+``envs.learners.bandits.play``, the grid sources' curves with ``collect_histories``, the
+random policy's expected Dark Room hard return by an exact dynamic programme; the JSON / PNG
+read back.
 """
 
 import json
@@ -11,24 +15,40 @@ import pytest
 
 import envs
 from envs.learners.bandits import play
+from envs.learners.history import collect_histories, learning_curve
 from experiments import context_scaling as cs
+from experiments import context_scaling_report as csr
+from rl_ring.train.plan import attention_memory
 
 
 def test_regret_summary_by_hand():
     regret = np.array([[0.5, 0.0, 0.25, 0.25], [0.1, 0.1, 0.0, 0.0]])
     s = cs.regret_summary(regret)
-    assert s["final_per_bandit"] == pytest.approx([1.0, 0.2])
+    assert s["final_per_task"] == pytest.approx([1.0, 0.2])
     assert s["final_mean"] == pytest.approx(0.6)
     assert s["final_sem"] == pytest.approx(np.std([1.0, 0.2], ddof=1) / np.sqrt(2))
-    assert s["curve_pulls"] == [1, 2, 3, 4]
+    assert s["curve_x"] == [1, 2, 3, 4]
     assert s["curve"] == pytest.approx([0.3, 0.35, 0.475, 0.6])
     assert s["per_pull_regret"] == pytest.approx({"0-1": 0.3, "1-2": 0.05, "2-4": 0.125})
 
 
+def test_return_summary_by_hand():
+    # 2 tasks x 11 episodes: the last 10% is the last 2 episodes (ceil of 1.1).
+    returns = np.zeros((2, 11))
+    returns[0, 9:] = [1.0, 1.0]
+    returns[1, 9:] = [0.0, 1.0]
+    s = cs.return_summary(returns, np.array([2.0, 2.0]))
+    assert s["final_episodes"] == [10, 11]
+    assert s["final_per_task"] == pytest.approx([1.0, 0.5])
+    assert s["final_mean"] == pytest.approx(0.75)
+    assert s["final_fraction_of_optimal"] == pytest.approx(0.375)
+    assert s["curve_x"] == list(range(1, 12)) and s["curve"][-2:] == pytest.approx([0.5, 1.0])
+
+
 def test_targets_by_hand():
-    cfg = cs.tiny_config()
-    rec = [{"agent": "ad", "window": 16, "eval": {"final_per_bandit": [10.0, 12.0, 14.0]}},
-           {"agent": "ad", "window": 64, "eval": {"final_per_bandit": [5.0, 6.0, 7.0]}}]
+    cfg = cs.tiny_config().replace(windows=(8, 32))
+    rec = [{"agent": "ad", "window": 8, "eval": {"final_per_task": [10.0, 12.0, 14.0]}},
+           {"agent": "ad", "window": 32, "eval": {"final_per_task": [5.0, 6.0, 7.0]}}]
     base = {"thompson": {"final_mean": 5.0}, "ucb": {"final_mean": 8.0}}
     t = cs.targets(cfg, rec, base)["ad"]
     assert t["longest_over_thompson"] == pytest.approx(6.0 / 5.0)
@@ -36,15 +56,79 @@ def test_targets_by_hand():
     assert t["shortest_minus_longest"] == pytest.approx(6.0)
     se = np.sqrt(4.0 / 3 + 1.0 / 3)
     assert t["difference_se"] == pytest.approx(se) and t["shortest_worse_by_3se"]
+    # Grids: seeds' final returns; spread = std(long) + std(short).
+    g = cs.tiny_config("darkroom-hard")
+    rec = [{"agent": "ad", "window": w, "eval": {"final_mean": f, "optimal": 1.0}}
+           for w, fs in ((2, [0.2, 0.4]), (4, [0.7, 0.9])) for f in fs]
+    t = cs.targets(g, rec, {})["ad"]
+    assert t["longest_minus_shortest"] == pytest.approx(0.5)
+    assert t["seed_spread"] == pytest.approx(0.2)
+    assert t["longest_beats_shortest_by_seed_spread"]
+    assert t["longest_fraction_of_optimal"] == pytest.approx(0.8)
+    assert t["longest_reaches_70pct_optimal"]
+    rec[2]["eval"]["final_mean"] = 0.2  # long seeds 0.2, 0.9: mean 0.55, spread 0.45
+    t = cs.targets(g, rec, {})["ad"]
+    assert not t["longest_beats_shortest_by_seed_spread"]
+    assert not t["longest_reaches_70pct_optimal"]
 
 
-def test_unknown_env_and_agent_are_errors(capsys):
-    with pytest.raises(ValueError, match="bandit-hard, bandit-gauss"):
-        cs.family("darkroom")
+def test_darkroom_hard_sources_search_then_walk_straight():
+    # A corner goal, 16 moves from the centre: reward only on the first arrival of an
+    # episode; once found, every episode walks a shortest path there.
+    goal = envs.gridworld.cell_id(16, 0, 17)
+    for learner in ("posterior", "optimistic"):
+        s = collect_histories("darkroom-hard", learner, tasks=[goal], episodes_per_history=150,
+                              seed=1)
+        r = s.episode_returns
+        k = int(np.argmax(r > 0))
+        assert 10 < k < 150 and np.all(r[:k] == 0) and np.all(r[k:] == 1)
+        for e in range(k + 1, 150):
+            rewards = s.rewards[s.episode_starts[e]:s.episode_starts[e + 1]]
+            assert np.flatnonzero(rewards).tolist() == [15]  # the 16th move arrives
+
+
+def test_unknown_env_is_an_error():
+    with pytest.raises(ValueError, match="bandit-hard, bandit-gauss, darkroom-hard, keydoor"):
+        cs.main_config("darkroom")
+    assert cs.tiny_config("keydoor").window_steps(4) == 200
     assert "ad" in cs.default_agents()
 
 
-def test_tiny_end_to_end(tmp_path, capsys):
+def test_recipe_step_bytes_by_hand():
+    scale = csr.RecipeScale(width=8, depth=2, heads=2, ffn_mult=4, dtype_bytes=2, chunk=4)
+    # Dense, T = 16 tokens, h = 2 heads of d = 4, B = 2 bytes: q+out 512, k+v 512, lse 128,
+    # scores 2*16*16*4 = 2048, d_out 256, dq 512, dK/dV 1024, the scores' gradient 2048.
+    dense = csr.step_bytes(scale, num_params=100, tokens=16, devices=1, attention="dense")
+    assert dense == {"state": 1600, "saved": 2 * 16 * 8 * 2, "layer": 16 * 12 * 8 * 2,
+                     "attention": 7040, "total": 1600 + 512 + 3072 + 7040}
+    block = csr.step_bytes(scale, num_params=100, tokens=16, devices=1, attention="blockwise")
+    # The same kernel in chunks of 4: scores 2*4*4*4 = 128 instead of 2048, no T^2 gradient.
+    assert block["attention"] == 7040 - 2048 - 2048 + 128
+    ring = csr.step_bytes(scale, num_params=100, tokens=20, devices=8, attention="ring")
+    # 20 tokens pad to 24 (3 per device); the attention is plan's own ring estimate.
+    assert ring["saved"] == 2 * 3 * 8 * 2 and ring["layer"] == 3 * 12 * 8 * 2
+    assert ring["attention"] == attention_memory(seq_len=24, num_devices=8, heads=2, kv_heads=2,
+                                                 head_dim=4, dtype_bytes=2, chunk=4
+                                                 )["ring"]["fwd_bwd"]
+    with pytest.raises(ValueError, match="one device"):
+        csr.step_bytes(scale, num_params=1, tokens=16, devices=8, attention="blockwise")
+
+
+def test_would_not_fit_logic():
+    gib = csr.GIB
+
+    def row(w, dense, block):
+        return {"window": w, **{k: {"fits": csr.fits(int(v * gib))}
+                                for k, v in (("dense", dense), ("blockwise", block))}}
+
+    rows = [row(16, 10, 6), row(64, 40, 10), row(256, 600, 20), row(1024, 9000, 90)]
+    # 64: dense too big but blockwise fits 16 GiB; 256: only 80 GiB; 1024: neither.
+    assert csr.would_not_fit(rows) == {"16GiB": [256, 1024], "80GiB": [1024]}
+    assert csr.fits(16 * gib) == {"16GiB": True, "80GiB": True}
+    assert csr.fits(16 * gib + 1) == {"16GiB": False, "80GiB": True}
+
+
+def test_tiny_bandit_end_to_end(tmp_path, capsys):
     out, work = tmp_path / "results", tmp_path / "runs"
     argv = ["--tiny", "--seeds", "1", "--agents", "ad", "--out", str(out),
             "--workdir", str(work)]
@@ -55,43 +139,121 @@ def test_tiny_end_to_end(tmp_path, capsys):
     # Held-out bandits only, and the baselines are play() on exactly those bandits.
     held = cs.heldout_tasks(cfg)
     assert set(held) <= set(envs.task_split("bandit-hard", "test"))
-    assert summary["eval_bandits"] == len(held) == cfg.eval_bandits
+    assert summary["eval_tasks"] == len(held) == cfg.eval_tasks
     means = cs.family("bandit-hard").means_of(held)
-    ts = play(cs.family("bandit-hard"), means, "thompson", cfg.eval_pulls, seed=cfg.seed + 1000)
+    ts = play(cs.family("bandit-hard"), means, "thompson", cfg.eval_episodes,
+              seed=cfg.seed + 1000)
     assert summary["baselines"]["thompson"]["final_mean"] == pytest.approx(
         ts["regret"].sum(1).mean())
     b = {k: v["final_mean"] for k, v in summary["baselines"].items()}
     assert b["thompson"] < b["random"] and b["ucb"] < b["random"]
     # Random's expected regret is the mean gap per pull.
-    gap = (means.max(1) - means.mean(1)).mean() * cfg.eval_pulls
+    gap = (means.max(1) - means.mean(1)).mean() * cfg.eval_episodes
     assert b["random"] == pytest.approx(gap, rel=0.15)
     assert [c["window"] for c in summary["configs"]] == list(cfg.windows)
     for c in summary["configs"]:
         assert c["tokens_per_sequence"] == c["window"]
         assert c["mesh"] == ("seq=8" if c["window"] >= cfg.ring_from else "data=8")
         curve = np.asarray(c["curve_mean"])
-        assert curve.shape == (len(c["curve_pulls"]),) and np.all(np.diff(curve) >= 0)
-        assert c["curve_pulls"][-1] == cfg.eval_pulls
-        final = c["final_regret"]["mean"]
+        assert curve.shape == (len(c["curve_x"]),) and np.all(np.diff(curve) >= 0)
+        assert c["curve_x"][-1] == cfg.eval_episodes
+        final = c["final"]["mean"]
         assert curve[-1] == pytest.approx(final)
         # Regret lies between 0 and always pulling the worst arm.
-        worst = (means.max(1) - means.min(1)).mean() * cfg.eval_pulls
+        worst = (means.max(1) - means.min(1)).mean() * cfg.eval_episodes
         assert 0 < final < worst and final < 1.3 * b["random"]
         assert c["train_wall_s"][0] > 0 and c["tokens_per_s"][0] > 0
         assert np.isfinite(c["final_loss"][0])
     mem = summary["configs"][-1]["memory"]
-    assert {mem[k]["devices"] for k in ("dense", "blockwise", "ring")} == {1, 8}
+    assert (mem["dense"]["devices"], mem["ring"]["devices"]) == (1, 8) and "blockwise" not in mem
     # Per device, the ring holds an eighth of the sequence: less than one device's dense step.
     assert 0 < mem["ring"]["peak_bytes"] < mem["dense"]["peak_bytes"]
     dec = summary["decode_longest"]
-    assert dec["rows"] == cfg.eval_bandits and 0 < dec["s_per_token"] < dec["s_per_step"]
+    assert dec["rows"] == cfg.eval_tasks and 0 < dec["s_per_token"] < dec["s_per_step"]
     t = summary["targets"]["ad"]
-    assert t["longest_window"] == 64 and t["shortest_window"] == 16
-    assert summary["headline"]["ad"]["windows"] == [16, 64]
+    assert t["longest_window"] == t["shortest_window"] == 32
+    assert summary["headline"]["ad"]["windows"] == [32]
+    rec = summary["recipe_scale"]
+    assert [r["window"] for r in rec["rows"]] == [32, 128]
+    assert rec["would_not_fit_without_ring"]["ad"] == {"16GiB": [], "80GiB": []}
     # The checkpoint stays in the work dir, re-playable alone through the Policy protocol.
-    ckpt = work / "tiny-bandit-hard" / "ad-w64-seed0" / "train"
+    ckpt = work / "tiny-bandit-hard" / "ad-w32-seed0" / "train"
     assert (ckpt / "metrics.jsonl").exists()
-    assert "| ad | 64 |" in capsys.readouterr().out
-    # A second call refuses to replace results, and --overwrite reuses the finished runs.
+    assert "| ad | 32 |" in capsys.readouterr().out
+    # A second call refuses to replace results.
     assert cs.main(argv) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def random_hit_probability(goal, size=17, steps=20):
+    """Exact probability that uniformly random moves (no-op, up, down, left, right; walls
+    stop) from the centre reach ``goal`` within ``steps`` moves."""
+    p = np.zeros((size, size))
+    c, idx = size // 2, np.arange(size)
+    p[c, c] = 1.0
+    hit = 0.0
+    for _ in range(steps):
+        q = np.zeros_like(p)
+        for dx, dy in ((0, 0), (0, 1), (0, -1), (-1, 0), (1, 0)):
+            nx, ny = np.clip(idx + dx, 0, size - 1), np.clip(idx + dy, 0, size - 1)
+            np.add.at(q, (nx[:, None], ny[None, :]), p / 5)
+        hit += q[goal]
+        q[goal] = 0.0
+        p = q
+    return hit
+
+
+def test_tiny_grid_end_to_end(tmp_path):
+    out, work = tmp_path / "results", tmp_path / "runs"
+    argv = ["--tiny", "--env", "darkroom-hard", "--seeds", "1", "--agents", "ad", "--out",
+            str(out), "--workdir", str(work)]
+    assert cs.main(argv) == 0
+    summary = json.loads((out / "context_scaling_darkroom_hard.json").read_text())
+    assert (out / "context_scaling_darkroom_hard.png").stat().st_size > 10_000
+    cfg = cs.tiny_config("darkroom-hard")
+    held = envs.task_split("darkroom-hard", "test")
+    assert summary["eval_tasks"] == len(held) == 58  # every held-out goal
+    assert summary["episode_steps"] == 20
+    # The optimum: every goal of the 17x17 room is within 16 moves of the centre, so the
+    # first-arrival reward makes it 1 for all.
+    assert summary["optimal"] == 1.0
+    e = cfg.eval_episodes
+    base = summary["baselines"]
+    assert set(base) == {"posterior", "optimistic", "random"}
+    # The sources' curves: their own histories on every held-out goal.
+    for i, learner in enumerate(cfg.learners):
+        store = collect_histories("darkroom-hard", learner, tasks=held, episodes_per_history=e,
+                                  histories=len(held), seed=cfg.seed + 1000 + i)
+        assert base[learner]["curve"] == pytest.approx(learning_curve(store)[0].tolist())
+        assert base[learner]["curve_x"] == list(range(1, e + 1))
+    # Random: the exact probability of reaching the goal within 20 random moves.
+    exact = np.mean([random_hit_probability(envs.gridworld.cell_xy(t, 17)) for t in held])
+    n = len(held) * len(base["random"]["curve"])
+    assert np.mean(base["random"]["curve"]) == pytest.approx(
+        exact, abs=4 * np.sqrt(exact * (1 - exact) / n))
+    assert [c["window"] for c in summary["configs"]] == list(cfg.windows)
+    for c in summary["configs"]:
+        assert c["window_steps"] == 20 * c["window"] == c["tokens_per_sequence"]
+        assert c["mesh"] == ("seq=8" if c["window"] >= cfg.ring_from else "data=8")
+        assert c["curve_x"] == list(range(1, e + 1)) and len(c["curve_mean"]) == e
+        assert c["final"]["mean"] == pytest.approx(c["curve_mean"][-1])  # last 10% of 4: 1
+        assert 0 <= c["final"]["mean"] <= 1 and c["final"]["fraction_of_optimal"] == \
+            pytest.approx(c["final"]["mean"])
+        assert c["memory"] is None and c["decode"]["rows"] == len(held)
+    t = summary["targets"]["ad"]
+    assert (t["shortest_window"], t["longest_window"]) == (2, 4)
+    assert set(t) >= {"longest_beats_shortest_by_seed_spread", "longest_reaches_70pct_optimal"}
+    assert summary["metric"]["at"] == "mean over in-context episodes 4-4"
+    # Every held-out goal was played by the trained agent, in one context of e episodes.
+    report = json.loads((work / "tiny-darkroom-hard" / "ad-w4-seed0" / "eval" /
+                         "report.json").read_text())
+    assert {ep["task"] for ep in report["episodes"]} == set(held)
+    # The recipe-scale rows: the windows and plan_windows, tokens = episodes x 20 steps.
+    rec = summary["recipe_scale"]
+    rows = rec["rows"]
+    assert [(r["window"], r["tokens"]) for r in rows] == [(2, 40), (4, 80), (16, 320)]
+    r = rows[-1]
+    again = csr.step_bytes(csr.RecipeScale(), num_params=r["num_params"], tokens=320,
+                           devices=64, attention="ring")
+    assert r["ring64"]["bytes"] == again
+    assert 350e6 < r["num_params"] < 360e6  # the README recipe's 353.8M transformer

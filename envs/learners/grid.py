@@ -33,7 +33,8 @@ from envs import gridworld as gw
 from envs import keydoor
 from envs.darkroom import goal_ids
 
-GRID_ENVS = ("darkroom", "keydoor")
+GRID_ENVS = ("darkroom", "darkroom-hard", "keydoor")
+ROOM_SIZES = {"darkroom": 9, "darkroom-hard": 17, "keydoor": 9}
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class NoisyOracle(_Noisy):
     """The task's shortest-path oracle with decaying random-action noise (see module doc).
 
     Args:
-        env_id: "darkroom" or "keydoor".
+        env_id: "darkroom", "darkroom-hard" or "keydoor".
         task: the task id (goal cell, or key/door pair).
         num_actions: size of the action space (5).
         episodes: length of the history in episodes (sets the noise schedule).
@@ -114,10 +115,11 @@ class NoisyOracle(_Noisy):
         _check_env(env_id, "NoisyOracle")
         super().__init__(episodes, noise or NoiseSchedule(), seed)
         self.num_actions = num_actions
-        if env_id == "darkroom":
-            if int(task) not in set(goal_ids(9)):
-                raise ValueError(f"NoisyOracle: {task} is not a darkroom goal id")
-            goal = gw.cell_xy(int(task), 9)
+        if env_id != "keydoor":
+            size = ROOM_SIZES[env_id]
+            if int(task) not in set(goal_ids(size)):
+                raise ValueError(f"NoisyOracle: {task} is not a {env_id} goal id")
+            goal = gw.cell_xy(int(task), size)
             self.targets = (goal, goal)
         else:
             self.targets = keydoor.key_door(int(task))
@@ -139,11 +141,12 @@ class PosteriorSampling(_Noisy):
     """Posterior sampling over the unknown rewarding cell(s) (see the module docstring).
 
     Dark Room rewards the cell the agent stands on when it acts (the observation before the
-    step); Key-to-Door rewards the cell a step arrives on, and its door only counts while
-    the key is held, so only those visits rule a door cell out.
+    step); Dark Room hard and Key-to-Door reward the cell a step arrives on (hard: only the
+    first arrival of an episode), and Key-to-Door's door only counts while the key is held,
+    so only those visits rule a door cell out.
 
     Args:
-        env_id: "darkroom" or "keydoor" (9 x 9 rooms).
+        env_id: "darkroom", "darkroom-hard" (17 x 17) or "keydoor" (9 x 9 rooms).
         num_actions: size of the action space (5).
         episodes: length of the history in episodes (sets the noise schedule).
         seed: seed of the target draws and of the noise stream.
@@ -166,7 +169,7 @@ class PosteriorSampling(_Noisy):
         super().__init__(episodes, noise or NoiseSchedule(start=0.0, end=0.0), seed)
         self.env_id = env_id
         self.num_actions = num_actions
-        self.size = 9
+        self.size = ROOM_SIZES[env_id]
         cells = goal_ids(self.size)  # every cell but the centre, where episodes start
         # stage 0: looking for the goal (Dark Room) or the key; stage 1: for the door.
         self.candidates = [set(cells), set(cells)]
@@ -206,6 +209,11 @@ class PosteriorSampling(_Noisy):
         if self.env_id == "darkroom":
             self._learn(0, obs, reward > 0)
             return
+        if self.env_id == "darkroom-hard":
+            # Rewarded on arrival, and only the first time in an episode: a cell arrived on
+            # without reward is ruled out unless it is the goal already found.
+            self._learn(0, next_obs, reward > 0)
+            return
         # Key-to-Door: the reward belongs to the cell arrived on; the key is the first
         # reward, the door the reward that ends the episode while the key is held.
         stage = self._stage(obs)
@@ -244,4 +252,5 @@ def step_towards(pos: tuple[int, int], target: tuple[int, int], rng: np.random.G
     return moves[int(rng.integers(len(moves)))] if len(moves) > 1 else moves[0]
 
 
-__all__ = ["GRID_ENVS", "NoiseSchedule", "NoisyOracle", "PosteriorSampling", "step_towards"]
+__all__ = ["GRID_ENVS", "ROOM_SIZES", "NoiseSchedule", "NoisyOracle", "PosteriorSampling",
+           "step_towards"]

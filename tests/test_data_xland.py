@@ -404,9 +404,14 @@ def test_dpt_windows_by_hand(dpt_file):
         assert tr[2 * od + a + 1] == ended
     # The stream's first step has no transition before it.
     assert not batch.values[1, 0].any() and batch.values[1, 1, :od].any()
-    with pytest.raises(ValueError, match="label_key='optimal_actions'.*'expert_actions'"):
-        XLandDPTWindowSampler(dpt_file, DPTSamplerConfig(context_steps=8,
+    with pytest.raises(ValueError, match="label_key='rewards'.*'expert_actions'"):
+        XLandDPTWindowSampler(dpt_file, DPTSamplerConfig(context_steps=8, label_key="rewards",
                                                           group_key="history_id"))
+    # DPT's default label name reads the file's expert actions: the same batches.
+    same = [XLandDPTWindowSampler(dpt_file, DPTSamplerConfig(
+        context_steps=8, group_key="history_id", label_key=k, batch_size=2, seed=4)).next_batch()
+        for k in ("expert_actions", "optimal_actions")]
+    np.testing.assert_array_equal(same[0].target_ids, same[1].target_ids)
     with pytest.raises(ValueError, match="context='shuffle' is not supported"):
         XLandDPTWindowSampler(dpt_file, DPTSamplerConfig(
             context_steps=8, context="shuffle", label_key="expert_actions"))
@@ -428,9 +433,7 @@ def test_rl_ring_train_dpt_streams_from_the_file(dpt_file, tmp_path, monkeypatch
     code = train_main(["--agent", "dpt", "--preset", "tiny", "--data", str(dpt_file),
                        "--workdir", str(run), "--mesh", "seq=1", "--devices", "1",
                        "--steps", "2", "--batch-size", "2", "--log-every", "1",
-                       "--no-progress", "--no-tensorboard",
-                       "--agent-config.group-key", "history_id",
-                       "--agent-config.label-key", "expert_actions"])
+                       "--no-progress", "--no-tensorboard"])  # DPT's defaults work
     assert code == 0
     losses = [r["loss"] for r in read_metrics(run)]
     assert len(losses) == 2 and all(np.isfinite(losses))

@@ -967,7 +967,9 @@ class XLandDPTWindowSampler(Sampler):
     history (``"history_id"``, with ``order_key`` ``""`` or ``"episode_in_history"``: the
     same order) or the histories of one task (``"task_id"``, ``order_key=""``: file order,
     a window may cross from one history into the next). ``label_key`` must be
-    ``"expert_actions"``, the file's only per-step label; ``context="shuffle"`` is not
+    ``"expert_actions"``, the file's only per-step label (or DPT's default
+    ``"optimal_actions"``, read as the same: the file's expert acts optimally, so ``rl-ring
+    train --agent dpt --data FILE.hdf5`` needs no option); ``context="shuffle"`` is not
     supported (its i.i.d. draws touch every chunk of a group).
 
     Args:
@@ -994,7 +996,7 @@ class XLandDPTWindowSampler(Sampler):
             raise ValueError(f"{where}: group_key={cfg.group_key!r} with order_key="
                              f"{cfg.order_key!r} is not a stream of the file; expected one of "
                              f"{sorted(_DPT_STREAMS)} (group_key, order_key)")
-        if cfg.label_key != "expert_actions":
+        if cfg.label_key not in ("expert_actions", "optimal_actions"):
             raise ValueError(f"{where}: label_key={cfg.label_key!r}, but the file labels each "
                              "step with 'expert_actions' (set label_key='expert_actions')")
         self.obs_encoding = obs_encoding

@@ -97,7 +97,7 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
         s = np.asarray([np.nan if v is None else v for v in e["per_episode_std_over_seeds"]])
         x = np.arange(1, len(y) + 1)
         ax.plot(x, y, label=f"{e['agent'].upper()}, {e['window_steps']:,}-step context "
-                f"({len(e['seeds'])} seeds)")
+                f"({len(e['seeds'])} seed{'s' if len(e['seeds']) != 1 else ''})")
         ax.fill_between(x, y - s, y + s, alpha=0.2)
     b = summary["baselines"]
     src = np.asarray([np.nan if v is None else v for v in b["source_curve"]])

@@ -1,8 +1,24 @@
 """Test configuration: 8 fake CPU devices, set before JAX starts."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
-from rl_ring.io import device_flags
+# One persistent compilation cache for the whole run (this process and the subprocesses the
+# tests start, which inherit the variables): the suite compiles the same small programs
+# many times over (each test's model, train step and cached decode), and a hit replaces a
+# compile. The cache key covers the program, XLA_FLAGS and the backend, so results are the
+# same bits; the folder is this run's own and removed at exit. Set JAX_COMPILATION_CACHE_DIR
+# to keep one across runs. Must be set before JAX is imported.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache_dir = tempfile.mkdtemp(prefix="rl_ring_tests_jax_cache_")
+    atexit.register(shutil.rmtree, _cache_dir, True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+from rl_ring.io import device_flags  # noqa: E402
 
 # Must run before any JAX backend is touched: tests exercise meshes of 1, 2, 4 and 8 devices.
 _flags = os.environ.get("XLA_FLAGS", "")

@@ -685,7 +685,22 @@ class _Buffer:
         return encode_states(self.states[idx], self.encoding)
 
 
-class XLandHistorySampler(Sampler):
+class _FileSampler:
+    """What the two file-streaming samplers share: they assemble in ``batch_at`` (after
+    reading the plan's steps from the file), and their state names the file's layout."""
+
+    def assemble(self, plan):
+        raise NotImplementedError(f"{type(self).__name__} assembles in batch_at (it reads "
+                                  "the plan's steps from the file first)")
+
+    def state_dict(self, step: int | None = None) -> dict[str, Any]:
+        state = super().state_dict(step)
+        state["store"] = {"format": "xland", "histories": self.data.num_histories,
+                          "steps": self.data.num_steps, "obs_encoding": self.obs_encoding}
+        return state
+
+
+class XLandHistorySampler(_FileSampler, Sampler):
     """Algorithm Distillation windows read straight from an XLand file.
 
     The interface and the TokenBatches are those of
@@ -814,15 +829,6 @@ class XLandHistorySampler(Sampler):
         view.store = buf
         return Sampler.assemble(view, plan)
 
-    def assemble(self, plan: StepPlan):
-        raise NotImplementedError("XLandHistorySampler assembles in batch_at (it reads the "
-                                  "plan's steps from the file first)")
-
-    def state_dict(self, step: int | None = None) -> dict[str, Any]:
-        state = super().state_dict(step)
-        state["store"] = {"format": "xland", "histories": self.data.num_histories,
-                          "steps": self.data.num_steps, "obs_encoding": self.obs_encoding}
-        return state
 
 
 # ---------------------------------------------------------------------------- DPT items
@@ -948,7 +954,7 @@ _DPT_STREAMS = {("history_id", ""): "history", ("history_id", "episode_in_histor
                 ("task_id", ""): "task"}
 
 
-class XLandDPTWindowSampler(Sampler):
+class XLandDPTWindowSampler(_FileSampler, Sampler):
     """Decision-Pretrained-Transformer TokenBatches streamed from an XLand file.
 
     The interface and the batches are those of :class:`~rl_ring.data.samplers.DPTSampler`
@@ -1095,12 +1101,3 @@ class XLandDPTWindowSampler(Sampler):
                             labels=buf["expert_actions"], timestep=buf["timestep"],
                             is_last=buf["is_last"])
 
-    def assemble(self, plan: DPTPlan) -> TokenBatch:
-        raise NotImplementedError("XLandDPTWindowSampler assembles in batch_at (it reads the "
-                                  "plan's steps from the file first)")
-
-    def state_dict(self, step: int | None = None) -> dict[str, Any]:
-        state = super().state_dict(step)
-        state["store"] = {"format": "xland", "histories": self.data.num_histories,
-                          "steps": self.data.num_steps, "obs_encoding": self.obs_encoding}
-        return state

@@ -823,7 +823,7 @@ def run(cfg: ScalingConfig, agents_: list[str], seeds: int, workdir: Path, out: 
     for agent in agents_:
         if agent not in AGENT_PLANS:
             raise ValueError(f"agent {agent!r}: known agents are {', '.join(AGENT_PLANS)}")
-    recipe = report.recipe_plan(cfg, agents_)
+    recipe = report.recipe_plan(cfg, agents_, agent_shape)
     for agent in agents_:
         plan = AGENT_PLANS[agent]()
         data_dir = workdir / f"data-{agent}"

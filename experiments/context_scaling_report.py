@@ -14,6 +14,7 @@ devices. Nothing is compiled: the shapes reach 800K tokens.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,11 +128,13 @@ def num_params(model) -> int:
     return sum(int(x.size) for x in jax.tree.leaves(nnx.state(shapes, nnx.Param)))
 
 
-def recipe_plan(cfg, agents_: list[str], scale: RecipeScale | None = None) -> dict[str, Any]:
+def recipe_plan(cfg, agents_: list[str], agent_shape: Callable[..., tuple[Any, int]],
+                scale: RecipeScale | None = None) -> dict[str, Any]:
     """Every agent x context (the windows and ``cfg.plan_windows``) sized at the recipe scale
-    for each of :data:`LAYOUTS`, with the verdicts per accelerator."""
-    from experiments.context_scaling import agent_shape
-
+    for each of :data:`LAYOUTS`, with the verdicts per accelerator. ``agent_shape(cfg,
+    agent, window)`` gives an agent's ``(model, tokens per step)``
+    (:func:`experiments.context_scaling.agent_shape`; passed in, since that module imports
+    this one)."""
     scale = scale or RecipeScale()
     contexts = sorted({*cfg.windows, *cfg.plan_windows})
     rows = []

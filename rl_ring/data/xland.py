@@ -56,7 +56,7 @@ from rl_ring.data.batch import TokenBatch
 from rl_ring.data.checks import DatasetError
 from rl_ring.data.normalize import Normalization
 from rl_ring.data.samplers.base import Sampler, StepPlan, check_positive
-from rl_ring.data.samplers.dpt import DPTPlan, DPTSamplerConfig, assemble_dpt
+from rl_ring.data.samplers.dpt import DPTPlan, DPTSamplerConfig, assemble_dpt, draw_windows
 from rl_ring.data.samplers.histories import HistoryConfig
 from rl_ring.data.store import EpisodeStore
 from rl_ring.data.tokens import ad_layout, dpt_layout
@@ -1033,10 +1033,8 @@ class XLandDPTWindowSampler(_FileSampler, Sampler):
         return len(self.group_steps)
 
     def _draw(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        # DPTSampler's window draw: a stream long enough, then a start inside it.
-        b, k = self.batch_size, self.config.context_steps
-        g = self._groups[rng.integers(0, len(self._groups), size=b)]
-        return {"group": g, "start": rng.integers(0, self.group_steps[g] - k + 1)}
+        return draw_windows(rng, self._groups, self.group_steps, self.batch_size,
+                            self.config.context_steps)
 
     def read_rows(self, specs: dict[str, np.ndarray], rows: np.ndarray
                   ) -> tuple[dict[str, np.ndarray], DPTPlan]:

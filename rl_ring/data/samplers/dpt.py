@@ -81,6 +81,15 @@ class DPTPlan(NamedTuple):
     """Store row of each step's transition, -1 for none."""
 
 
+def draw_windows(rng: np.random.Generator, groups: np.ndarray, group_steps: np.ndarray,
+                 batch_size: int, k: int) -> dict[str, np.ndarray]:
+    """The "window" draw of a batch: a group (stream) of ``groups`` (those at least ``k``
+    steps long) per row, then a start inside it (``group``, ``start``). Shared by every
+    DPT sampler, so equal seeds draw equal windows whatever the data's storage."""
+    g = groups[rng.integers(0, len(groups), size=batch_size)]
+    return {"group": g, "start": rng.integers(0, group_steps[g] - k + 1)}
+
+
 class DPTSampler(Sampler):
     """Labelled in-context datasets as TokenBatches (see the module docstring)."""
 
@@ -141,10 +150,10 @@ class DPTSampler(Sampler):
 
     def _draw(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         b, k = self.batch_size, self.config.context_steps
+        if self.config.context == "window":
+            return draw_windows(rng, self._groups, self.group_steps, b, k)
         g = self._groups[rng.integers(0, len(self._groups), size=b)]
         steps = self.group_steps[g]
-        if self.config.context == "window":
-            return {"group": g, "start": rng.integers(0, steps - k + 1)}
         trans = np.stack([rng.choice(int(s), size=k - 1, replace=False) for s in steps])
         query = rng.integers(0, steps[:, None], size=(b, k))
         return {"group": g, "trans": trans.reshape(b, k - 1), "query": query}

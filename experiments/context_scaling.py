@@ -660,6 +660,24 @@ def step_memory(cfg: ScalingConfig, agent: str, window: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- one run
+RUN_INDEPENDENT = ("windows", "memory_batch", "memory_windows", "memory_attention",
+                   "plan_windows")
+"""Config fields that do not change one (agent, window, seed) run: the other windows of the
+grid and the report-only tables. A finished run stays valid when only these change, so a
+grid can be extended (``--windows``, ``--seeds``) without retraining what it holds."""
+
+
+def same_run(saved: dict[str, Any], key: dict[str, Any]) -> bool:
+    """Whether a finished run's saved key describes the run ``key`` asks for."""
+    def strip(k: dict[str, Any]) -> dict[str, Any]:
+        k = json.loads(json.dumps(k))
+        for f in RUN_INDEPENDENT:
+            k.get("config", {}).pop(f, None)
+        return k
+
+    return strip(saved) == strip(key)
+
+
 def run_one(cfg: ScalingConfig, agent: str, window: int, seed: int, workdir: Path, data: str,
             *, watch: bool) -> dict[str, Any]:
     """Train -> play the held-out tasks; the record (also saved in the run's directory)."""
@@ -671,7 +689,7 @@ def run_one(cfg: ScalingConfig, agent: str, window: int, seed: int, workdir: Pat
     key = {"config": dataclasses.asdict(cfg), "agent": agent, "window": window, "seed": seed}
     if done.exists():
         record = json.loads(done.read_text())
-        if record["key"] == json.loads(json.dumps(key)):
+        if same_run(record["key"], key):
             log(f"{name}: finished before, reusing {done}")
             return record
         shutil.rmtree(rdir)

@@ -8,6 +8,7 @@ random policy's expected Dark Room hard return by an exact dynamic programme; th
 read back.
 """
 
+import dataclasses
 import json
 
 import numpy as np
@@ -70,6 +71,18 @@ def test_targets_by_hand():
     t = cs.targets(g, rec, {})["ad"]
     assert not t["longest_beats_shortest_by_seed_spread"]
     assert not t["longest_reaches_70pct_optimal"]
+
+
+def test_finished_run_kept_when_only_other_windows_change():
+    cfg = cs.tiny_config()
+    saved = {"config": dataclasses.asdict(cfg), "agent": "ad", "window": 32, "seed": 0}
+    saved = json.loads(json.dumps(saved))  # as read back from record.json
+    key = dict(saved, config=dataclasses.asdict(cfg.replace(windows=(32, 64), plan_windows=(9,))))
+    assert cs.same_run(saved, key)
+    for change in ({"steps": cfg.steps + 1}, {"ring_from": 1}, {"seed": 1}):
+        assert not cs.same_run(saved, dict(saved, config=dataclasses.asdict(cfg.replace(**change))))
+    assert not cs.same_run(saved, dict(saved, seed=1))
+    assert not cs.same_run(saved, dict(saved, window=64))
 
 
 def test_darkroom_hard_sources_search_then_walk_straight():

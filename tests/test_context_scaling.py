@@ -18,6 +18,7 @@ import envs
 from envs.learners.bandits import play
 from envs.learners.history import collect_histories, learning_curve
 from experiments import context_scaling as cs
+from experiments import context_scaling_floor as csf
 from experiments import context_scaling_report as csr
 from rl_ring.train.plan import attention_memory
 
@@ -83,6 +84,38 @@ def test_finished_run_kept_when_only_other_windows_change():
         assert not cs.same_run(saved, dict(saved, config=dataclasses.asdict(cfg.replace(**change))))
     assert not cs.same_run(saved, dict(saved, seed=1))
     assert not cs.same_run(saved, dict(saved, window=64))
+
+
+def test_thompson_action_probabilities_and_entropy_by_hand():
+    rng = np.random.default_rng(0)
+    # P(Beta(2, 1) > Beta(1, 1)) = int_0^1 2x * x dx = 2/3.
+    p = csf.thompson_action_probs(np.array([[2.0, 1.0]]), np.array([[1.0, 1.0]]), 40_000, rng)
+    assert p[0] == pytest.approx([2 / 3, 1 / 3], abs=0.01)
+    p = csf.thompson_action_probs(np.ones((1, 4)), np.ones((1, 4)), 40_000, rng)
+    assert p[0] == pytest.approx([0.25] * 4, abs=0.01)
+    # Miller-Madow: plug-in entropy + (nonzero bins - 1) / (2 samples).
+    e = csf.entropy(np.array([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]]), 100)
+    assert e == pytest.approx([np.log(2) + 1 / 200, 0.0])
+    assert csf.bucket_means(np.array([1.0, 3.0, 5.0]), np.array([0, 300, 2000])) == {
+        "all": 3.0, "0-256": 1.0, "256-1024": 3.0, "1024-4096": 5.0}
+
+
+def test_imitation_floor_starts_uniform_and_falls():
+    params = cs.family("bandit-hard")
+    means = params.means_of(cs.training_tasks(cs.main_config())[:8])
+    fl = csf.imitation_floor(params, means, 512, 0, samples=2000, stride=64)
+    k = params.arms
+    # Before the first pull every posterior is Beta(1, 1): uniform over the arms.
+    assert fl["entropy"][0] == pytest.approx(np.log(k), abs=0.02)
+    assert fl["top_probability"][0] == pytest.approx(1 / k, abs=0.02)
+    assert fl["entropy"][-1] < fl["entropy"][0] - 0.3
+    with pytest.raises(ValueError, match="Bernoulli"):
+        csf.imitation_floor(cs.family("bandit-gauss"), means, 8, 0, samples=2, stride=1)
+
+
+def test_floor_refuses_a_missing_workdir(tmp_path, capsys):
+    assert csf.main(["--workdir", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
+    assert "--workdir" in capsys.readouterr().err
 
 
 def test_darkroom_hard_sources_search_then_walk_straight():
@@ -196,6 +229,41 @@ def test_tiny_bandit_end_to_end(tmp_path, capsys):
     # A second call refuses to replace results.
     assert cs.main(argv) == 2
     assert "--overwrite" in capsys.readouterr().err
+    # The imitation floor on the trained run: its loss on fresh Thompson histories, window
+    # by window, equals the agent's own loss function on those windows.
+    fargv = ["--workdir", str(work / "tiny-bandit-hard"), "--histories", "2", "--pulls", "64",
+             "--samples", "50", "--stride", "8", "--bin", "16", "--out", str(out)]
+    assert csf.main(fargv) == 0
+    fl = json.loads((out / "context_scaling_floor.json").read_text())
+    assert (out / "context_scaling_floor.png").stat().st_size > 10_000
+    (c,) = fl["configs"]
+    assert (c["window"], c["seeds"]) == (32, [0])
+    assert len(fl["floor_curve"]["positions"]) == 8 and fl["curves"]["ad-w32"]["x"][0] == 7.5
+    _check_nll_against_loss_fn(ckpt, c["nll_per_seed"][0], pulls=64, histories=2)
+    assert csf.main(fargv) == 2  # results exist
+
+
+def _check_nll_against_loss_fn(ckpt, nll, *, pulls, histories):
+    import jax.numpy as jnp
+
+    from agents import registry
+    from agents.run import load_checkpoint
+    from envs.learners.bandits import bandit_histories
+
+    model, tcfg, norm, _ = load_checkpoint(ckpt, attn_impl="blockwise")
+    module = registry.get(tcfg.agent)
+    params = cs.family("bandit-hard")
+    tasks = cs.training_tasks(cs.main_config("bandit-hard"))[:histories]
+    store = bandit_histories("bandit-hard", params, tasks, "thompson", pulls, 0)
+    sampler = module.make_sampler(store, tcfg.agent_config, batch_size=1, seed=0, norm=norm)
+    w = tcfg.agent_config.window_steps
+    losses = []
+    for h in range(histories):
+        for start in range(0, pulls, w):
+            t = sampler.batch_of({"history": np.array([h]), "start": np.array([h * pulls + start])})
+            losses.append(float(module.loss_fn(model, {k: jnp.asarray(v) for k, v in
+                                                       t.tokens().items()})[0]))
+    assert nll == pytest.approx(np.mean(losses), rel=1e-5)
 
 
 def random_hit_probability(goal, size=17, steps=20):

@@ -180,6 +180,13 @@ class Sampler:
         """This host's rows of global batch number ``step`` (does not move the stream)."""
         return self.assemble(self.plan_at(step))
 
+    def batch_of(self, specs: dict[str, np.ndarray]) -> TokenBatch:
+        """The batch of the windows ``specs`` names, every row (specs as :meth:`specs_at`
+        returns them, e.g. ``history`` and absolute stream ``start`` for the history
+        samplers): to score a model on chosen windows instead of drawn ones."""
+        rows = np.arange(len(next(iter(specs.values()))))
+        return self.assemble(self._plan(specs, rows))
+
     def next_batch(self) -> TokenBatch:
         batch = self.batch_at(self.step)
         self.step += 1

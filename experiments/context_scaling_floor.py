@@ -1,0 +1,370 @@
+"""How close AD's bandit models come to imitating their source: Thompson sampling's floor.
+
+AD is trained to predict Thompson sampling's next arm from the pulls before it. No model can
+do better on those targets than Thompson sampling's own action distribution: at pull ``t``
+its action is arm ``a`` with probability ``p_t(a) = P(a's posterior draw is the largest)``
+under the Beta posteriors of the pulls so far. So the lowest reachable training loss is the
+entropy ``H(p_t)`` (averaged over pulls), and the highest reachable accuracy (argmax
+prediction) is ``max_a p_t(a)``. This script estimates both by Monte Carlo on fresh
+Thompson histories of training bandits, per pull position, and puts next to them each
+trained run's final training loss and accuracy (the mean of ``metrics.jsonl`` over the last
+``--last-steps`` optimiser steps). The gap is what training has not learnt yet: a model at
+the floor acts as Thompson sampling does (given a window that holds all it needs).
+
+Usage::
+
+    python -m experiments.context_scaling_floor --workdir runs/context_scaling/bandit-hard
+
+Writes ``<out>/context_scaling_floor.json`` and ``.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = "context_scaling_floor"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+RUN_DIR = re.compile(r"^(?P<agent>[a-z]+)-w(?P<window>\d+)-seed(?P<seed>\d+)$")
+BUCKETS = ((0, 256), (256, 1024), (1024, 4096))
+"""Pull ranges the floor is also reported over."""
+
+
+def thompson_action_probs(alpha: np.ndarray, beta: np.ndarray, samples: int,
+                          rng: np.random.Generator) -> np.ndarray:
+    """Monte Carlo estimate of Beta-Bernoulli Thompson sampling's action probabilities.
+
+    Args:
+        alpha, beta: ``[B, K]`` Beta posterior parameters of ``B`` histories' ``K`` arms.
+        samples: posterior draws per history.
+
+    Returns:
+        ``[B, K]``: the fraction of draws in which each arm's sample was the largest.
+    """
+    draws = rng.beta(alpha, beta, size=(samples, *alpha.shape))
+    best = np.argmax(draws, axis=-1)  # [samples, B]
+    k = alpha.shape[-1]
+    return np.stack([(best == a).mean(axis=0) for a in range(k)], axis=-1)
+
+
+def entropy(p: np.ndarray, samples: int) -> np.ndarray:
+    """Entropy (nats) of the rows of ``p`` estimated from ``samples`` draws each, with the
+    Miller-Madow correction ``(nonzero bins - 1) / (2 samples)`` for the plug-in's bias."""
+    safe = np.where(p > 0, p, 1.0)
+    plug_in = -np.sum(p * np.log(safe), axis=-1)
+    return plug_in + (np.count_nonzero(p, axis=-1) - 1) / (2.0 * samples)
+
+
+def imitation_floor(params, means: np.ndarray, pulls: int, seed: int, *, samples: int,
+                    stride: int) -> dict[str, Any]:
+    """Thompson sampling's own action entropy and top probability along its histories.
+
+    Plays Thompson sampling (:func:`envs.learners.bandits.play`) on every bandit of ``means``
+    ``[B, arms]`` for ``pulls`` pulls, rebuilds the Beta(1, 1)-prior posteriors before each
+    pull and estimates ``p_t`` at every ``stride``-th pull.
+
+    Returns:
+        ``positions`` (pull index t, 0-based), ``entropy`` and ``top_probability``: per
+        position, the mean over histories.
+    """
+    from envs.learners.bandits import play
+
+    if params.distribution != "bernoulli":
+        raise ValueError(f"the floor is computed for Bernoulli bandits; got "
+                         f"{params.distribution!r}")
+    out = play(params, means, "thompson", pulls, seed)
+    arms, rewards = out["arms"], out["rewards"]
+    b, k = means.shape
+    rng = np.random.default_rng([seed, 17])
+    positions = np.arange(0, pulls, stride)
+    ent, top = np.zeros(len(positions)), np.zeros(len(positions))
+    wins, pulled = np.zeros((b, k)), np.zeros((b, k))
+    rows = np.arange(b)
+    t_prev = 0
+    for i, t in enumerate(positions):
+        for s in range(t_prev, t):  # the posterior after pulls 0 .. t-1
+            wins[rows, arms[:, s]] += rewards[:, s]
+            pulled[rows, arms[:, s]] += 1.0
+        t_prev = t
+        p = thompson_action_probs(1.0 + wins, 1.0 + pulled - wins, samples, rng)
+        ent[i] = entropy(p, samples).mean()
+        top[i] = p.max(axis=-1).mean()
+    return {"positions": positions.tolist(), "entropy": ent.tolist(),
+            "top_probability": top.tolist()}
+
+
+def model_nll(run_dir: Path, store, pulls: int, batch: int = 8) -> dict[str, np.ndarray]:
+    """A trained AD run's loss on fresh histories, per pull (teacher-forced, no dropout).
+
+    The histories of ``store`` (``pulls`` one-pull episodes each) are cut into the run's
+    windows back to back (pull ``t`` sits at index ``t mod window`` of its window, as a
+    window drawn in training at that start sees it), and each window is scored whole.
+
+    Returns:
+        ``nll`` and ``correct`` (argmax equals the recorded arm), ``[histories, pulls]``.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from agents import registry
+    from agents.run import load_checkpoint
+
+    model, tcfg, norm, _ = load_checkpoint(run_dir, attn_impl="blockwise")
+    module = registry.get(tcfg.agent)
+    w = tcfg.agent_config.window_steps
+    if pulls % w:
+        raise ValueError(f"{run_dir}: window {w} does not divide {pulls} pulls")
+    h = store.num_episodes // pulls
+    sampler = module.make_sampler(store, tcfg.agent_config, batch_size=batch, seed=0,
+                                  norm=norm)
+
+    @jax.jit
+    def score(graph_state, tokens):
+        from flax import nnx
+
+        m = nnx.merge(graph, graph_state)
+        logits = m(tokens, deterministic=True).astype(jnp.float32)
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        ids = tokens["target_ids"].astype(jnp.int32)
+        nll = -jnp.take_along_axis(logp, ids[..., None], axis=-1)[..., 0]
+        return nll, (jnp.argmax(logits, axis=-1) == ids), tokens["loss_mask"]
+
+    from flax import nnx
+
+    graph, graph_state = nnx.split(model)
+    specs = [(hist, hist * pulls + s) for hist in range(h) for s in range(0, pulls, w)]
+    nll, correct = np.zeros((h, pulls)), np.zeros((h, pulls), bool)
+    for i in range(0, len(specs), batch):
+        chunk = specs[i:i + batch]
+        hist = np.asarray([c[0] for c in chunk] + [chunk[0][0]] * (batch - len(chunk)))
+        start = np.asarray([c[1] for c in chunk] + [chunk[0][1]] * (batch - len(chunk)))
+        tokens = {k: jnp.asarray(v) for k, v in
+                  sampler.batch_of({"history": hist, "start": start}).tokens().items()}
+        n, c, mask = (np.asarray(x) for x in score(graph_state, tokens))
+        ids = np.asarray(tokens["target_ids"])
+        for r, (hh, st) in enumerate(chunk):
+            sel = mask[r].astype(bool)
+            t0 = st - hh * pulls
+            if sel.sum() != w or not np.array_equal(ids[r][sel],
+                                                    store.actions[st:st + w]):
+                raise AssertionError(f"{run_dir}: window {i + r} does not hold pulls "
+                                     f"{t0}-{t0 + w} of history {hh}")
+            nll[hh, t0:t0 + w], correct[hh, t0:t0 + w] = n[r][sel], c[r][sel]
+    return {"nll": nll, "correct": correct}
+
+
+def run_losses(workdir: Path, last_steps: int) -> list[dict[str, Any]]:
+    """Every trained run in ``workdir`` (``<agent>-w<W>-seed<S>/train/metrics.jsonl``): its
+    final training loss and accuracy (means over the logs of the last ``last_steps`` steps)
+    and its loss curve."""
+    runs = []
+    for d in sorted(Path(workdir).iterdir()):
+        m = RUN_DIR.match(d.name)
+        metrics = d / "train" / "metrics.jsonl"
+        if not m or not metrics.exists() or not (d / "record.json").exists():  # finished
+            continue
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        rows = [r for r in rows if "loss" in r and "accuracy" in r]
+        if not rows:
+            continue
+        last = rows[-1]["step"]
+        tail = [r for r in rows if r["step"] > last - last_steps]
+        runs.append({
+            "agent": m["agent"], "window": int(m["window"]), "seed": int(m["seed"]),
+            "steps": last, "final_loss": float(np.mean([r["loss"] for r in tail])),
+            "final_accuracy": float(np.mean([r["accuracy"] for r in tail])),
+            "logs_averaged": len(tail),
+            "curve_steps": [r["step"] for r in rows], "curve_loss": [r["loss"] for r in rows],
+        })
+    return runs
+
+
+def bucket_means(per_pull: np.ndarray, positions: np.ndarray) -> dict[str, float]:
+    """Means of a per-position quantity over each of :data:`BUCKETS` (and ``all``)."""
+    out = {"all": float(per_pull.mean())}
+    for lo, hi in BUCKETS:
+        sel = (positions >= lo) & (positions < hi)
+        if sel.any():
+            out[f"{lo}-{hi}"] = float(per_pull[sel].mean())
+    return out
+
+
+def summarize(floor: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The floor over all pulls and per bucket; per (agent, window), the mean over seeds of
+    the runs' loss on the fresh histories (``nll_by_pull``, when scored) and training logs,
+    and their gaps to the floor."""
+    pos = np.asarray(floor["positions"])
+    ent, top = np.asarray(floor["entropy"]), np.asarray(floor["top_probability"])
+    f_ent, f_top = bucket_means(ent, pos), bucket_means(top, pos)
+    configs = []
+    for agent, window in sorted({(r["agent"], r["window"]) for r in runs}):
+        rs = [r for r in runs if (r["agent"], r["window"]) == (agent, window)]
+        loss = np.asarray([r["final_loss"] for r in rs])
+        acc = np.asarray([r["final_accuracy"] for r in rs])
+        c = {"agent": agent, "window": window, "seeds": [r["seed"] for r in rs],
+             "steps": [r["steps"] for r in rs],
+             "train_loss_mean": float(loss.mean()), "train_loss_std": float(loss.std()),
+             "train_accuracy_mean": float(acc.mean()), "train_accuracy_std": float(acc.std())}
+        if all("nll_by_pull" in r for r in rs):
+            nll = np.mean([r["nll_by_pull"] for r in rs], axis=0)[pos]
+            hit = np.mean([r["accuracy_by_pull"] for r in rs], axis=0)[pos]
+            per_seed = [float(np.asarray(r["nll_by_pull"]).mean()) for r in rs]
+            c.update({
+                "nll": bucket_means(nll, pos), "nll_per_seed": per_seed,
+                "nll_std": float(np.std(per_seed)),
+                "accuracy": bucket_means(hit, pos),
+                "nll_above_floor": {k: v - f_ent[k] for k, v in bucket_means(nll, pos).items()},
+            })
+        configs.append(c)
+    return {"floor": {"entropy": f_ent, "top_probability": f_top}, "configs": configs}
+
+
+def plot(result: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fl = result["floor_curve"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.plot(fl["positions"], fl["entropy"], color="black", lw=2,
+             label="floor: Thompson's own action entropy")
+    ax2.plot(fl["positions"], fl["top_probability"], color="black", lw=2,
+             label="ceiling: Thompson's top action probability")
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, c in enumerate(result["configs"]):
+        curve = result["curves"].get(f"{c['agent']}-w{c['window']}")
+        if curve is None:
+            continue
+        label = f"{c['agent']} window {c['window']} ({len(c['seeds'])} seeds)"
+        col = colors[i % len(colors)]
+        ax1.plot(curve["x"], curve["nll"], color=col, label=label)
+        ax2.plot(curve["x"], curve["accuracy"], color=col, label=label)
+    ax1.set(xlabel="pull t in the history", ylabel="nats per pull",
+            title="loss on Thompson's next arm (fresh histories)")
+    ax2.set(xlabel="pull t in the history", ylabel="accuracy",
+            title="argmax accuracy on Thompson's next arm")
+    ax1.legend(fontsize=7)
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+@dataclass(frozen=True)
+class Args:
+    """Options of the imitation-floor analysis."""
+
+    workdir: str = "runs/context_scaling/bandit-hard"
+    """The context-scaling work folder of one family (holds ad-w<W>-seed<S>/ runs)."""
+    env: str = "bandit-hard"
+    """Bandit family of the runs (Bernoulli)."""
+    histories: int = 32
+    """Fresh Thompson histories on training bandits the floor is estimated on."""
+    pulls: int = 0
+    """Pulls per history (0: the family's configured history length)."""
+    samples: int = 500
+    """Posterior draws per history and position."""
+    stride: int = 16
+    """Estimate p_t at every stride-th pull."""
+    bin: int = 64
+    """Pulls per point of the saved per-pull curves."""
+    last_steps: int = 100
+    """A run's final loss / accuracy: the mean of its logs over this many last steps."""
+    seed: int = 0
+    """Seed of the histories and draws."""
+    out: str = "results"
+    """Directory of the JSON / PNG."""
+    overwrite: bool = False
+    """Replace result files already in --out."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: ``python -m experiments.context_scaling_floor [options]``."""
+    import tyro
+
+    from experiments import context_scaling as cs
+    from rl_ring.io import check_results, write_json
+
+    args = tyro.cli(Args, args=sys.argv[1:] if argv is None else argv,
+                    prog="python -m experiments.context_scaling_floor", description=__doc__)
+    try:
+        cfg = cs.main_config(args.env)
+        if not cfg.bandit:
+            raise ValueError(f"--env {args.env!r}: the floor is for the bandit families")
+        work = Path(args.workdir)
+        if not work.is_dir():
+            raise ValueError(f"--workdir {work}: no such folder (expected a context-scaling "
+                             f"work folder holding <agent>-w<W>-seed<S>/train runs)")
+        path = Path(args.out) / RESULTS
+        check_results([path.with_suffix(".json"), path.with_suffix(".png")],
+                      workdir=None, overwrite=args.overwrite,
+                      what="context_scaling_floor's results")
+        runs = run_losses(work, args.last_steps)
+        if not runs:
+            raise ValueError(f"--workdir {work}: no <agent>-w<W>-seed<S>/train/metrics.jsonl "
+                             f"in it")
+        from envs.learners.bandits import bandit_histories
+
+        params = cs.family(args.env)
+        tasks = cs.training_tasks(cfg)[: args.histories]
+        pulls = args.pulls or cfg.history_episodes
+        t0 = time.perf_counter()
+        floor = imitation_floor(params, params.means_of(tasks), pulls, args.seed,
+                                samples=args.samples, stride=args.stride)
+        floor_s = time.perf_counter() - t0
+        # The same histories (play() with the same bandits and seed) as an EpisodeStore.
+        store = bandit_histories(args.env, params, tasks, "thompson", pulls, args.seed)
+        curves, bins = {}, np.arange(pulls) // args.bin
+        for r in runs:
+            scored = model_nll(work / f"{r['agent']}-w{r['window']}-seed{r['seed']}" / "train",
+                               store, pulls)
+            r["nll_by_pull"] = scored["nll"].mean(axis=0).tolist()
+            r["accuracy_by_pull"] = scored["correct"].mean(axis=0).tolist()
+            log(f"{r['agent']}-w{r['window']}-seed{r['seed']}: loss on fresh histories "
+                f"{scored['nll'].mean():.3f}")
+        for key in sorted({f"{r['agent']}-w{r['window']}" for r in runs}):
+            rs = [r for r in runs if f"{r['agent']}-w{r['window']}" == key]
+            nll = np.mean([r["nll_by_pull"] for r in rs], axis=0)
+            hit = np.mean([r["accuracy_by_pull"] for r in rs], axis=0)
+            curves[key] = {"x": (np.bincount(bins, np.arange(pulls)) / np.bincount(bins)).tolist(),
+                           "nll": (np.bincount(bins, nll) / np.bincount(bins)).tolist(),
+                           "accuracy": (np.bincount(bins, hit) / np.bincount(bins)).tolist()}
+        result = {"env": args.env, "histories": len(tasks), "pulls": pulls,
+                  "samples": args.samples, "stride": args.stride,
+                  "last_steps": args.last_steps, **summarize(floor, runs),
+                  "floor_curve": floor, "curves": curves,
+                  "runs": [{k: v for k, v in r.items() if not k.endswith("_by_pull")}
+                           for r in runs],
+                  "floor_wall_s": floor_s, "wall_s": time.perf_counter() - t0}
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        result["files"] = {"plot": plot(result, path.with_suffix(".png")).name}
+        write_json(result, path.with_suffix(".json"))
+    except (ValueError, OSError) as err:
+        print(f"context_scaling_floor: {err}", file=sys.stderr)
+        return 2
+    f = result["floor"]
+    print(f"floor over pulls 0-{pulls}: entropy {f['entropy']['all']:.3f} nats, top "
+          f"probability {f['top_probability']['all']:.3f}")
+    for c in result["configs"]:
+        print(f"{c['agent']} window {c['window']} ({len(c['seeds'])} seeds): loss on fresh "
+              f"histories {c['nll']['all']:.3f} +- {c['nll_std']:.3f} "
+              f"({c['nll_above_floor']['all']:+.3f} above the floor), accuracy "
+              f"{c['accuracy']['all']:.3f} (ceiling {f['top_probability']['all']:.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

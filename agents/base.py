@@ -233,23 +233,32 @@ def agent_functions(config_cls: type, sampler_cls: type, sampler_config_cls: typ
 
 
 # ---------------------------------------------------------------------------------- acting
+def check_temperature(temperature: float) -> None:
+    """Raises ValueError unless the sampling temperature is a finite number > 0."""
+    if not (np.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+
+
 def action_from_prediction(
     pred: np.ndarray | jax.Array,
     spec: DataSpec,
     *,
     greedy: bool = True,
     rng: np.random.Generator | None = None,
+    temperature: float = 1.0,
 ) -> np.ndarray:
     """The environment action from the prediction at a predict token.
 
     Continuous: the predicted mean, clipped to the action box when it is known. Discrete:
-    the argmax of the logits (``greedy``) or a sample from their softmax.
+    the argmax of the logits (``greedy``) or a sample from the softmax of
+    ``logits / temperature`` (below 1 sharper, above 1 flatter than the model's).
 
     Args:
         pred: ``[N, act_dim]`` predictions of N rows.
         spec: the data spec (action kind and box).
         greedy: discrete only: argmax instead of sampling.
         rng: discrete sampling only.
+        temperature: discrete sampling only; > 0.
 
     Returns:
         ``[N]`` int64 ids or ``[N, act_dim]`` float32 actions.
@@ -260,7 +269,9 @@ def action_from_prediction(
             return np.argmax(pred, axis=-1).astype(np.int64)
         if rng is None:
             raise ValueError("sampling discrete actions (greedy=False) needs an rng")
-        logits = pred - pred.max(axis=-1, keepdims=True)
+        check_temperature(temperature)
+        logits = pred / temperature
+        logits = logits - logits.max(axis=-1, keepdims=True)
         p = np.exp(logits)
         p /= p.sum(axis=-1, keepdims=True)
         u = rng.random((p.shape[0], 1))

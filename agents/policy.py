@@ -63,6 +63,8 @@ class ContextPolicy:
         target_return: raw return that return-conditioned layouts aim for, reset at each
             trial (default: the best return of the data, ``spec.max_return``).
         greedy: discrete actions: argmax (True) or sample from the predicted distribution.
+        temperature: sampled discrete actions: draw from ``softmax(logits / temperature)``
+            (1: the model's own distribution; below 1 sharper).
         slide_steps: whole steps that slide out of a full row at once (1: the context is
             always the last ``context_steps`` steps, as in training windows).
         trial_context: keep earlier trials in a row's context (AT, AD: trial k is conditioned
@@ -79,9 +81,11 @@ class ContextPolicy:
         context_steps: int,
         target_return: float | None = None,
         greedy: bool = True,
+        temperature: float = 1.0,
         slide_steps: int = 1,
         trial_context: bool = True,
     ):
+        base.check_temperature(temperature)
         if context_steps < 1:
             raise ValueError(f"context_steps must be >= 1, got {context_steps}")
         if not 1 <= slide_steps <= context_steps:
@@ -104,6 +108,7 @@ class ContextPolicy:
         self.slide = slide_steps * self.k
         self.target_return = target_return
         self.greedy = greedy
+        self.temperature = float(temperature)
         self.trial_context = trial_context
         self.num_envs = 0
 
@@ -198,7 +203,8 @@ class ContextPolicy:
         if self.spec.discrete_actions and not self.greedy:
             return np.concatenate(
                 [
-                    base.action_from_prediction(pred[i : i + 1], self.spec, greedy=False, rng=r)
+                    base.action_from_prediction(pred[i : i + 1], self.spec, greedy=False, rng=r,
+                                                temperature=self.temperature)
                     for i, r in enumerate(self.rngs)
                 ]
             )
@@ -326,6 +332,7 @@ def eval_policy_from_checkpoint(
     step: int | None = None,
     target_return: float | None = None,
     greedy: bool | None = None,
+    temperature: float = 1.0,
     cached: bool = True,
     slide_steps: int | None = None,
     context_steps: int | None = None,
@@ -344,6 +351,8 @@ def eval_policy_from_checkpoint(
         target_return: raw return to condition on (default: the data's best return).
         greedy: discrete actions: argmax instead of sampling (default: the checkpoint's
             ``agent_config.evaluation``, see :class:`agents.base.EvalDefaults`).
+        temperature: sampled actions: from ``softmax(logits / temperature)`` (1: the model's
+            distribution).
         cached: decode with a KV cache (:class:`CachedPolicy`, the default) or recompute the
             whole context every step (:class:`ContextPolicy`, the oracle).
         slide_steps: whole steps that slide out of a full context at once (default: the
@@ -394,6 +403,7 @@ def eval_policy_from_checkpoint(
         layout,
         target_return=target_return,
         greedy=greedy,
+        temperature=temperature,
         cached=cached,
         slide_steps=slide_steps,
         **({} if context_steps is None else {"context_steps": context_steps}),
@@ -488,6 +498,7 @@ def functional_policy(
     context_steps: int,
     slide_steps: int = 1,
     greedy: bool = True,
+    temperature: float = 1.0,
     mesh=None,
     options: DecodeOptions | None = None,
 ):
@@ -503,7 +514,7 @@ def functional_policy(
     for it). Sampled actions (``greedy=False``) draw ``jax.random.categorical`` from
     ``fold_in(PRNGKey(policy_seed), actions taken by the row)``, so a row's actions depend
     on its own seed alone; :class:`CachedPolicy` samples from numpy instead, so the two agree
-    only when greedy.
+    only when greedy. ``temperature`` divides the logits before sampling.
 
     Raises:
         ValueError: a layout with more than one token per step, continuous actions, or bad
@@ -514,6 +525,7 @@ def functional_policy(
                          "only the one-token-per-step STEP layout (AD) is supported")
     if not spec.discrete_actions:
         raise ValueError("functional_policy: only discrete actions are supported")
+    base.check_temperature(temperature)
     if context_steps < 1 or not 1 <= slide_steps <= context_steps:
         raise ValueError(f"functional_policy: context_steps={context_steps} must be >= 1 and "
                          f"slide_steps={slide_steps} in [1, context_steps]")
@@ -613,7 +625,8 @@ def functional_policy(
             action = jnp.argmax(pred, axis=-1).astype(jnp.int32)
         else:
             keys = jax.vmap(jax.random.fold_in)(state.keys, state.acts)
-            action = jax.vmap(jax.random.categorical)(keys, pred).astype(jnp.int32)
+            action = jax.vmap(jax.random.categorical)(keys, pred / temperature).astype(
+                jnp.int32)
         new_state = FunctionalState(
             values=values, timesteps=timesteps, length=new_length, cache=cache,
             prev_action=jnp.where(act, action, state.prev_action),

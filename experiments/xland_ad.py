@@ -411,7 +411,7 @@ def jax_policy(policy):
         return functional_policy(policy.model, policy.layout, policy.spec,
                                  context_steps=policy.capacity // policy.k,
                                  slide_steps=policy.slide // policy.k,
-                                 greedy=policy.greedy), None
+                                 greedy=policy.greedy, temperature=policy.temperature), None
     except ValueError as err:
         return None, str(err)
 

@@ -126,6 +126,14 @@ def test_action_from_prediction():
     )
     freq = np.mean(draws[:, 0][:, None] == np.arange(3), axis=0)
     np.testing.assert_allclose(freq, [0.2, 0.5, 0.3], atol=0.03)  # > 4 sigma of 4000 draws
+    # Temperature 0.5 squares the probabilities (renormalised): 0.04, 0.25, 0.09 over 0.38.
+    draws = np.stack([base.action_from_prediction(logits, dspec, greedy=False, rng=rng,
+                                                  temperature=0.5) for _ in range(4000)])
+    freq = np.mean(draws[:, 0][:, None] == np.arange(3), axis=0)
+    np.testing.assert_allclose(freq, np.array([0.04, 0.25, 0.09]) / 0.38, atol=0.03)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="temperature"):
+            base.action_from_prediction(logits, dspec, greedy=False, rng=rng, temperature=bad)
 
 
 # ------------------------------------------------------------------------------ online == sampler

@@ -49,6 +49,8 @@ def test_cli_writes_report_and_plot(tmp_path, capsys):
         (["--checkpoint", "/nonexistent/run"], "--checkpoint /nonexistent/run: expected a"),
         (["--trials", "0"], "--trials must be >= 1"),
         (["--env", "NoSuchEnv-v9"], "'NoSuchEnv-v9': not in the rl_ring registry"),
+        (["--temperature", "0.5"], "--temperature applies to a trained agent"),
+        (["--temperature", "0"], "--temperature must be a finite number > 0, got 0.0"),
     ],
 )
 def test_cli_bad_input_names_the_argument(tmp_path, capsys, argv, message):

@@ -192,17 +192,18 @@ class SameKeyPolicy(CachedPolicy):
         out = np.zeros(len(pred), np.int64)
         for i in np.flatnonzero(self.mask):
             key = jax.random.fold_in(jax.random.PRNGKey(self.seeds[i]), self.count[i])
-            out[i] = int(jax.random.categorical(key, jnp.asarray(pred[i])))
+            out[i] = int(jax.random.categorical(key, jnp.asarray(pred[i]) / self.temperature))
             self.count[i] += 1
         return out
 
 
 def test_sampled_actions_match_a_python_policy_drawing_the_same_keys():
     model, layout, spec = tiny_ad(3, NUM_ACTIONS)
+    # At a sampling temperature of 0.5 on both paths (1, the default, is the xland tests').
     py = python_episodes(TOY, model, layout, spec, n=2, trials=3, seed=3, context_steps=4,
-                         policy_cls=SameKeyPolicy)
+                         policy_cls=SameKeyPolicy, temperature=0.5)
     jx = jax_episodes(TOY, model, layout, spec, n=2, trials=3, seed=3, num_steps=15,
-                      context_steps=4, greedy=False)
+                      context_steps=4, greedy=False, temperature=0.5)
     assert episodes(jx) == episodes(py)
 
 

@@ -191,3 +191,5 @@ def test_checkpoint_gives_a_cached_policy_by_default_and_the_cli_uses_it(tmp_pat
     assert outs["cached"]["config"]["policy"] == f"checkpoint:{run}"
     ep = {k: [(e["return"], e["length"]) for e in r["episodes"]] for k, r in outs.items()}
     assert ep["cached"] == ep["recompute"]
+    # --temperature reaches the checkpoint's policy.
+    assert cli.checkpoint_policy(str(run), temperature=0.25)(space).temperature == 0.25

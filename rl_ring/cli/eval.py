@@ -29,7 +29,7 @@ def checkpoint_policy(checkpoint: str, *, recompute: bool = False,
                       **options: Any) -> Callable[[Any], Policy]:
     """A training work directory's agent as ``(action_space) -> Policy``
     (``agents.eval_policy_from_checkpoint``); ``recompute`` drops the KV cache (its oracle).
-    ``options`` (greedy, slide_steps, context_steps, episode_steps) override the
+    ``options`` (greedy, temperature, slide_steps, context_steps, episode_steps) override the
     checkpoint's evaluation defaults where not None.
 
     Raises:
@@ -66,6 +66,7 @@ def wiring(cfg: EvalConfig) -> dict[str, Any]:
         policy = checkpoint_policy(
             cfg.checkpoint, recompute=cfg.policy == "recompute", greedy=greedy,
             slide_steps=cfg.slide_steps, context_steps=cfg.context_steps,
+            **({} if cfg.temperature is None else {"temperature": cfg.temperature}),
             episode_steps=cfg.max_steps or episode_steps(cfg.env))
     else:
         policy = baseline_policy(cfg.policy, cfg.env, noise=cfg.policy_noise)

@@ -15,6 +15,7 @@ half way (an exception, Ctrl-C), the seeds already finished are still written, w
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,9 @@ class EvalConfig:
     evaluation setting, e.g. AD samples, AT/DT/BC take the argmax)."""
     greedy: bool = False
     """With --checkpoint: take the argmax action (default: the checkpoint's setting)."""
+    temperature: float | None = None
+    """With --checkpoint, sampled actions: draw from softmax(logits / temperature) (default
+    1, the model's own distribution; below 1 sharper)."""
     slide_steps: int | None = None
     """With --checkpoint: steps that slide out of a full context at once (default: the
     checkpoint's: one episode for AD, 1 for the others; 0 = one episode)."""
@@ -143,7 +147,10 @@ def evaluate(
             raise ValueError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
     if cfg.sample and cfg.greedy:
         raise ValueError("--sample and --greedy: give at most one")
-    decoding = [n for n in ("sample", "greedy", "slide_steps", "context_steps")
+    if cfg.temperature is not None and not (math.isfinite(cfg.temperature)
+                                            and cfg.temperature > 0):
+        raise ValueError(f"--temperature must be a finite number > 0, got {cfg.temperature}")
+    decoding = [n for n in ("sample", "greedy", "temperature", "slide_steps", "context_steps")
                 if getattr(cfg, n) not in (False, None)]
     if decoding and cfg.checkpoint is None:
         raise ValueError(f"--{decoding[0].replace('_', '-')} applies to a trained agent: "

@@ -11,11 +11,25 @@ trained run's final training loss and accuracy (the mean of ``metrics.jsonl`` ov
 ``--last-steps`` optimiser steps). The gap is what training has not learnt yet: a model at
 the floor acts as Thompson sampling does (given a window that holds all it needs).
 
+The trained runs are also scored on those fresh histories directly: each run's loss per
+pull, teacher-forced (the recorded Thompson arms in context, no dropout), with its windows cut
+back to back. Its mean minus the floor is the run's mean KL divergence from Thompson
+sampling's action distribution; its argmax accuracy against the ceiling says whether it has
+found Thompson sampling's most likely arm.
+
+With ``--sweep-run NAME`` it instead plays one finished run on the experiment's held-out
+bandits at several sampling temperatures (0: the argmax), next to Thompson sampling, UCB1
+and random on the same bandits: whether a sharper (or a flatter) distribution than the
+model's own changes its regret.
+
 Usage::
 
     python -m experiments.context_scaling_floor --workdir runs/context_scaling/bandit-hard
+    python -m experiments.context_scaling_floor --workdir runs/context_scaling/bandit-hard \
+        --sweep-run ad-w4096-seed0
 
-Writes ``<out>/context_scaling_floor.json`` and ``.png``.
+Writes ``<out>/context_scaling_floor.json`` and ``.png`` (the sweep:
+``context_scaling_temperature.json`` / ``.png``).
 """
 
 from __future__ import annotations
@@ -31,6 +45,7 @@ from typing import Any
 import numpy as np
 
 RESULTS = "context_scaling_floor"
+RESULTS_SWEEP = "context_scaling_temperature"
 
 
 def log(msg: str) -> None:
@@ -164,6 +179,33 @@ def model_nll(run_dir: Path, store, pulls: int, batch: int = 8) -> dict[str, np.
     return {"nll": nll, "correct": correct}
 
 
+def temperature_sweep(cfg, run_dir: Path, temperatures: tuple[float, ...], tasks: int,
+                      pulls: int = 0) -> list[dict[str, Any]]:
+    """One trained run played on the first ``tasks`` held-out bandits of the experiment
+    (``pulls``, default ``eval_episodes``, in one context, as the experiment plays them) at
+    each sampling
+    temperature (0: the argmax action): cumulative regret, ± SE over bandits."""
+    from agents.policy import eval_policy_from_checkpoint
+    from experiments import context_scaling as cs
+
+    params = cs.family(cfg.env)
+    means = params.means_of(cs.heldout_tasks(cfg)[:tasks])
+    rows = []
+    for tau in temperatures:
+        policy = eval_policy_from_checkpoint(
+            run_dir, episode_steps=cfg.episode_steps, greedy=tau == 0,
+            **({} if tau == 0 else {"temperature": tau}))
+        played = cs.play_policy(policy, params, means, pulls or cfg.eval_episodes,
+                                seed=cfg.seed + 2000)
+        rows.append({"temperature": tau, "greedy": tau == 0, "tasks": len(means),
+                     "pulls": pulls or cfg.eval_episodes,
+                     "regret": played["final_mean"], "regret_sem": played["final_sem"],
+                     "wall_s": played["wall_s"]})
+        log(f"{run_dir.parent.name} at temperature {tau}: regret {played['final_mean']:.1f} "
+            f"+- {played['final_sem']:.1f} ({played['wall_s']:.0f} s)")
+    return rows
+
+
 def run_losses(workdir: Path, last_steps: int) -> list[dict[str, Any]]:
     """Every trained run in ``workdir`` (``<agent>-w<W>-seed<S>/train/metrics.jsonl``): its
     final training loss and accuracy (means over the logs of the last ``last_steps`` steps)
@@ -279,6 +321,15 @@ class Args:
     """Posterior draws per history and position."""
     stride: int = 16
     """Estimate p_t at every stride-th pull."""
+    sweep_run: str = ""
+    """Instead of the floor: play this run of --workdir (e.g. ad-w4096-seed0) at each of
+    --temperatures and write context_scaling_temperature.json / .png."""
+    temperatures: tuple[float, ...] = (1.0, 0.5, 0.25, 0.0)
+    """Sampling temperatures of the sweep (0: the argmax action)."""
+    sweep_tasks: int = 64
+    """Held-out bandits of the sweep (the first of the experiment's)."""
+    sweep_pulls: int = 0
+    """Pulls per bandit of the sweep (0: the experiment's evaluation length)."""
     bin: int = 64
     """Pulls per point of the saved per-pull curves."""
     last_steps: int = 100
@@ -291,12 +342,126 @@ class Args:
     """Replace result files already in --out."""
 
 
+def floor_analysis(args: Args, cfg, work: Path, path: Path) -> dict[str, Any]:
+    """The floor and every finished run's loss on fresh histories; writes JSON + PNG."""
+    from envs.learners.bandits import bandit_histories
+    from experiments import context_scaling as cs
+    from rl_ring.io import write_json
+
+    runs = run_losses(work, args.last_steps)
+    if not runs:
+        raise ValueError(f"--workdir {work}: no finished <agent>-w<W>-seed<S> run (train/"
+                         f"metrics.jsonl and record.json) in it")
+    params = cs.family(args.env)
+    tasks = cs.training_tasks(cfg)[: args.histories]
+    pulls = args.pulls or cfg.history_episodes
+    t0 = time.perf_counter()
+    floor = imitation_floor(params, params.means_of(tasks), pulls, args.seed,
+                            samples=args.samples, stride=args.stride)
+    floor_s = time.perf_counter() - t0
+    # The same histories (play() with the same bandits and seed) as an EpisodeStore.
+    store = bandit_histories(args.env, params, tasks, "thompson", pulls, args.seed)
+    curves, bins = {}, np.arange(pulls) // args.bin
+    for r in runs:
+        scored = model_nll(work / f"{r['agent']}-w{r['window']}-seed{r['seed']}" / "train",
+                           store, pulls)
+        r["nll_by_pull"] = scored["nll"].mean(axis=0).tolist()
+        r["accuracy_by_pull"] = scored["correct"].mean(axis=0).tolist()
+        log(f"{r['agent']}-w{r['window']}-seed{r['seed']}: loss on fresh histories "
+            f"{scored['nll'].mean():.3f}")
+    for key in sorted({f"{r['agent']}-w{r['window']}" for r in runs}):
+        rs = [r for r in runs if f"{r['agent']}-w{r['window']}" == key]
+        nll = np.mean([r["nll_by_pull"] for r in rs], axis=0)
+        hit = np.mean([r["accuracy_by_pull"] for r in rs], axis=0)
+        curves[key] = {"x": (np.bincount(bins, np.arange(pulls)) / np.bincount(bins)).tolist(),
+                       "nll": (np.bincount(bins, nll) / np.bincount(bins)).tolist(),
+                       "accuracy": (np.bincount(bins, hit) / np.bincount(bins)).tolist()}
+    result = {"env": args.env, "workdir": str(work), "histories": len(tasks), "pulls": pulls,
+              "samples": args.samples, "stride": args.stride, "last_steps": args.last_steps,
+              **summarize(floor, runs), "floor_curve": floor, "curves": curves,
+              "runs": [{k: v for k, v in r.items() if not k.endswith("_by_pull")}
+                       for r in runs],
+              "floor_wall_s": floor_s, "wall_s": time.perf_counter() - t0}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result["files"] = {"plot": plot(result, path.with_suffix(".png")).name}
+    write_json(result, path.with_suffix(".json"))
+    f = result["floor"]
+    print(f"floor over pulls 0-{pulls}: entropy {f['entropy']['all']:.3f} nats, top "
+          f"probability {f['top_probability']['all']:.3f}")
+    for c in result["configs"]:
+        print(f"{c['agent']} window {c['window']} ({len(c['seeds'])} seeds): loss on fresh "
+              f"histories {c['nll']['all']:.3f} +- {c['nll_std']:.3f} "
+              f"({c['nll_above_floor']['all']:+.3f} above the floor), accuracy "
+              f"{c['accuracy']['all']:.3f} (ceiling {f['top_probability']['all']:.3f})")
+    return result
+
+
+def sweep_analysis(args: Args, cfg, work: Path, path: Path) -> dict[str, Any]:
+    """The temperature sweep of one run next to the sources on the same bandits."""
+    from envs.learners.bandits import play
+    from experiments import context_scaling as cs
+    from rl_ring.io import write_json
+
+    if not (work / args.sweep_run / "record.json").exists():
+        raise ValueError(f"--sweep-run {args.sweep_run}: no finished run of that name in "
+                         f"{work}")
+    for tau in args.temperatures:
+        if not (np.isfinite(tau) and tau >= 0):
+            raise ValueError(f"--temperatures: {tau} is not a number >= 0 (0: the argmax)")
+    t0 = time.perf_counter()
+    rows = temperature_sweep(cfg, work / args.sweep_run / "train", tuple(args.temperatures),
+                             args.sweep_tasks, args.sweep_pulls)
+    params = cs.family(args.env)
+    means = params.means_of(cs.heldout_tasks(cfg)[: args.sweep_tasks])
+    pulls = args.sweep_pulls or cfg.eval_episodes
+    sources = {}
+    for i, learner in enumerate(("thompson", "ucb", "random")):
+        regret = play(params, means, learner, pulls, seed=cfg.seed + 1000 + i)["regret"]
+        final = regret.sum(axis=1)
+        sources[learner] = {"regret": float(final.mean()),
+                            "regret_sem": float(final.std(ddof=1) / np.sqrt(len(final)))}
+    result = {"env": args.env, "workdir": str(work), "run": args.sweep_run,
+              "tasks": len(means), "pulls": pulls, "rows": rows, "sources": sources,
+              "wall_s": time.perf_counter() - t0}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result["files"] = {"plot": plot_sweep(result, path.with_suffix(".png")).name}
+    write_json(result, path.with_suffix(".json"))
+    for r in rows:
+        print(f"temperature {r['temperature']}{' (argmax)' if r['greedy'] else ''}: regret "
+              f"{r['regret']:.1f} +- {r['regret_sem']:.1f}")
+    for name, b in sources.items():
+        print(f"{name}: regret {b['regret']:.1f} +- {b['regret_sem']:.1f}")
+    return result
+
+
+def plot_sweep(result: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rows = result["rows"]
+    labels = [("argmax" if r["greedy"] else f"T={r['temperature']:g}") for r in rows]
+    ax.bar(labels, [r["regret"] for r in rows], yerr=[r["regret_sem"] for r in rows],
+           color="tab:blue", capsize=3, label=result["run"])
+    for (name, b), ls in zip(result["sources"].items(), ("-", "--", ":"), strict=True):
+        ax.axhline(b["regret"], color="black", ls=ls, label=name)
+    ax.set(ylabel=f"cumulative regret at {result['pulls']} pulls",
+           title=f"{result['run']}: sampling temperature, {result['tasks']} held-out bandits")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: ``python -m experiments.context_scaling_floor [options]``."""
     import tyro
 
     from experiments import context_scaling as cs
-    from rl_ring.io import check_results, write_json
+    from rl_ring.io import check_results
 
     args = tyro.cli(Args, args=sys.argv[1:] if argv is None else argv,
                     prog="python -m experiments.context_scaling_floor", description=__doc__)
@@ -308,61 +473,17 @@ def main(argv: list[str] | None = None) -> int:
         if not work.is_dir():
             raise ValueError(f"--workdir {work}: no such folder (expected a context-scaling "
                              f"work folder holding <agent>-w<W>-seed<S>/train runs)")
-        path = Path(args.out) / RESULTS
+        path = Path(args.out) / (RESULTS_SWEEP if args.sweep_run else RESULTS)
         check_results([path.with_suffix(".json"), path.with_suffix(".png")],
                       workdir=None, overwrite=args.overwrite,
                       what="context_scaling_floor's results")
-        runs = run_losses(work, args.last_steps)
-        if not runs:
-            raise ValueError(f"--workdir {work}: no <agent>-w<W>-seed<S>/train/metrics.jsonl "
-                             f"in it")
-        from envs.learners.bandits import bandit_histories
-
-        params = cs.family(args.env)
-        tasks = cs.training_tasks(cfg)[: args.histories]
-        pulls = args.pulls or cfg.history_episodes
-        t0 = time.perf_counter()
-        floor = imitation_floor(params, params.means_of(tasks), pulls, args.seed,
-                                samples=args.samples, stride=args.stride)
-        floor_s = time.perf_counter() - t0
-        # The same histories (play() with the same bandits and seed) as an EpisodeStore.
-        store = bandit_histories(args.env, params, tasks, "thompson", pulls, args.seed)
-        curves, bins = {}, np.arange(pulls) // args.bin
-        for r in runs:
-            scored = model_nll(work / f"{r['agent']}-w{r['window']}-seed{r['seed']}" / "train",
-                               store, pulls)
-            r["nll_by_pull"] = scored["nll"].mean(axis=0).tolist()
-            r["accuracy_by_pull"] = scored["correct"].mean(axis=0).tolist()
-            log(f"{r['agent']}-w{r['window']}-seed{r['seed']}: loss on fresh histories "
-                f"{scored['nll'].mean():.3f}")
-        for key in sorted({f"{r['agent']}-w{r['window']}" for r in runs}):
-            rs = [r for r in runs if f"{r['agent']}-w{r['window']}" == key]
-            nll = np.mean([r["nll_by_pull"] for r in rs], axis=0)
-            hit = np.mean([r["accuracy_by_pull"] for r in rs], axis=0)
-            curves[key] = {"x": (np.bincount(bins, np.arange(pulls)) / np.bincount(bins)).tolist(),
-                           "nll": (np.bincount(bins, nll) / np.bincount(bins)).tolist(),
-                           "accuracy": (np.bincount(bins, hit) / np.bincount(bins)).tolist()}
-        result = {"env": args.env, "histories": len(tasks), "pulls": pulls,
-                  "samples": args.samples, "stride": args.stride,
-                  "last_steps": args.last_steps, **summarize(floor, runs),
-                  "floor_curve": floor, "curves": curves,
-                  "runs": [{k: v for k, v in r.items() if not k.endswith("_by_pull")}
-                           for r in runs],
-                  "floor_wall_s": floor_s, "wall_s": time.perf_counter() - t0}
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        result["files"] = {"plot": plot(result, path.with_suffix(".png")).name}
-        write_json(result, path.with_suffix(".json"))
+        if args.sweep_run:
+            sweep_analysis(args, cfg, work, path)
+        else:
+            floor_analysis(args, cfg, work, path)
     except (ValueError, OSError) as err:
         print(f"context_scaling_floor: {err}", file=sys.stderr)
         return 2
-    f = result["floor"]
-    print(f"floor over pulls 0-{pulls}: entropy {f['entropy']['all']:.3f} nats, top "
-          f"probability {f['top_probability']['all']:.3f}")
-    for c in result["configs"]:
-        print(f"{c['agent']} window {c['window']} ({len(c['seeds'])} seeds): loss on fresh "
-              f"histories {c['nll']['all']:.3f} +- {c['nll_std']:.3f} "
-              f"({c['nll_above_floor']['all']:+.3f} above the floor), accuracy "
-              f"{c['accuracy']['all']:.3f} (ceiling {f['top_probability']['all']:.3f})")
     return 0
 
 

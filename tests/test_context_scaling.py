@@ -240,6 +240,22 @@ def test_tiny_bandit_end_to_end(tmp_path, capsys):
     assert (c["window"], c["seeds"]) == (32, [0])
     assert len(fl["floor_curve"]["positions"]) == 8 and fl["curves"]["ad-w32"]["x"][0] == 7.5
     _check_nll_against_loss_fn(ckpt, c["nll_per_seed"][0], pulls=64, histories=2)
+    # The temperature sweep of that run, next to the sources on the same bandits.
+    sargv = fargv[:2] + ["--out", str(out), "--sweep-run", "ad-w32-seed0", "--temperatures",
+                         "1", "0", "--sweep-tasks", "3", "--sweep-pulls", "20"]
+    assert csf.main(sargv) == 0
+    sw = json.loads((out / "context_scaling_temperature.json").read_text())
+    assert (out / "context_scaling_temperature.png").stat().st_size > 10_000
+    assert [(r["temperature"], r["greedy"], r["tasks"], r["pulls"]) for r in sw["rows"]] == [
+        (1.0, False, 3, 20), (0.0, True, 3, 20)]
+    assert all(0 <= r["regret"] <= 20 * 0.4 for r in sw["rows"])  # arms in [0.3, 0.7)
+    means = cs.family("bandit-hard").means_of(cs.heldout_tasks(cs.main_config())[:3])
+    ts = play(cs.family("bandit-hard"), means, "thompson", 20, seed=1000)
+    assert sw["sources"]["thompson"]["regret"] == pytest.approx(ts["regret"].sum(1).mean())
+    capsys.readouterr()
+    assert csf.main(fargv[:2] + ["--out", str(tmp_path / "o2"), "--sweep-run",
+                                 "ad-w64-seed0"]) == 2
+    assert "--sweep-run ad-w64-seed0: no finished run" in capsys.readouterr().err
     assert csf.main(fargv) == 2  # results exist
 
 

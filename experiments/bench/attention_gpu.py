@@ -243,7 +243,9 @@ def run(cfg: GPUBenchConfig, save=None) -> dict:
                             "impl": impl, "head_dim": d, "causal": causal, "seq_len": seq,
                             "mode": mode, "runs_ms": [round(r * 1e3, 3) for r in runs],
                             "median_ms": round(ms, 3),
-                            "tflop_per_s": round(flops / (ms * 1e-3) / 1e12, 3),
+                            # 4 significant digits: the CPU dry run's ~1e-4 TFLOP/s
+                            # rounded to 3 decimals became 0 (and ratios of it 0 / 0).
+                            "tflop_per_s": float(f"{flops / (ms * 1e-3) / 1e12:.4g}"),
                         }
                         if ms * 1e-3 > cfg.case_budget:
                             stopped.add(impl)

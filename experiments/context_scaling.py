@@ -433,13 +433,8 @@ def baselines(cfg: ScalingConfig, workdir: Path) -> dict[str, Any]:
     """Bandits: Thompson sampling, UCB1 and random arms on the held-out bandits. Grids: each
     source's own learning history on every held-out task, and a random policy."""
     if cfg.bandit:
-        from envs.learners.bandits import play
-
-        params = family(cfg.env)
-        means = params.means_of(heldout_tasks(cfg))
-        return {name: regret_summary(play(params, means, name, cfg.eval_episodes,
-                                          seed=cfg.seed + 1000 + i)["regret"])
-                for i, name in enumerate(BASELINES)}
+        return bandit_baselines(cfg, family(cfg.env).means_of(heldout_tasks(cfg)),
+                                cfg.eval_episodes)
     tasks, optimal = heldout_tasks(cfg), optimal_returns(cfg)
     out = {}
     for i, learner in enumerate(cfg.learners):
@@ -451,6 +446,17 @@ def baselines(cfg: ScalingConfig, workdir: Path) -> dict[str, Any]:
     report = grid_evaluate(cfg, None, workdir / "baseline_random", trials)
     out["random"] = return_summary(report_returns(report, tasks, trials), optimal)
     return out
+
+
+def bandit_baselines(cfg: ScalingConfig, means: np.ndarray, pulls: int) -> dict[str, Any]:
+    """Thompson sampling, UCB1 and random arms for ``pulls`` pulls on the bandits ``means``
+    ``[B, arms]``: their regret summaries."""
+    from envs.learners.bandits import play
+
+    params = family(cfg.env)
+    return {name: regret_summary(play(params, means, name, pulls,
+                                      seed=cfg.seed + 1000 + i)["regret"])
+            for i, name in enumerate(BASELINES)}
 
 
 def grid_evaluate(cfg: ScalingConfig, policy, out: Path, trials: int) -> dict[str, Any]:

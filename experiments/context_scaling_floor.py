@@ -131,6 +131,7 @@ def model_nll(run_dir: Path, store, pulls: int, batch: int = 8) -> dict[str, np.
     """
     import jax
     import jax.numpy as jnp
+    from flax import nnx
 
     from agents import registry
     from agents.run import load_checkpoint
@@ -144,10 +145,10 @@ def model_nll(run_dir: Path, store, pulls: int, batch: int = 8) -> dict[str, np.
     sampler = module.make_sampler(store, tcfg.agent_config, batch_size=batch, seed=0,
                                   norm=norm)
 
+    graph, graph_state = nnx.split(model)
+
     @jax.jit
     def score(graph_state, tokens):
-        from flax import nnx
-
         m = nnx.merge(graph, graph_state)
         logits = m(tokens, deterministic=True).astype(jnp.float32)
         logp = jax.nn.log_softmax(logits, axis=-1)
@@ -155,9 +156,6 @@ def model_nll(run_dir: Path, store, pulls: int, batch: int = 8) -> dict[str, np.
         nll = -jnp.take_along_axis(logp, ids[..., None], axis=-1)[..., 0]
         return nll, (jnp.argmax(logits, axis=-1) == ids), tokens["loss_mask"]
 
-    from flax import nnx
-
-    graph, graph_state = nnx.split(model)
     specs = [(hist, hist * pulls + s) for hist in range(h) for s in range(0, pulls, w)]
     nll, correct = np.zeros((h, pulls)), np.zeros((h, pulls), bool)
     for i in range(0, len(specs), batch):
@@ -179,26 +177,23 @@ def model_nll(run_dir: Path, store, pulls: int, batch: int = 8) -> dict[str, np.
     return {"nll": nll, "correct": correct}
 
 
-def temperature_sweep(cfg, run_dir: Path, temperatures: tuple[float, ...], tasks: int,
-                      pulls: int = 0) -> list[dict[str, Any]]:
-    """One trained run played on the first ``tasks`` held-out bandits of the experiment
-    (``pulls``, default ``eval_episodes``, in one context, as the experiment plays them) at
-    each sampling
-    temperature (0: the argmax action): cumulative regret, ± SE over bandits."""
+def temperature_sweep(cfg, run_dir: Path, temperatures: tuple[float, ...],
+                      means: np.ndarray, pulls: int) -> list[dict[str, Any]]:
+    """One trained run played on the bandits ``means`` (``pulls`` in one context, as the
+    experiment plays them) at each sampling temperature (0: the argmax action): cumulative
+    regret, ± SE over bandits."""
     from agents.policy import eval_policy_from_checkpoint
     from experiments import context_scaling as cs
 
     params = cs.family(cfg.env)
-    means = params.means_of(cs.heldout_tasks(cfg)[:tasks])
     rows = []
     for tau in temperatures:
         policy = eval_policy_from_checkpoint(
             run_dir, episode_steps=cfg.episode_steps, greedy=tau == 0,
             **({} if tau == 0 else {"temperature": tau}))
-        played = cs.play_policy(policy, params, means, pulls or cfg.eval_episodes,
-                                seed=cfg.seed + 2000)
+        played = cs.play_policy(policy, params, means, pulls, seed=cfg.seed + 2000)
         rows.append({"temperature": tau, "greedy": tau == 0, "tasks": len(means),
-                     "pulls": pulls or cfg.eval_episodes,
+                     "pulls": pulls,
                      "regret": played["final_mean"], "regret_sem": played["final_sem"],
                      "wall_s": played["wall_s"]})
         log(f"{run_dir.parent.name} at temperature {tau}: regret {played['final_mean']:.1f} "
@@ -362,6 +357,7 @@ def floor_analysis(args: Args, cfg, work: Path, path: Path) -> dict[str, Any]:
     # The same histories (play() with the same bandits and seed) as an EpisodeStore.
     store = bandit_histories(args.env, params, tasks, "thompson", pulls, args.seed)
     curves, bins = {}, np.arange(pulls) // args.bin
+    counts = np.bincount(bins)
     for r in runs:
         scored = model_nll(work / f"{r['agent']}-w{r['window']}-seed{r['seed']}" / "train",
                            store, pulls)
@@ -373,9 +369,8 @@ def floor_analysis(args: Args, cfg, work: Path, path: Path) -> dict[str, Any]:
         rs = [r for r in runs if f"{r['agent']}-w{r['window']}" == key]
         nll = np.mean([r["nll_by_pull"] for r in rs], axis=0)
         hit = np.mean([r["accuracy_by_pull"] for r in rs], axis=0)
-        curves[key] = {"x": (np.bincount(bins, np.arange(pulls)) / np.bincount(bins)).tolist(),
-                       "nll": (np.bincount(bins, nll) / np.bincount(bins)).tolist(),
-                       "accuracy": (np.bincount(bins, hit) / np.bincount(bins)).tolist()}
+        curves[key] = {name: (np.bincount(bins, y) / counts).tolist() for name, y in
+                       (("x", np.arange(pulls)), ("nll", nll), ("accuracy", hit))}
     result = {"env": args.env, "workdir": str(work), "histories": len(tasks), "pulls": pulls,
               "samples": args.samples, "stride": args.stride, "last_steps": args.last_steps,
               **summarize(floor, runs), "floor_curve": floor, "curves": curves,
@@ -398,7 +393,6 @@ def floor_analysis(args: Args, cfg, work: Path, path: Path) -> dict[str, Any]:
 
 def sweep_analysis(args: Args, cfg, work: Path, path: Path) -> dict[str, Any]:
     """The temperature sweep of one run next to the sources on the same bandits."""
-    from envs.learners.bandits import play
     from experiments import context_scaling as cs
     from rl_ring.io import write_json
 
@@ -409,17 +403,12 @@ def sweep_analysis(args: Args, cfg, work: Path, path: Path) -> dict[str, Any]:
         if not (np.isfinite(tau) and tau >= 0):
             raise ValueError(f"--temperatures: {tau} is not a number >= 0 (0: the argmax)")
     t0 = time.perf_counter()
-    rows = temperature_sweep(cfg, work / args.sweep_run / "train", tuple(args.temperatures),
-                             args.sweep_tasks, args.sweep_pulls)
-    params = cs.family(args.env)
-    means = params.means_of(cs.heldout_tasks(cfg)[: args.sweep_tasks])
+    means = cs.family(args.env).means_of(cs.heldout_tasks(cfg)[: args.sweep_tasks])
     pulls = args.sweep_pulls or cfg.eval_episodes
-    sources = {}
-    for i, learner in enumerate(("thompson", "ucb", "random")):
-        regret = play(params, means, learner, pulls, seed=cfg.seed + 1000 + i)["regret"]
-        final = regret.sum(axis=1)
-        sources[learner] = {"regret": float(final.mean()),
-                            "regret_sem": float(final.std(ddof=1) / np.sqrt(len(final)))}
+    rows = temperature_sweep(cfg, work / args.sweep_run / "train", tuple(args.temperatures),
+                             means, pulls)
+    sources = {name: {"regret": b["final_mean"], "regret_sem": b["final_sem"]}
+               for name, b in cs.bandit_baselines(cfg, means, pulls).items()}
     result = {"env": args.env, "workdir": str(work), "run": args.sweep_run,
               "tasks": len(means), "pulls": pulls, "rows": rows, "sources": sources,
               "wall_s": time.perf_counter() - t0}

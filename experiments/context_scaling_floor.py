@@ -1,21 +1,28 @@
-"""How close AD's bandit models come to imitating their source: Thompson sampling's floor.
+"""How close the bandit models come to their training targets: the imitation floor.
 
 AD is trained to predict Thompson sampling's next arm from the pulls before it. No model can
 do better on those targets than Thompson sampling's own action distribution: at pull ``t``
 its action is arm ``a`` with probability ``p_t(a) = P(a's posterior draw is the largest)``
-under the Beta posteriors of the pulls so far. So the lowest reachable training loss is the
-entropy ``H(p_t)`` (averaged over pulls), and the highest reachable accuracy (argmax
-prediction) is ``max_a p_t(a)``. This script estimates both by Monte Carlo on fresh
-Thompson histories of training bandits, per pull position, and puts next to them each
+under the Beta(1, 1)-prior posteriors of the pulls so far. So the lowest reachable training
+loss is the entropy ``H(p_t)`` (averaged over pulls), and the highest reachable accuracy
+(argmax prediction) is ``max_a p_t(a)``.
+
+DPT is trained to predict the *best* arm from uniformly random pulls. Its targets' own
+distribution given the pulls is the posterior probability that each arm is the best under
+the family's prior (``bandit-hard``: means uniform in [0.3, 0.7), so Beta posteriors
+truncated to that range): ``p*_t(a)``, the action distribution of posterior sampling that
+knows the prior. Its entropy is DPT's floor, ``max_a p*_t(a)`` its ceiling.
+
+This script estimates both by Monte Carlo on fresh histories of training bandits (Thompson
+sampling's for AD, uniform pulls for DPT), per pull position, and puts next to them each
 trained run's final training loss and accuracy (the mean of ``metrics.jsonl`` over the last
-``--last-steps`` optimiser steps). The gap is what training has not learnt yet: a model at
-the floor acts as Thompson sampling does (given a window that holds all it needs).
+``--last-steps`` optimiser steps). The gap is what training has not learnt yet.
 
 The trained runs are also scored on those fresh histories directly: each run's loss per
-pull, teacher-forced (the recorded Thompson arms in context, no dropout), with its windows cut
-back to back. Its mean minus the floor is the run's mean KL divergence from Thompson
-sampling's action distribution; its argmax accuracy against the ceiling says whether it has
-found Thompson sampling's most likely arm.
+pull on its agent's targets, teacher-forced (the recorded arms in context, no dropout), with
+its windows cut back to back. Its mean minus the floor is the run's mean KL divergence from
+the targets' distribution; its argmax accuracy against the ceiling says whether it has found
+the likeliest target.
 
 With ``--sweep-run NAME`` it instead plays one finished run on the experiment's held-out
 bandits at several sampling temperatures (0: the argmax), next to Thompson sampling, UCB1
@@ -56,18 +63,36 @@ BUCKETS = ((0, 256), (256, 1024), (1024, 4096))
 """Pull ranges the floor is also reported over."""
 
 
+def truncated_beta(alpha: np.ndarray, beta: np.ndarray, low: float, high: float,
+                   samples: int, rng: np.random.Generator) -> np.ndarray:
+    """``samples`` draws of Beta(alpha, beta) restricted to ``[low, high]`` (inverse CDF),
+    ``[samples, *alpha.shape]``."""
+    from scipy.special import betainc, betaincinv
+
+    f_lo, f_hi = betainc(alpha, beta, low), betainc(alpha, beta, high)
+    u = f_lo + (f_hi - f_lo) * rng.random((samples, *np.shape(alpha)))
+    # Where the posterior's mass in the range underflows, u sits at a bound: clip.
+    return np.clip(betaincinv(alpha, beta, u), low, high)
+
+
 def thompson_action_probs(alpha: np.ndarray, beta: np.ndarray, samples: int,
-                          rng: np.random.Generator) -> np.ndarray:
-    """Monte Carlo estimate of Beta-Bernoulli Thompson sampling's action probabilities.
+                          rng: np.random.Generator,
+                          support: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """Monte Carlo estimate of Beta-Bernoulli posterior sampling's action probabilities.
 
     Args:
         alpha, beta: ``[B, K]`` Beta posterior parameters of ``B`` histories' ``K`` arms.
         samples: posterior draws per history.
+        support: the prior's range of the means (a uniform prior on it: the posterior is the
+            Beta truncated to it). ``(0, 1)``: Thompson sampling's Beta(1, 1) prior.
 
     Returns:
         ``[B, K]``: the fraction of draws in which each arm's sample was the largest.
     """
-    draws = rng.beta(alpha, beta, size=(samples, *alpha.shape))
+    if tuple(support) == (0.0, 1.0):
+        draws = rng.beta(alpha, beta, size=(samples, *alpha.shape))
+    else:
+        draws = truncated_beta(alpha, beta, *support, samples, rng)
     best = np.argmax(draws, axis=-1)  # [samples, B]
     k = alpha.shape[-1]
     return np.stack([(best == a).mean(axis=0) for a in range(k)], axis=-1)
@@ -81,13 +106,27 @@ def entropy(p: np.ndarray, samples: int) -> np.ndarray:
     return plug_in + (np.count_nonzero(p, axis=-1) - 1) / (2.0 * samples)
 
 
-def imitation_floor(params, means: np.ndarray, pulls: int, seed: int, *, samples: int,
-                    stride: int) -> dict[str, Any]:
-    """Thompson sampling's own action entropy and top probability along its histories.
+FLOORS = {
+    # agent: (the learner whose histories it reads, the prior of its targets' distribution)
+    "ad": ("thompson", "uniform"),
+    "dpt": ("random", "family"),
+}
+"""What each agent's floor is estimated on: AD imitates Thompson sampling (Beta(1, 1)
+prior); DPT predicts the best arm from uniform pulls (the family's own prior)."""
 
-    Plays Thompson sampling (:func:`envs.learners.bandits.play`) on every bandit of ``means``
-    ``[B, arms]`` for ``pulls`` pulls, rebuilds the Beta(1, 1)-prior posteriors before each
-    pull and estimates ``p_t`` at every ``stride``-th pull.
+
+def imitation_floor(params, means: np.ndarray, pulls: int, seed: int, *, samples: int,
+                    stride: int, learner: str = "thompson",
+                    prior: str = "uniform") -> dict[str, Any]:
+    """The entropy and top probability of posterior sampling's action distribution along
+    histories of ``learner``.
+
+    Plays ``learner`` (:func:`envs.learners.bandits.play`) on every bandit of ``means``
+    ``[B, arms]`` for ``pulls`` pulls, rebuilds the posteriors before each pull and
+    estimates ``p_t`` at every ``stride``-th pull. ``prior="uniform"``: Beta(1, 1), Thompson
+    sampling's own action distribution (AD's targets on Thompson histories).
+    ``prior="family"``: the family's uniform prior on ``[low, high)``, the distribution of
+    the best arm given the pulls (DPT's targets).
 
     Returns:
         ``positions`` (pull index t, 0-based), ``entropy`` and ``top_probability``: per
@@ -98,7 +137,10 @@ def imitation_floor(params, means: np.ndarray, pulls: int, seed: int, *, samples
     if params.distribution != "bernoulli":
         raise ValueError(f"the floor is computed for Bernoulli bandits; got "
                          f"{params.distribution!r}")
-    out = play(params, means, "thompson", pulls, seed)
+    if prior not in ("uniform", "family"):
+        raise ValueError(f"prior {prior!r}: expected 'uniform' or 'family'")
+    support = (0.0, 1.0) if prior == "uniform" else (params.low, params.high)
+    out = play(params, means, learner, pulls, seed)
     arms, rewards = out["arms"], out["rewards"]
     b, k = means.shape
     rng = np.random.default_rng([seed, 17])
@@ -112,7 +154,7 @@ def imitation_floor(params, means: np.ndarray, pulls: int, seed: int, *, samples
             wins[rows, arms[:, s]] += rewards[:, s]
             pulled[rows, arms[:, s]] += 1.0
         t_prev = t
-        p = thompson_action_probs(1.0 + wins, 1.0 + pulled - wins, samples, rng)
+        p = thompson_action_probs(1.0 + wins, 1.0 + pulled - wins, samples, rng, support)
         ent[i] = entropy(p, samples).mean()
         top[i] = p.max(axis=-1).mean()
     return {"positions": positions.tolist(), "entropy": ent.tolist(),
@@ -120,30 +162,48 @@ def imitation_floor(params, means: np.ndarray, pulls: int, seed: int, *, samples
 
 
 def model_nll(run_dir: Path, store, pulls: int, batch: int = 8) -> dict[str, np.ndarray]:
-    """A trained AD run's loss on fresh histories, per pull (teacher-forced, no dropout).
+    """A trained run's loss on its agent's targets in fresh histories, per pull
+    (teacher-forced, no dropout).
 
     The histories of ``store`` (``pulls`` one-pull episodes each) are cut into the run's
     windows back to back (pull ``t`` sits at index ``t mod window`` of its window, as a
-    window drawn in training at that start sees it), and each window is scored whole.
+    window drawn in training at that start sees it), and each window is scored whole. AD's
+    target is the recorded arm; DPT's the best arm (``store.extras["optimal_actions"]``), its
+    in-context dataset the history itself (grouped by ``history_id``).
 
     Returns:
-        ``nll`` and ``correct`` (argmax equals the recorded arm), ``[histories, pulls]``.
+        ``nll`` and ``correct`` (argmax equals the target), ``[histories, pulls]``.
     """
+    import dataclasses
+
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
     from agents import registry
     from agents.run import load_checkpoint
+    from rl_ring.data.samplers.dpt import label_array
 
     model, tcfg, norm, _ = load_checkpoint(run_dir, attn_impl="blockwise")
     module = registry.get(tcfg.agent)
-    w = tcfg.agent_config.window_steps
+    acfg = tcfg.agent_config
+    h = store.num_episodes // pulls
+    if tcfg.agent == "ad":
+        w, targets = acfg.window_steps, np.asarray(store.actions)
+
+        def spec(hist, start):  # history samplers: absolute stream start
+            return {"history": hist, "start": hist * pulls + start}
+    elif tcfg.agent == "dpt":
+        acfg = dataclasses.replace(acfg, group_key="history_id", context="window")
+        w, targets = acfg.context_steps, label_array(store, acfg.label_key)
+
+        def spec(hist, start):  # groups are the histories 0 .. h-1, start inside the group
+            return {"group": hist, "start": start}
+    else:
+        raise ValueError(f"{run_dir}: agent {tcfg.agent!r} has no bandit floor (ad, dpt)")
     if pulls % w:
         raise ValueError(f"{run_dir}: window {w} does not divide {pulls} pulls")
-    h = store.num_episodes // pulls
-    sampler = module.make_sampler(store, tcfg.agent_config, batch_size=batch, seed=0,
-                                  norm=norm)
+    sampler = module.make_sampler(store, acfg, batch_size=batch, seed=0, norm=norm)
 
     graph, graph_state = nnx.split(model)
 
@@ -156,21 +216,21 @@ def model_nll(run_dir: Path, store, pulls: int, batch: int = 8) -> dict[str, np.
         nll = -jnp.take_along_axis(logp, ids[..., None], axis=-1)[..., 0]
         return nll, (jnp.argmax(logits, axis=-1) == ids), tokens["loss_mask"]
 
-    specs = [(hist, hist * pulls + s) for hist in range(h) for s in range(0, pulls, w)]
+    windows = [(hist, s) for hist in range(h) for s in range(0, pulls, w)]
     nll, correct = np.zeros((h, pulls)), np.zeros((h, pulls), bool)
-    for i in range(0, len(specs), batch):
-        chunk = specs[i:i + batch]
-        hist = np.asarray([c[0] for c in chunk] + [chunk[0][0]] * (batch - len(chunk)))
-        start = np.asarray([c[1] for c in chunk] + [chunk[0][1]] * (batch - len(chunk)))
+    for i in range(0, len(windows), batch):
+        chunk = windows[i:i + batch]
+        chunk_padded = chunk + [chunk[0]] * (batch - len(chunk))
+        hist = np.asarray([c[0] for c in chunk_padded])
+        start = np.asarray([c[1] for c in chunk_padded])
         tokens = {k: jnp.asarray(v) for k, v in
-                  sampler.batch_of({"history": hist, "start": start}).tokens().items()}
+                  sampler.batch_of(spec(hist, start)).tokens().items()}
         n, c, mask = (np.asarray(x) for x in score(graph_state, tokens))
         ids = np.asarray(tokens["target_ids"])
-        for r, (hh, st) in enumerate(chunk):
+        for r, (hh, t0) in enumerate(chunk):
             sel = mask[r].astype(bool)
-            t0 = st - hh * pulls
-            if sel.sum() != w or not np.array_equal(ids[r][sel],
-                                                    store.actions[st:st + w]):
+            st = hh * pulls + t0
+            if sel.sum() != w or not np.array_equal(ids[r][sel], targets[st:st + w]):
                 raise AssertionError(f"{run_dir}: window {i + r} does not hold pulls "
                                      f"{t0}-{t0 + w} of history {hh}")
             nll[hh, t0:t0 + w], correct[hh, t0:t0 + w] = n[r][sel], c[r][sel]
@@ -237,14 +297,17 @@ def bucket_means(per_pull: np.ndarray, positions: np.ndarray) -> dict[str, float
     return out
 
 
-def summarize(floor: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The floor over all pulls and per bucket; per (agent, window), the mean over seeds of
-    the runs' loss on the fresh histories (``nll_by_pull``, when scored) and training logs,
-    and their gaps to the floor."""
-    pos = np.asarray(floor["positions"])
-    ent, top = np.asarray(floor["entropy"]), np.asarray(floor["top_probability"])
-    f_ent, f_top = bucket_means(ent, pos), bucket_means(top, pos)
-    configs = []
+def summarize(floors: dict[str, dict[str, Any]], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per agent, its floor over all pulls and per bucket; per (agent, window), the mean over
+    seeds of the runs' loss on the fresh histories (``nll_by_pull``, when scored) and
+    training logs, and their gaps to their agent's floor."""
+    out: dict[str, Any] = {"floors": {}, "configs": []}
+    for agent, fl in floors.items():
+        pos = np.asarray(fl["positions"])
+        out["floors"][agent] = {
+            "source": fl["source"], "prior": fl["prior"], "pulls": fl["pulls"],
+            "entropy": bucket_means(np.asarray(fl["entropy"]), pos),
+            "top_probability": bucket_means(np.asarray(fl["top_probability"]), pos)}
     for agent, window in sorted({(r["agent"], r["window"]) for r in runs}):
         rs = [r for r in runs if (r["agent"], r["window"]) == (agent, window)]
         loss = np.asarray([r["final_loss"] for r in rs])
@@ -253,7 +316,9 @@ def summarize(floor: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, An
              "steps": [r["steps"] for r in rs],
              "train_loss_mean": float(loss.mean()), "train_loss_std": float(loss.std()),
              "train_accuracy_mean": float(acc.mean()), "train_accuracy_std": float(acc.std())}
-        if all("nll_by_pull" in r for r in rs):
+        if agent in floors and all("nll_by_pull" in r for r in rs):
+            pos = np.asarray(floors[agent]["positions"])
+            f_ent = out["floors"][agent]["entropy"]
             nll = np.mean([r["nll_by_pull"] for r in rs], axis=0)[pos]
             hit = np.mean([r["accuracy_by_pull"] for r in rs], axis=0)[pos]
             per_seed = [float(np.asarray(r["nll_by_pull"]).mean()) for r in rs]
@@ -263,8 +328,14 @@ def summarize(floor: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, An
                 "accuracy": bucket_means(hit, pos),
                 "nll_above_floor": {k: v - f_ent[k] for k, v in bucket_means(nll, pos).items()},
             })
-        configs.append(c)
-    return {"floor": {"entropy": f_ent, "top_probability": f_top}, "configs": configs}
+        out["configs"].append(c)
+    return out
+
+
+FLOOR_LABELS = {
+    "ad": ("Thompson's own action", "Thompson's next arm (fresh Thompson histories)"),
+    "dpt": ("the best arm's posterior", "the best arm (fresh uniform pulls)"),
+}
 
 
 def plot(result: dict[str, Any], path: Path) -> Path:
@@ -273,27 +344,30 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fl = result["floor_curve"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.plot(fl["positions"], fl["entropy"], color="black", lw=2,
-             label="floor: Thompson's own action entropy")
-    ax2.plot(fl["positions"], fl["top_probability"], color="black", lw=2,
-             label="ceiling: Thompson's top action probability")
+    agents_ = list(result["floors"])
+    fig, axes = plt.subplots(len(agents_), 2, figsize=(11, 4 * len(agents_)), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, c in enumerate(result["configs"]):
-        curve = result["curves"].get(f"{c['agent']}-w{c['window']}")
-        if curve is None:
-            continue
-        label = f"{c['agent']} window {c['window']} ({len(c['seeds'])} seeds)"
-        col = colors[i % len(colors)]
-        ax1.plot(curve["x"], curve["nll"], color=col, label=label)
-        ax2.plot(curve["x"], curve["accuracy"], color=col, label=label)
-    ax1.set(xlabel="pull t in the history", ylabel="nats per pull",
-            title="loss on Thompson's next arm (fresh histories)")
-    ax2.set(xlabel="pull t in the history", ylabel="accuracy",
-            title="argmax accuracy on Thompson's next arm")
-    ax1.legend(fontsize=7)
-    ax2.legend(fontsize=7)
+    for (ax1, ax2), agent in zip(axes, agents_, strict=True):
+        fl = result["floors"][agent]["curve"]
+        what, target = FLOOR_LABELS.get(agent, ("the targets'", "the targets"))
+        ax1.plot(fl["positions"], fl["entropy"], color="black", lw=2,
+                 label=f"floor: {what} entropy")
+        ax2.plot(fl["positions"], fl["top_probability"], color="black", lw=2,
+                 label=f"ceiling: {what} top probability")
+        for i, c in enumerate(result["configs"]):
+            curve = result["curves"].get(f"{c['agent']}-w{c['window']}")
+            if curve is None or c["agent"] != agent:
+                continue
+            label = f"{c['agent']} window {c['window']} ({len(c['seeds'])} seeds)"
+            col = colors[i % len(colors)]
+            ax1.plot(curve["x"], curve["nll"], color=col, label=label)
+            ax2.plot(curve["x"], curve["accuracy"], color=col, label=label)
+        ax1.set(xlabel="pull t in the history", ylabel="nats per pull",
+                title=f"{agent}: loss on {target}")
+        ax2.set(xlabel="pull t in the history", ylabel="accuracy",
+                title=f"{agent}: argmax accuracy on {target}")
+        ax1.legend(fontsize=7)
+        ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -305,13 +379,16 @@ class Args:
     """Options of the imitation-floor analysis."""
 
     workdir: str = "runs/context_scaling/bandit-hard"
-    """The context-scaling work folder of one family (holds ad-w<W>-seed<S>/ runs)."""
+    """The context-scaling work folder of one family (holds <agent>-w<W>-seed<S>/ runs of
+    ad and dpt)."""
     env: str = "bandit-hard"
     """Bandit family of the runs (Bernoulli)."""
     histories: int = 32
-    """Fresh Thompson histories on training bandits the floor is estimated on."""
+    """Fresh histories on training bandits the floors are estimated on (Thompson sampling's
+    for AD, uniform pulls for DPT)."""
     pulls: int = 0
-    """Pulls per history (0: the family's configured history length)."""
+    """Pulls per history (0: AD the family's configured history length, DPT its longest
+    window)."""
     samples: int = 500
     """Posterior draws per history and position."""
     stride: int = 16
@@ -326,7 +403,7 @@ class Args:
     sweep_pulls: int = 0
     """Pulls per bandit of the sweep (0: the experiment's evaluation length)."""
     bin: int = 64
-    """Pulls per point of the saved per-pull curves."""
+    """Pulls per point of the saved per-pull curves (at most a 16th of the history)."""
     last_steps: int = 100
     """A run's final loss / accuracy: the mean of its logs over this many last steps."""
     seed: int = 0
@@ -338,7 +415,8 @@ class Args:
 
 
 def floor_analysis(args: Args, cfg, work: Path, path: Path) -> dict[str, Any]:
-    """The floor and every finished run's loss on fresh histories; writes JSON + PNG."""
+    """Each agent's floor and every finished run's loss on fresh histories; writes JSON +
+    PNG."""
     from envs.learners.bandits import bandit_histories
     from experiments import context_scaling as cs
     from rl_ring.io import write_json
@@ -347,43 +425,68 @@ def floor_analysis(args: Args, cfg, work: Path, path: Path) -> dict[str, Any]:
     if not runs:
         raise ValueError(f"--workdir {work}: no finished <agent>-w<W>-seed<S> run (train/"
                          f"metrics.jsonl and record.json) in it")
+    agents_ = sorted({r["agent"] for r in runs})
+    if unknown := [a for a in agents_ if a not in FLOORS]:
+        raise ValueError(f"--workdir {work}: runs of {unknown}; the floor knows "
+                         f"{sorted(FLOORS)}")
     params = cs.family(args.env)
     tasks = cs.training_tasks(cfg)[: args.histories]
-    pulls = args.pulls or cfg.history_episodes
+    means = params.means_of(tasks)
     t0 = time.perf_counter()
-    floor = imitation_floor(params, params.means_of(tasks), pulls, args.seed,
-                            samples=args.samples, stride=args.stride)
-    floor_s = time.perf_counter() - t0
-    # The same histories (play() with the same bandits and seed) as an EpisodeStore.
-    store = bandit_histories(args.env, params, tasks, "thompson", pulls, args.seed)
-    curves, bins = {}, np.arange(pulls) // args.bin
-    counts = np.bincount(bins)
-    for r in runs:
-        scored = model_nll(work / f"{r['agent']}-w{r['window']}-seed{r['seed']}" / "train",
-                           store, pulls)
-        r["nll_by_pull"] = scored["nll"].mean(axis=0).tolist()
-        r["accuracy_by_pull"] = scored["correct"].mean(axis=0).tolist()
-        log(f"{r['agent']}-w{r['window']}-seed{r['seed']}: loss on fresh histories "
-            f"{scored['nll'].mean():.3f}")
-    for key in sorted({f"{r['agent']}-w{r['window']}" for r in runs}):
-        rs = [r for r in runs if f"{r['agent']}-w{r['window']}" == key]
-        nll = np.mean([r["nll_by_pull"] for r in rs], axis=0)
-        hit = np.mean([r["accuracy_by_pull"] for r in rs], axis=0)
-        curves[key] = {name: (np.bincount(bins, y) / counts).tolist() for name, y in
-                       (("x", np.arange(pulls)), ("nll", nll), ("accuracy", hit))}
-    result = {"env": args.env, "workdir": str(work), "histories": len(tasks), "pulls": pulls,
+    floors, curves = {}, {}
+    for agent in agents_:
+        learner, prior = FLOORS[agent]
+        rs = [r for r in runs if r["agent"] == agent]
+        # AD: the sources' history length; DPT: its longest window (its contexts are windows
+        # of uniform pulls, where the position in the stream carries no information).
+        pulls = args.pulls or (cfg.history_episodes if agent == "ad"
+                               else max(r["window"] for r in rs))
+        t1 = time.perf_counter()
+        floor = imitation_floor(params, means, pulls, args.seed, samples=args.samples,
+                                stride=args.stride, learner=learner, prior=prior)
+        floors[agent] = {"source": learner, "prior": prior, "pulls": pulls, **floor,
+                         "wall_s": time.perf_counter() - t1}
+        log(f"{agent}: floor on {pulls} pulls of {learner} histories ({prior} prior) in "
+            f"{time.perf_counter() - t1:.0f} s")
+        # The same histories (play() with the same bandits and seed) as an EpisodeStore.
+        store = bandit_histories(args.env, params, tasks, learner, pulls, args.seed)
+        for r in rs:
+            scored = model_nll(work / f"{agent}-w{r['window']}-seed{r['seed']}" / "train",
+                               store, pulls)
+            r["nll_by_pull"] = scored["nll"].mean(axis=0).tolist()
+            r["accuracy_by_pull"] = scored["correct"].mean(axis=0).tolist()
+            log(f"{agent}-w{r['window']}-seed{r['seed']}: loss on fresh histories "
+                f"{scored['nll'].mean():.3f}")
+        step = min(args.bin, max(1, pulls // 16))
+        bins = np.arange(pulls) // step
+        counts = np.bincount(bins)
+        for window in sorted({r["window"] for r in rs}):
+            ws = [r for r in rs if r["window"] == window]
+            nll = np.mean([r["nll_by_pull"] for r in ws], axis=0)
+            hit = np.mean([r["accuracy_by_pull"] for r in ws], axis=0)
+            curves[f"{agent}-w{window}"] = {
+                name: (np.bincount(bins, y) / counts).tolist()
+                for name, y in (("x", np.arange(pulls)), ("nll", nll), ("accuracy", hit))}
+    summary = summarize(floors, runs)
+    for agent, fl in floors.items():
+        summary["floors"][agent].update(curve={k: fl[k] for k in
+                                               ("positions", "entropy", "top_probability")},
+                                        wall_s=fl["wall_s"])
+    result = {"env": args.env, "workdir": str(work), "histories": len(tasks),
               "samples": args.samples, "stride": args.stride, "last_steps": args.last_steps,
-              **summarize(floor, runs), "floor_curve": floor, "curves": curves,
+              **summary, "curves": curves,
               "runs": [{k: v for k, v in r.items() if not k.endswith("_by_pull")}
                        for r in runs],
-              "floor_wall_s": floor_s, "wall_s": time.perf_counter() - t0}
+              "wall_s": time.perf_counter() - t0}
     path.parent.mkdir(parents=True, exist_ok=True)
     result["files"] = {"plot": plot(result, path.with_suffix(".png")).name}
     write_json(result, path.with_suffix(".json"))
-    f = result["floor"]
-    print(f"floor over pulls 0-{pulls}: entropy {f['entropy']['all']:.3f} nats, top "
-          f"probability {f['top_probability']['all']:.3f}")
+    for agent, f in result["floors"].items():
+        print(f"{agent} floor over pulls 0-{f['pulls']} of {f['source']} histories: entropy "
+              f"{f['entropy']['all']:.3f} nats, top probability "
+              f"{f['top_probability']['all']:.3f}")
     for c in result["configs"]:
+        f = result["floors"][c["agent"]]
         print(f"{c['agent']} window {c['window']} ({len(c['seeds'])} seeds): loss on fresh "
               f"histories {c['nll']['all']:.3f} +- {c['nll_std']:.3f} "
               f"({c['nll_above_floor']['all']:+.3f} above the floor), accuracy "

@@ -98,6 +98,22 @@ def test_thompson_action_probabilities_and_entropy_by_hand():
     assert e == pytest.approx([np.log(2) + 1 / 200, 0.0])
     assert csf.bucket_means(np.array([1.0, 3.0, 5.0]), np.array([0, 300, 2000])) == {
         "all": 3.0, "0-256": 1.0, "256-1024": 3.0, "1024-4096": 5.0}
+    # Posteriors truncated to the prior's range [0.5, 1]: Beta(2, 1) has density x / 0.375
+    # there, Beta(1, 1) is uniform (CDF 2 (x - 0.5)): P(first is larger) =
+    # int_0.5^1 (x / 0.375) 2 (x - 0.5) dx = 5/9 (2/3 without the truncation).
+    p = csf.thompson_action_probs(np.array([[2.0, 1.0]]), np.array([[1.0, 1.0]]), 40_000, rng,
+                                  support=(0.5, 1.0))
+    assert p[0] == pytest.approx([5 / 9, 4 / 9], abs=0.01)
+    x = csf.truncated_beta(np.array([3.0, 40.0]), np.array([5.0, 2.0]), 0.3, 0.7, 2_000, rng)
+    assert x.shape == (2_000, 2) and x.min() >= 0.3 and x.max() <= 0.7
+    # Beta(40, 2) truncated: density x^39 (1 - x) on [0.3, 0.7], mean I(40) / I(39) with
+    # I(n) = int_0.3^0.7 x^n (1 - x) dx = [x^(n+1) / (n+1) - x^(n+2) / (n+2)].
+
+    def integral(n):
+        return sum(sign * (b ** (n + 1) / (n + 1) - b ** (n + 2) / (n + 2))
+                   for sign, b in ((1, 0.7), (-1, 0.3)))
+
+    assert x[:, 1].mean() == pytest.approx(integral(40) / integral(39), abs=0.002)
 
 
 def test_imitation_floor_starts_uniform_and_falls():
@@ -111,6 +127,14 @@ def test_imitation_floor_starts_uniform_and_falls():
     assert fl["entropy"][-1] < fl["entropy"][0] - 0.3
     with pytest.raises(ValueError, match="Bernoulli"):
         csf.imitation_floor(cs.family("bandit-gauss"), means, 8, 0, samples=2, stride=1)
+    # DPT's floor: the best arm given uniform pulls, under the family's prior. It starts
+    # uniform too and falls.
+    dpt = csf.imitation_floor(params, means, 512, 0, samples=2000, stride=64,
+                              learner="random", prior="family")
+    assert dpt["entropy"][0] == pytest.approx(np.log(k), abs=0.02)
+    assert dpt["entropy"][-1] < dpt["entropy"][0] - 0.1
+    with pytest.raises(ValueError, match="prior"):
+        csf.imitation_floor(params, means, 8, 0, samples=2, stride=1, prior="beta")
 
 
 def test_floor_refuses_a_missing_workdir(tmp_path, capsys):
@@ -176,7 +200,7 @@ def test_would_not_fit_logic():
 
 def test_tiny_bandit_end_to_end(tmp_path, capsys):
     out, work = tmp_path / "results", tmp_path / "runs"
-    argv = ["--tiny", "--seeds", "1", "--agents", "ad", "--out", str(out),
+    argv = ["--tiny", "--seeds", "1", "--agents", "ad", "dpt", "--out", str(out),
             "--workdir", str(work)]
     assert cs.main(argv) == 0
     summary = json.loads((out / "context_scaling.json").read_text())
@@ -196,9 +220,11 @@ def test_tiny_bandit_end_to_end(tmp_path, capsys):
     # Random's expected regret is the mean gap per pull.
     gap = (means.max(1) - means.mean(1)).mean() * cfg.eval_episodes
     assert b["random"] == pytest.approx(gap, rel=0.15)
-    assert [c["window"] for c in summary["configs"]] == list(cfg.windows)
+    assert [(c["agent"], c["window"]) for c in summary["configs"]] == [
+        (a, w) for a in ("ad", "dpt") for w in cfg.windows]
     for c in summary["configs"]:
-        assert c["tokens_per_sequence"] == c["window"]
+        # AD: one token a pull; DPT: the transition and the query.
+        assert c["tokens_per_sequence"] == c["window"] * (2 if c["agent"] == "dpt" else 1)
         assert c["mesh"] == ("seq=8" if c["window"] >= cfg.ring_from else "data=8")
         curve = np.asarray(c["curve_mean"])
         assert curve.shape == (len(c["curve_x"]),) and np.all(np.diff(curve) >= 0)
@@ -210,7 +236,7 @@ def test_tiny_bandit_end_to_end(tmp_path, capsys):
         assert 0 < final < worst and final < 1.3 * b["random"]
         assert c["train_wall_s"][0] > 0 and c["tokens_per_s"][0] > 0
         assert np.isfinite(c["final_loss"][0])
-    mem = summary["configs"][-1]["memory"]
+    mem = [c for c in summary["configs"] if c["agent"] == "ad"][-1]["memory"]
     assert (mem["dense"]["devices"], mem["ring"]["devices"]) == (1, 8) and "blockwise" not in mem
     # Per device, the ring holds an eighth of the sequence: less than one device's dense step.
     assert 0 < mem["ring"]["peak_bytes"] < mem["dense"]["peak_bytes"]
@@ -220,26 +246,35 @@ def test_tiny_bandit_end_to_end(tmp_path, capsys):
     assert t["longest_window"] == t["shortest_window"] == 32
     assert summary["headline"]["ad"]["windows"] == [32]
     rec = summary["recipe_scale"]
-    assert [r["window"] for r in rec["rows"]] == [32, 128]
+    assert [(r["agent"], r["window"]) for r in rec["rows"]] == [
+        (a, w) for a in ("ad", "dpt") for w in (32, 128)]
     assert rec["would_not_fit_without_ring"]["ad"] == {"16GiB": [], "80GiB": []}
     # The checkpoint stays in the work dir, re-playable alone through the Policy protocol.
     ckpt = work / "tiny-bandit-hard" / "ad-w32-seed0" / "train"
     assert (ckpt / "metrics.jsonl").exists()
-    assert "| ad | 32 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| ad | 32 |" in printed and "| dpt | 32 | 64 |" in printed
     # A second call refuses to replace results.
     assert cs.main(argv) == 2
     assert "--overwrite" in capsys.readouterr().err
-    # The imitation floor on the trained run: its loss on fresh Thompson histories, window
-    # by window, equals the agent's own loss function on those windows.
+    # The imitation floors of the trained runs: their loss on fresh histories (Thompson's for
+    # AD, uniform pulls for DPT), window by window, equals the agent's own loss function on
+    # those windows.
     fargv = ["--workdir", str(work / "tiny-bandit-hard"), "--histories", "2", "--pulls", "64",
              "--samples", "50", "--stride", "8", "--bin", "16", "--out", str(out)]
     assert csf.main(fargv) == 0
     fl = json.loads((out / "context_scaling_floor.json").read_text())
     assert (out / "context_scaling_floor.png").stat().st_size > 10_000
-    (c,) = fl["configs"]
-    assert (c["window"], c["seeds"]) == (32, [0])
-    assert len(fl["floor_curve"]["positions"]) == 8 and fl["curves"]["ad-w32"]["x"][0] == 7.5
+    c, d = fl["configs"]
+    assert [(x["agent"], x["window"], x["seeds"]) for x in (c, d)] == [
+        ("ad", 32, [0]), ("dpt", 32, [0])]
+    assert [(f["source"], f["prior"], f["pulls"]) for f in fl["floors"].values()] == [
+        ("thompson", "uniform", 64), ("random", "family", 64)]
+    assert len(fl["floors"]["ad"]["curve"]["positions"]) == 8
+    assert fl["curves"]["ad-w32"]["x"][0] == 1.5  # bins of 4 pulls: a 16th of 64
     _check_nll_against_loss_fn(ckpt, c["nll_per_seed"][0], pulls=64, histories=2)
+    _check_nll_against_loss_fn(work / "tiny-bandit-hard" / "dpt-w32-seed0" / "train",
+                               d["nll_per_seed"][0], pulls=64, histories=2)
     # The temperature sweep of that run, next to the sources on the same bandits.
     sargv = fargv[:2] + ["--out", str(out), "--sweep-run", "ad-w32-seed0", "--temperatures",
                          "1", "0", "--sweep-tasks", "3", "--sweep-pulls", "20"]
@@ -270,13 +305,22 @@ def _check_nll_against_loss_fn(ckpt, nll, *, pulls, histories):
     module = registry.get(tcfg.agent)
     params = cs.family("bandit-hard")
     tasks = cs.training_tasks(cs.main_config("bandit-hard"))[:histories]
-    store = bandit_histories("bandit-hard", params, tasks, "thompson", pulls, 0)
-    sampler = module.make_sampler(store, tcfg.agent_config, batch_size=1, seed=0, norm=norm)
-    w = tcfg.agent_config.window_steps
+    dpt = tcfg.agent == "dpt"
+    store = bandit_histories("bandit-hard", params, tasks, "random" if dpt else "thompson",
+                             pulls, 0)
+    acfg = tcfg.agent_config
+    if dpt:  # the best arm of each pull's bandit is its target, one history a group
+        assert np.array_equal(store.extras["optimal_actions"].reshape(histories, pulls),
+                              np.repeat(params.means_of(tasks).argmax(1)[:, None], pulls, 1))
+        acfg = dataclasses.replace(acfg, group_key="history_id")
+    sampler = module.make_sampler(store, acfg, batch_size=1, seed=0, norm=norm)
+    w = acfg.context_steps if dpt else acfg.window_steps
     losses = []
     for h in range(histories):
         for start in range(0, pulls, w):
-            t = sampler.batch_of({"history": np.array([h]), "start": np.array([h * pulls + start])})
+            spec = ({"group": np.array([h]), "start": np.array([start])} if dpt else
+                    {"history": np.array([h]), "start": np.array([h * pulls + start])})
+            t = sampler.batch_of(spec)
             losses.append(float(module.loss_fn(model, {k: jnp.asarray(v) for k, v in
                                                        t.tokens().items()})[0]))
     assert nll == pytest.approx(np.mean(losses), rel=1e-5)

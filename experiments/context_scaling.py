@@ -63,6 +63,10 @@ BANDIT_ENVS = ("bandit-hard", "bandit-gauss")
 GRID_ENVS = ("darkroom-hard", "keydoor")
 ENVS = BANDIT_ENVS + GRID_ENVS
 BASELINES = ("thompson", "ucb", "random")
+PRIOR_BASELINE = "thompson-prior"
+"""Bernoulli families whose means are not uniform on [0, 1) also get Thompson sampling with
+the family's own prior (truncated Beta posteriors): posterior sampling, a perfectly trained
+DPT's online policy. Reported, not a target (the targets are against Thompson / UCB1)."""
 FINAL_FRACTION = 0.1
 """Grids: the final return is the mean over the last 10% of the in-context episodes."""
 RANDOM_EPISODES = 16
@@ -454,9 +458,12 @@ def bandit_baselines(cfg: ScalingConfig, means: np.ndarray, pulls: int) -> dict[
     from envs.learners.bandits import play
 
     params = family(cfg.env)
+    names = BASELINES
+    if params.distribution == "bernoulli" and (params.low, params.high) != (0.0, 1.0):
+        names += (PRIOR_BASELINE,)
     return {name: regret_summary(play(params, means, name, pulls,
                                       seed=cfg.seed + 1000 + i)["regret"])
-            for i, name in enumerate(BASELINES)}
+            for i, name in enumerate(names)}
 
 
 def grid_evaluate(cfg: ScalingConfig, policy, out: Path, trials: int) -> dict[str, Any]:

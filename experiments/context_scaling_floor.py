@@ -63,18 +63,6 @@ BUCKETS = ((0, 256), (256, 1024), (1024, 4096))
 """Pull ranges the floor is also reported over."""
 
 
-def truncated_beta(alpha: np.ndarray, beta: np.ndarray, low: float, high: float,
-                   samples: int, rng: np.random.Generator) -> np.ndarray:
-    """``samples`` draws of Beta(alpha, beta) restricted to ``[low, high]`` (inverse CDF),
-    ``[samples, *alpha.shape]``."""
-    from scipy.special import betainc, betaincinv
-
-    f_lo, f_hi = betainc(alpha, beta, low), betainc(alpha, beta, high)
-    u = f_lo + (f_hi - f_lo) * rng.random((samples, *np.shape(alpha)))
-    # Where the posterior's mass in the range underflows, u sits at a bound: clip.
-    return np.clip(betaincinv(alpha, beta, u), low, high)
-
-
 def thompson_action_probs(alpha: np.ndarray, beta: np.ndarray, samples: int,
                           rng: np.random.Generator,
                           support: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
@@ -92,6 +80,8 @@ def thompson_action_probs(alpha: np.ndarray, beta: np.ndarray, samples: int,
     if tuple(support) == (0.0, 1.0):
         draws = rng.beta(alpha, beta, size=(samples, *alpha.shape))
     else:
+        from envs.learners.bandits import truncated_beta
+
         draws = truncated_beta(alpha, beta, *support, samples, rng)
     best = np.argmax(draws, axis=-1)  # [samples, B]
     k = alpha.shape[-1]
@@ -537,8 +527,9 @@ def plot_sweep(result: dict[str, Any], path: Path) -> Path:
     labels = [("argmax" if r["greedy"] else f"T={r['temperature']:g}") for r in rows]
     ax.bar(labels, [r["regret"] for r in rows], yerr=[r["regret_sem"] for r in rows],
            color="tab:blue", capsize=3, label=result["run"])
-    for (name, b), ls in zip(result["sources"].items(), ("-", "--", ":"), strict=True):
-        ax.axhline(b["regret"], color="black", ls=ls, label=name)
+    styles = {"thompson": "-", "ucb": "--", "random": ":"}
+    for name, b in result["sources"].items():
+        ax.axhline(b["regret"], color="black", ls=styles.get(name, "-."), label=name)
     ax.set(ylabel=f"cumulative regret at {result['pulls']} pulls",
            title=f"{result['run']}: sampling temperature, {result['tasks']} held-out bandits")
     ax.legend(fontsize=7)

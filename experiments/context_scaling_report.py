@@ -215,8 +215,10 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
         line, = ax.plot(c["curve_x"], y, label=f"{c['agent'].upper()} window {c['window']}")
         ax.fill_between(c["curve_x"], y - s, y + s, color=line.get_color(), alpha=0.2)
     styles = {"thompson": ("k", "-"), "ucb": ("k", "--"), "random": ("grey", ":"),
-              "posterior": ("k", "-"), "optimistic": ("k", "--")}
+              "thompson-prior": ("tab:green", "-."), "posterior": ("k", "-"),
+              "optimistic": ("k", "--")}
     names = {"thompson": "Thompson sampling", "ucb": "UCB1",
+             "thompson-prior": "Thompson, family's prior",
              "posterior": "posterior sampling (source)", "optimistic": "optimistic (source)"}
     for k, v in summary["baselines"].items():
         colour, ls = styles.get(k, ("k", "-."))

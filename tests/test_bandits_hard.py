@@ -70,6 +70,23 @@ def test_thompson_posterior_updates_by_hand():
     assert bern.alpha[0].tolist() == [1, 1, 3, 1] and bern.beta[0].tolist() == [1, 1, 2, 1]
 
 
+def test_thompson_with_the_family_prior_samples_truncated_posteriors():
+    # Two arms, means uniform in [0.5, 1): arm 0 seen once paying 1 (Beta(2, 1), density
+    # x / 0.375 on [0.5, 1]), arm 1 unseen (uniform, CDF 2 (x - 0.5)). P(arm 0's draw is the
+    # larger) = int_0.5^1 (x / 0.375) 2 (x - 0.5) dx = 5/9; Beta(1, 1) priors give 2/3.
+    params = BanditParams(arms=2, low=0.5, high=1.0)
+    learner = bl.BATCH_LEARNERS["thompson-prior"](params, 20_000, np.random.default_rng(0))
+    plain = bl.BatchThompson(params, 20_000, np.random.default_rng(0))
+    for agent in (learner, plain):
+        agent.update(np.zeros(20_000, np.int64), np.ones(20_000))
+    assert (learner.act() == 0).mean() == pytest.approx(5 / 9, abs=0.012)
+    assert (plain.act() == 0).mean() == pytest.approx(2 / 3, abs=0.012)
+    # The Gaussian family's Thompson sampling already uses the family's prior.
+    g = bl.play(HARD_GAUSSIAN, HARD_GAUSSIAN.means_of(range(3)), "thompson-prior", 20, seed=0)
+    h = bl.play(HARD_GAUSSIAN, HARD_GAUSSIAN.means_of(range(3)), "thompson", 20, seed=0)
+    np.testing.assert_array_equal(g["arms"], h["arms"])
+
+
 def test_ucb_index_by_hand():
     ucb = bl.BatchUCB1(BanditParams(arms=3), 1, np.random.default_rng(0))
     for arm, r in ((0, 1.0), (0, 0.0), (1, 1.0)):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import envs
-from envs.learners.bandits import play
+from envs.learners.bandits import play, truncated_beta
 from envs.learners.history import collect_histories, learning_curve
 from experiments import context_scaling as cs
 from experiments import context_scaling_floor as csf
@@ -104,7 +104,7 @@ def test_thompson_action_probabilities_and_entropy_by_hand():
     p = csf.thompson_action_probs(np.array([[2.0, 1.0]]), np.array([[1.0, 1.0]]), 40_000, rng,
                                   support=(0.5, 1.0))
     assert p[0] == pytest.approx([5 / 9, 4 / 9], abs=0.01)
-    x = csf.truncated_beta(np.array([3.0, 40.0]), np.array([5.0, 2.0]), 0.3, 0.7, 2_000, rng)
+    x = truncated_beta(np.array([3.0, 40.0]), np.array([5.0, 2.0]), 0.3, 0.7, 2_000, rng)
     assert x.shape == (2_000, 2) and x.min() >= 0.3 and x.max() <= 0.7
     # Beta(40, 2) truncated: density x^39 (1 - x) on [0.3, 0.7], mean I(40) / I(39) with
     # I(n) = int_0.3^0.7 x^n (1 - x) dx = [x^(n+1) / (n+1) - x^(n+2) / (n+2)].
@@ -217,6 +217,11 @@ def test_tiny_bandit_end_to_end(tmp_path, capsys):
         ts["regret"].sum(1).mean())
     b = {k: v["final_mean"] for k, v in summary["baselines"].items()}
     assert b["thompson"] < b["random"] and b["ucb"] < b["random"]
+    # Arms in [0.3, 0.7): Thompson sampling that knows that prior is reported too.
+    assert list(b) == ["thompson", "ucb", "random", "thompson-prior"]
+    tp = play(cs.family("bandit-hard"), means, "thompson-prior", cfg.eval_episodes,
+              seed=cfg.seed + 1003)
+    assert b["thompson-prior"] == pytest.approx(tp["regret"].sum(1).mean())
     # Random's expected regret is the mean gap per pull.
     gap = (means.max(1) - means.mean(1)).mean() * cfg.eval_episodes
     assert b["random"] == pytest.approx(gap, rel=0.15)

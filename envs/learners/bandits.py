@@ -9,7 +9,10 @@ one-pull episodes of a history, so a history of ``E`` episodes is ``E`` pulls of
 :class:`BatchThompson` and :class:`BatchUCB1` run the same rules for ``B`` independent
 histories at once (numpy arrays ``[B, arms]``), and :func:`play` / :func:`bandit_histories`
 use them to play thousands of pulls on hundreds of bandits in seconds (the context-scaling
-experiment's sources and baselines).
+experiment's sources and baselines). ``"thompson-prior"`` is Thompson sampling that knows
+the family's prior (Bernoulli: means uniform in ``[low, high)``, so Beta posteriors
+truncated to that range; Gaussian: the same as ``"thompson"``, which already uses it):
+posterior sampling, the online policy a perfectly trained DPT plays.
 """
 
 from __future__ import annotations
@@ -139,14 +142,31 @@ def learner_for(name: str, num_actions: int, seed: int, params: BanditParams | N
 
 
 # ---------------------------------------------------------------------- batched learners
+def truncated_beta(alpha: np.ndarray, beta: np.ndarray, low: float, high: float,
+                   samples: int, rng: np.random.Generator) -> np.ndarray:
+    """``samples`` draws of Beta(alpha, beta) restricted to ``[low, high]`` (inverse CDF),
+    ``[samples, *alpha.shape]``: the posterior of a Bernoulli mean under a uniform prior on
+    that range."""
+    from scipy.special import betainc, betaincinv
+
+    f_lo, f_hi = betainc(alpha, beta, low), betainc(alpha, beta, high)
+    u = f_lo + (f_hi - f_lo) * rng.random((samples, *np.shape(alpha)))
+    # Where the posterior's mass in the range underflows, u sits at a bound: clip.
+    return np.clip(betaincinv(alpha, beta, u), low, high)
+
+
 class BatchThompson:
     """Thompson sampling on ``B`` independent histories at once (Beta(1, 1) priors for
     Bernoulli rewards, the family's ``N(0, mean_std**2)`` prior and known noise for Gaussian
-    ones); row ``b`` follows the same rule as :class:`Thompson` / :class:`GaussianThompson`."""
+    ones); row ``b`` follows the same rule as :class:`Thompson` / :class:`GaussianThompson`.
+    ``family_prior``: Bernoulli posteriors under the family's uniform prior on
+    ``[low, high)`` instead (truncated Betas)."""
 
-    def __init__(self, params: BanditParams, batch: int, rng: np.random.Generator) -> None:
+    def __init__(self, params: BanditParams, batch: int, rng: np.random.Generator,
+                 family_prior: bool = False) -> None:
         self.params, self.rng = params, rng
         k = params.arms
+        self.support = ((params.low, params.high) if family_prior else (0.0, 1.0))
         if params.distribution == "bernoulli":
             self.alpha, self.beta = np.ones((batch, k)), np.ones((batch, k))
         else:
@@ -155,6 +175,9 @@ class BatchThompson:
 
     def act(self) -> np.ndarray:
         if self.params.distribution == "bernoulli":
+            if self.support != (0.0, 1.0):
+                return np.argmax(truncated_beta(self.alpha, self.beta, *self.support, 1,
+                                                self.rng)[0], axis=1)
             return np.argmax(self.rng.beta(self.alpha, self.beta), axis=1)
         mean, std = self.weighted / self.precision, 1.0 / np.sqrt(self.precision)
         return np.argmax(self.rng.normal(mean, std), axis=1)
@@ -212,13 +235,18 @@ class BatchRandom:
         del arms, rewards
 
 
-BATCH_LEARNERS = {"thompson": BatchThompson, "ucb": BatchUCB1, "random": BatchRandom}
+def _thompson_prior(params: BanditParams, batch: int, rng: np.random.Generator):
+    return BatchThompson(params, batch, rng, family_prior=True)
+
+
+BATCH_LEARNERS = {"thompson": BatchThompson, "thompson-prior": _thompson_prior,
+                  "ucb": BatchUCB1, "random": BatchRandom}
 
 
 def play(params: BanditParams, means: np.ndarray, learner: str, pulls: int,
          seed: int) -> dict[str, np.ndarray]:
-    """Plays ``learner`` ("thompson", "ucb", "random") for ``pulls`` pulls on each bandit of
-    ``means`` ``[B, arms]``, every row an independent history.
+    """Plays ``learner`` ("thompson", "thompson-prior", "ucb", "random") for ``pulls`` pulls
+    on each bandit of ``means`` ``[B, arms]``, every row an independent history.
 
     Returns:
         ``arms``, ``rewards`` and ``regret`` (expected, best mean minus the pulled arm's

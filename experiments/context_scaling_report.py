@@ -215,7 +215,7 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
         line, = ax.plot(c["curve_x"], y, label=f"{c['agent'].upper()} window {c['window']}")
         ax.fill_between(c["curve_x"], y - s, y + s, color=line.get_color(), alpha=0.2)
     styles = {"thompson": ("k", "-"), "ucb": ("k", "--"), "random": ("grey", ":"),
-              "thompson-prior": ("tab:green", "-."), "posterior": ("k", "-"),
+              "thompson-prior": ("k", "-."), "posterior": ("k", "-"),
               "optimistic": ("k", "--")}
     names = {"thompson": "Thompson sampling", "ucb": "UCB1",
              "thompson-prior": "Thompson, family's prior",

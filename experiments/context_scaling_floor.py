@@ -322,9 +322,9 @@ def summarize(floors: dict[str, dict[str, Any]], runs: list[dict[str, Any]]) -> 
     return out
 
 
-FLOOR_LABELS = {
-    "ad": ("Thompson's own action", "Thompson's next arm (fresh Thompson histories)"),
-    "dpt": ("the best arm's posterior", "the best arm (fresh uniform pulls)"),
+FLOOR_LABELS = {  # agent: (whose distribution, the target, the histories)
+    "ad": ("Thompson's own action", "Thompson's next arm", "fresh Thompson histories"),
+    "dpt": ("the best arm's posterior", "the best arm", "fresh uniform pulls"),
 }
 
 
@@ -339,7 +339,8 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for (ax1, ax2), agent in zip(axes, agents_, strict=True):
         fl = result["floors"][agent]["curve"]
-        what, target = FLOOR_LABELS.get(agent, ("the targets'", "the targets"))
+        what, target, hist = FLOOR_LABELS.get(agent, ("the targets'", "the targets",
+                                                      "fresh histories"))
         ax1.plot(fl["positions"], fl["entropy"], color="black", lw=2,
                  label=f"floor: {what} entropy")
         ax2.plot(fl["positions"], fl["top_probability"], color="black", lw=2,
@@ -352,9 +353,9 @@ def plot(result: dict[str, Any], path: Path) -> Path:
             col = colors[i % len(colors)]
             ax1.plot(curve["x"], curve["nll"], color=col, label=label)
             ax2.plot(curve["x"], curve["accuracy"], color=col, label=label)
-        ax1.set(xlabel="pull t in the history", ylabel="nats per pull",
+        ax1.set(xlabel=f"pull t in the history ({hist})", ylabel="nats per pull",
                 title=f"{agent}: loss on {target}")
-        ax2.set(xlabel="pull t in the history", ylabel="accuracy",
+        ax2.set(xlabel=f"pull t in the history ({hist})", ylabel="accuracy",
                 title=f"{agent}: argmax accuracy on {target}")
         ax1.legend(fontsize=7)
         ax2.legend(fontsize=7)

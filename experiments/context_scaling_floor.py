@@ -65,25 +65,21 @@ BUCKETS = ((0, 256), (256, 1024), (1024, 4096))
 
 def thompson_action_probs(alpha: np.ndarray, beta: np.ndarray, samples: int,
                           rng: np.random.Generator,
-                          support: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+                          support: tuple[float, float] | None = None) -> np.ndarray:
     """Monte Carlo estimate of Beta-Bernoulli posterior sampling's action probabilities.
 
     Args:
         alpha, beta: ``[B, K]`` Beta posterior parameters of ``B`` histories' ``K`` arms.
         samples: posterior draws per history.
         support: the prior's range of the means (a uniform prior on it: the posterior is the
-            Beta truncated to it). ``(0, 1)``: Thompson sampling's Beta(1, 1) prior.
+            Beta truncated to it). None: Thompson sampling's Beta(1, 1) prior.
 
     Returns:
         ``[B, K]``: the fraction of draws in which each arm's sample was the largest.
     """
-    if tuple(support) == (0.0, 1.0):
-        draws = rng.beta(alpha, beta, size=(samples, *alpha.shape))
-    else:
-        from envs.learners.bandits import truncated_beta
+    from envs.learners.bandits import posterior_draws
 
-        draws = truncated_beta(alpha, beta, *support, samples, rng)
-    best = np.argmax(draws, axis=-1)  # [samples, B]
+    best = np.argmax(posterior_draws(alpha, beta, samples, rng, support), axis=-1)  # [samples, B]
     k = alpha.shape[-1]
     return np.stack([(best == a).mean(axis=0) for a in range(k)], axis=-1)
 
@@ -129,7 +125,7 @@ def imitation_floor(params, means: np.ndarray, pulls: int, seed: int, *, samples
                          f"{params.distribution!r}")
     if prior not in ("uniform", "family"):
         raise ValueError(f"prior {prior!r}: expected 'uniform' or 'family'")
-    support = (0.0, 1.0) if prior == "uniform" else (params.low, params.high)
+    support = None if prior == "uniform" else (params.low, params.high)
     out = play(params, means, learner, pulls, seed)
     arms, rewards = out["arms"], out["rewards"]
     b, k = means.shape
@@ -290,14 +286,16 @@ def bucket_means(per_pull: np.ndarray, positions: np.ndarray) -> dict[str, float
 def summarize(floors: dict[str, dict[str, Any]], runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per agent, its floor over all pulls and per bucket; per (agent, window), the mean over
     seeds of the runs' loss on the fresh histories (``nll_by_pull``, when scored) and
-    training logs, and their gaps to their agent's floor."""
+    training logs, and their gaps to their agent's floor. Each floor keeps its curve."""
     out: dict[str, Any] = {"floors": {}, "configs": []}
     for agent, fl in floors.items():
         pos = np.asarray(fl["positions"])
         out["floors"][agent] = {
             "source": fl["source"], "prior": fl["prior"], "pulls": fl["pulls"],
             "entropy": bucket_means(np.asarray(fl["entropy"]), pos),
-            "top_probability": bucket_means(np.asarray(fl["top_probability"]), pos)}
+            "top_probability": bucket_means(np.asarray(fl["top_probability"]), pos),
+            "curve": {k: fl[k] for k in ("positions", "entropy", "top_probability")},
+            "wall_s": fl["wall_s"]}
     for agent, window in sorted({(r["agent"], r["window"]) for r in runs}):
         rs = [r for r in runs if (r["agent"], r["window"]) == (agent, window)]
         loss = np.asarray([r["final_loss"] for r in rs])
@@ -459,10 +457,6 @@ def floor_analysis(args: Args, cfg, work: Path, path: Path) -> dict[str, Any]:
                 name: (np.bincount(bins, y) / counts).tolist()
                 for name, y in (("x", np.arange(pulls)), ("nll", nll), ("accuracy", hit))}
     summary = summarize(floors, runs)
-    for agent, fl in floors.items():
-        summary["floors"][agent].update(curve={k: fl[k] for k in
-                                               ("positions", "entropy", "top_probability")},
-                                        wall_s=fl["wall_s"])
     result = {"env": args.env, "workdir": str(work), "histories": len(tasks),
               "samples": args.samples, "stride": args.stride, "last_steps": args.last_steps,
               **summary, "curves": curves,

@@ -155,6 +155,17 @@ def truncated_beta(alpha: np.ndarray, beta: np.ndarray, low: float, high: float,
     return np.clip(betaincinv(alpha, beta, u), low, high)
 
 
+def posterior_draws(alpha: np.ndarray, beta: np.ndarray, samples: int,
+                    rng: np.random.Generator,
+                    support: tuple[float, float] | None = None) -> np.ndarray:
+    """``samples`` draws of each Beta(alpha, beta) posterior, ``[samples, *alpha.shape]``:
+    under a Beta(1, 1) prior (``support`` None), or a uniform prior on ``support`` (the
+    Beta truncated to it, :func:`truncated_beta`)."""
+    if support is None:
+        return rng.beta(alpha, beta, size=(samples, *np.shape(alpha)))
+    return truncated_beta(alpha, beta, *support, samples, rng)
+
+
 class BatchThompson:
     """Thompson sampling on ``B`` independent histories at once (Beta(1, 1) priors for
     Bernoulli rewards, the family's ``N(0, mean_std**2)`` prior and known noise for Gaussian
@@ -166,7 +177,7 @@ class BatchThompson:
                  family_prior: bool = False) -> None:
         self.params, self.rng = params, rng
         k = params.arms
-        self.support = ((params.low, params.high) if family_prior else (0.0, 1.0))
+        self.support = (params.low, params.high) if family_prior else None
         if params.distribution == "bernoulli":
             self.alpha, self.beta = np.ones((batch, k)), np.ones((batch, k))
         else:
@@ -175,10 +186,8 @@ class BatchThompson:
 
     def act(self) -> np.ndarray:
         if self.params.distribution == "bernoulli":
-            if self.support != (0.0, 1.0):
-                return np.argmax(truncated_beta(self.alpha, self.beta, *self.support, 1,
-                                                self.rng)[0], axis=1)
-            return np.argmax(self.rng.beta(self.alpha, self.beta), axis=1)
+            draws = posterior_draws(self.alpha, self.beta, 1, self.rng, self.support)
+            return np.argmax(draws[0], axis=1)
         mean, std = self.weighted / self.precision, 1.0 / np.sqrt(self.precision)
         return np.argmax(self.rng.normal(mean, std), axis=1)
 

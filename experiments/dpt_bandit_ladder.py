@@ -1,0 +1,351 @@
+"""Why DPT learns nothing on ``bandit-hard`` at this machine's budget: a controlled ladder.
+
+At the context-scaling budget (300 steps of 32 windows of 256 uniform pulls) DPT's loss on
+``bandit-hard`` stays at ln 20, a uniform guess, flat over the pulls
+(docs/reproductions.md, "Context scaling"). This script keeps everything but the bandit
+family fixed (the same model, data pipeline, budget and seeds) and walks three Bernoulli
+families that differ in one factor per step:
+
+* ``arms5-wide``: 5 arms, success probabilities uniform in [0, 1) (registry ``bandit``);
+* ``arms20-wide``: 20 arms in [0, 1): the arm count changed;
+* ``arms20-narrow``: 20 arms in [0.3, 0.7) (``bandit-hard``): the gaps changed.
+
+Each family gets the same data (1,000 histories of 4,096 uniformly random pulls on training
+bandits, every pull labelled with its bandit's best arm, as ``context_scaling`` makes DPT's),
+and DPT trains on it with ``context_scaling``'s model and options. Each trained run is then
+scored teacher-forced on fresh uniform pulls of *held-out* bandits of its family, per pull
+(``context_scaling_floor.model_nll``), next to the two ends of what it can learn:
+
+* ln K, the loss of a uniform guess (what a context-blind model gets);
+* the floor, the entropy of the best arm's posterior under the family's prior given the
+  pulls so far (``context_scaling_floor.imitation_floor`` on the same histories): no model
+  does better on these targets.
+
+``gap_closed`` = (ln K - loss) / (ln K - floor) over the window's pulls: 0 is a context-blind
+model, 1 the Bayes-optimal one. Reported per run and as mean ± std over training seeds.
+
+Usage::
+
+    python -m experiments.dpt_bandit_ladder                  # 3 families x 2 seeds
+    python -m experiments.dpt_bandit_ladder --seeds 1 --rungs arms5-wide arms20-wide
+    python -m experiments.dpt_bandit_ladder --tiny           # seconds (the test)
+
+Writes ``<out>/dpt_bandit_ladder.json`` and ``.png``; checkpoints and data stay under
+``--workdir`` (git-ignored ``runs/``), finished runs are reused when asked for again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rl_ring.io import setup_cpu_devices
+
+if __name__ == "__main__":
+    setup_cpu_devices(8)  # see rl_ring.io.device_flags for why these flags
+
+RESULTS = "dpt_bandit_ladder"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One Bernoulli family of the ladder."""
+
+    label: str
+    """What changed, in words."""
+    arms: int
+    low: float
+    high: float
+    num_tasks: int
+    env: str
+    """Its registry id, "" where the registry has none (written into the checkpoints)."""
+
+    def params(self):
+        from envs.bandit import BanditParams
+
+        return BanditParams(arms=self.arms, low=self.low, high=self.high,
+                            num_tasks=self.num_tasks)
+
+
+RUNGS: dict[str, Rung] = {
+    "arms5-wide": Rung("5 arms, p in [0, 1)", 5, 0.0, 1.0, 1000, "bandit"),
+    "arms20-wide": Rung("20 arms, p in [0, 1)", 20, 0.0, 1.0, 10_000, ""),
+    "arms20-narrow": Rung("20 arms, p in [0.3, 0.7) (bandit-hard)", 20, 0.3, 0.7, 10_000,
+                          "bandit-hard"),
+}
+
+
+@dataclass(frozen=True)
+class LadderConfig:
+    """The fixed part of the ladder: model, data and budget (context_scaling's DPT at the
+    batch-32 budget), and how runs are scored."""
+
+    window: int = 256
+    """Pulls per training context (one TRANSITION and one STATE token each)."""
+    steps: int = 300
+    batch_size: int = 32
+    histories: int = 1000
+    """Training histories of uniform pulls, one per training bandit (a fixed shuffle)."""
+    history_pulls: int = 4096
+    width: int = 64
+    depth: int = 4
+    heads: int = 4
+    dropout: float = 0.1
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    score_bandits: int = 128
+    """Held-out bandits scored (first of a fixed shuffle of the test split)."""
+    samples: int = 500
+    """Posterior draws per history and position of the floor."""
+    stride: int = 4
+    """The floor is estimated at every stride-th pull."""
+    seed: int = 0
+    """Seed of the data and of the scoring histories."""
+
+    def scaling(self):
+        """The same run as a ``context_scaling`` configuration (its DPT plan and training)."""
+        from experiments.context_scaling import ScalingConfig
+
+        return ScalingConfig(
+            env="bandit-hard", windows=(self.window,), histories=self.histories,
+            history_episodes=self.history_pulls, width=self.width, depth=self.depth,
+            heads=self.heads, dropout=self.dropout, steps=self.steps,
+            batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps,
+            seed=self.seed)
+
+
+def tiny_config() -> LadderConfig:
+    """Seconds on CPU: a 1-layer model, 16-pull windows, a few steps and bandits."""
+    return LadderConfig(window=16, steps=4, batch_size=8, histories=16, history_pulls=64,
+                        width=32, depth=1, heads=2, dropout=0.0, lr=3e-3, warmup_steps=2,
+                        score_bandits=4, samples=50, stride=4)
+
+
+def tasks_of(rung: Rung, split: str, n: int) -> list[int]:
+    """The first ``n`` of a fixed shuffle of the family's train / test split."""
+    from envs.bandit import task_split
+
+    tasks = task_split(split, num_tasks=rung.num_tasks)
+    return np.random.default_rng(4321).permutation(tasks)[:n].tolist()
+
+
+def gap_closed(nll: float, floor: float, arms: int) -> float:
+    """(ln K - loss) / (ln K - floor): 0 for a context-blind model, 1 at the floor."""
+    return (math.log(arms) - nll) / (math.log(arms) - floor)
+
+
+# ---------------------------------------------------------------------- one run
+def run_rung(cfg: LadderConfig, name: str, seed: int, work: Path, *, watch: bool
+             ) -> dict[str, Any]:
+    """Data (once per family) -> DPT trained -> scored on held-out bandits; the record."""
+    from envs.learners.bandits import bandit_histories
+    from experiments import context_scaling as cs
+    from experiments import context_scaling_floor as csf
+    from rl_ring.io import write_json
+
+    rung = RUNGS[name]
+    params = rung.params()
+    data = work / f"data-{name}"
+    if not (data / "store.json").exists():
+        store = bandit_histories(rung.env or name, params, tasks_of(rung, "train",
+                                 cfg.histories), "random", cfg.history_pulls,
+                                 seed=cfg.seed + 7)
+        store.save(data, overwrite=True)
+    rdir = work / f"{name}-seed{seed}"
+    done = rdir / "record.json"
+    key = {"config": dataclasses.asdict(cfg), "rung": dataclasses.asdict(rung), "seed": seed}
+    if done.exists():
+        record = json.loads(done.read_text())
+        if record["key"] == json.loads(json.dumps(key)):
+            log(f"{rdir.name}: finished before, reusing {done}")
+            return record
+    if rdir.exists():
+        shutil.rmtree(rdir)  # another configuration, or interrupted half way
+    rdir.mkdir(parents=True)
+    scfg = cfg.scaling()
+    tcfg = cs.train_config(scfg, "dpt", cfg.window, seed, str(data), str(rdir / "train"))
+    tcfg = tcfg.replace(env=rung.env)
+    trained = cs.train(tcfg, watch=watch)
+    log(f"{rdir.name}: {cfg.steps} steps in {trained['wall_s']:.0f} s "
+        f"({trained['tokens_per_s']:.0f} tokens/s), final loss {trained['final_loss']:.3f}")
+
+    tasks = tasks_of(rung, "test", cfg.score_bandits)
+    means = params.means_of(tasks)
+    t0 = time.perf_counter()
+    floor = csf.imitation_floor(params, means, cfg.window, cfg.seed, samples=cfg.samples,
+                                stride=cfg.stride, learner="random", prior="family")
+    store = bandit_histories(rung.env or name, params, tasks, "random", cfg.window, cfg.seed)
+    scored = csf.model_nll(rdir / "train", store, cfg.window)
+    record = {"key": key, "name": name, "seed": seed, "label": rung.label,
+              "arms": rung.arms, "train": trained,
+              **score(scored["nll"], scored["correct"], floor, rung.arms),
+              "score_wall_s": time.perf_counter() - t0}
+    write_json(record, done)
+    log(f"{rdir.name}: loss {record['nll']:.3f} +- {record['nll_sem']:.3f} on held-out "
+        f"bandits (ln K {math.log(rung.arms):.3f}, floor {record['floor']:.3f}): "
+        f"gap closed {record['gap_closed']:.3f}")
+    return record
+
+
+def score(nll: np.ndarray, correct: np.ndarray, floor: dict[str, Any], arms: int
+          ) -> dict[str, Any]:
+    """A run's loss ``nll`` and hits ``correct`` ``[bandits, pulls]`` against the floor
+    (estimated at ``floor["positions"]``): means over the floor's positions, the loss's SE
+    over bandits, the gap closed, and the per-pull curves."""
+    pos = np.asarray(floor["positions"])
+    per_bandit = nll[:, pos].mean(axis=1)
+    mean, fl = float(per_bandit.mean()), float(np.mean(floor["entropy"]))
+    return {
+        "nll": mean,
+        "nll_sem": float(per_bandit.std(ddof=1) / np.sqrt(len(per_bandit)))
+        if len(per_bandit) > 1 else 0.0,
+        "accuracy": float(correct[:, pos].mean()),
+        "floor": fl, "ceiling": float(np.mean(floor["top_probability"])),
+        "uniform": math.log(arms), "gap_closed": gap_closed(mean, fl, arms),
+        "curve": {"positions": pos.tolist(), "nll": nll[:, pos].mean(axis=0).tolist(),
+                  "accuracy": correct[:, pos].mean(axis=0).tolist(),
+                  "floor": list(floor["entropy"]),
+                  "ceiling": list(floor["top_probability"])},
+    }
+
+
+# ---------------------------------------------------------------------- the ladder
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per family: mean ± std over seeds of the loss, gap closed and accuracy."""
+    out = {}
+    for name in dict.fromkeys(r["name"] for r in records):
+        rs = [r for r in records if r["name"] == name]
+        row = {"label": rs[0]["label"], "arms": rs[0]["arms"], "seeds": [r["seed"] for r in rs],
+               "uniform": rs[0]["uniform"], "floor": float(np.mean([r["floor"] for r in rs])),
+               "ceiling": float(np.mean([r["ceiling"] for r in rs]))}
+        for k in ("nll", "gap_closed", "accuracy"):
+            v = np.asarray([r[k] for r in rs])
+            row[f"{k}_mean"], row[f"{k}_std"] = float(v.mean()), float(v.std())
+        first = [r["train"]["history"][0]["loss"] for r in rs if r["train"]["history"]]
+        row["train_loss_first"] = float(np.mean(first)) if first else float("nan")
+        row["train_loss_final"] = float(np.mean([r["train"]["final_loss"] for r in rs]))
+        row["train_wall_s"] = float(np.mean([r["train"]["wall_s"] for r in rs]))
+        out[name] = row
+    return out
+
+
+def plot(result: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, name in enumerate(result["families"]):
+        col = colors[i % len(colors)]
+        rs = [r for r in result["runs"] if r["name"] == name]
+        lnk = rs[0]["uniform"]
+        c = rs[0]["curve"]
+        x = np.asarray(c["positions"])
+        below = lnk - np.mean([r["curve"]["nll"] for r in rs], axis=0)
+        ax1.plot(x, below, color=col, label=f"DPT, {rs[0]['label']} ({len(rs)} seeds)")
+        ax1.plot(x, lnk - np.asarray(c["floor"]), color=col, ls="--", lw=1,
+                 label="its floor (best arm's posterior)")
+        for r in rs:
+            h = r["train"]["history"]
+            ax2.plot([p["step"] for p in h], [p["loss"] - lnk for p in h], color=col,
+                     alpha=0.8, label=f"{rs[0]['label']}, seed {r['seed']}")
+    ax1.axhline(0.0, color="gray", lw=0.8)
+    ax1.set(xlabel="pull in the context (held-out bandits, uniform pulls)",
+            ylabel="ln K - loss on the best arm (nats)",
+            title="what DPT reads from its context, against the most it could")
+    ax2.axhline(0.0, color="gray", lw=0.8)
+    ax2.set(xlabel="optimiser step", ylabel="training loss - ln K (nats)",
+            title="training loss relative to a uniform guess")
+    ax1.legend(fontsize=7)
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+@dataclass(frozen=True)
+class Args:
+    """Options of the DPT bandit ladder."""
+
+    rungs: tuple[str, ...] = tuple(RUNGS)
+    """Families to run (arms5-wide, arms20-wide, arms20-narrow)."""
+    seeds: int = 2
+    """Training seeds per family."""
+    steps: int = 0
+    """Override the optimiser steps (0: 300)."""
+    batch_size: int = 0
+    """Override the windows per batch (0: 32)."""
+    tiny: bool = False
+    """Seconds on CPU (the test)."""
+    out: str = "results"
+    """Directory of the JSON / PNG."""
+    workdir: str = "runs/dpt_bandit_ladder"
+    """Data, checkpoints and records of every run (git-ignored)."""
+    watch: bool = True
+    """Train in a watched child process (off for --tiny)."""
+    overwrite: bool = False
+    """Replace result files already in --out, and allow a --workdir holding other files."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: ``python -m experiments.dpt_bandit_ladder [options]``."""
+    import tyro
+
+    from rl_ring.io import check_results, claim_run_dir, write_json
+
+    args = tyro.cli(Args, args=sys.argv[1:] if argv is None else argv,
+                    prog="python -m experiments.dpt_bandit_ladder", description=__doc__)
+    try:
+        if unknown := [r for r in args.rungs if r not in RUNGS]:
+            raise ValueError(f"--rungs {unknown}: expected some of {', '.join(RUNGS)}")
+        if args.seeds < 1:
+            raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+        cfg = tiny_config() if args.tiny else LadderConfig()
+        if args.steps:
+            cfg = dataclasses.replace(cfg, steps=args.steps)
+        if args.batch_size:
+            cfg = dataclasses.replace(cfg, batch_size=args.batch_size)
+        path = Path(args.out) / RESULTS
+        check_results([path.with_suffix(".json"), path.with_suffix(".png")],
+                      workdir=args.workdir, overwrite=args.overwrite,
+                      what="the DPT ladder's results")
+        work = claim_run_dir(args.workdir, kind="dpt_bandit_ladder", overwrite=args.overwrite)
+        t0 = time.perf_counter()
+        records = [run_rung(cfg, name, s, work, watch=args.watch and not args.tiny)
+                   for name in args.rungs for s in range(args.seeds)]
+        families = summarize(records)
+        result = {"config": dataclasses.asdict(cfg), "families": families,
+                  "runs": [{k: v for k, v in r.items() if k != "key"} for r in records],
+                  "wall_s": time.perf_counter() - t0, "workdir": str(work)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        result["files"] = {"plot": plot(result, path.with_suffix(".png")).name}
+        write_json(result, path.with_suffix(".json"))
+    except (ValueError, OSError) as err:
+        print(f"dpt_bandit_ladder: {err}", file=sys.stderr)
+        return 2
+    for name, f in families.items():
+        print(f"{name:14s} {f['label']:40s} loss {f['nll_mean']:.3f} +- {f['nll_std']:.3f} "
+              f"(ln K {f['uniform']:.3f}, floor {f['floor']:.3f}); gap closed "
+              f"{f['gap_closed_mean']:.3f} +- {f['gap_closed_std']:.3f}; accuracy "
+              f"{f['accuracy_mean']:.3f} (ceiling {f['ceiling']:.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

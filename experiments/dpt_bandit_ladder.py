@@ -3,11 +3,12 @@
 At the context-scaling budget (300 steps of 32 windows of 256 uniform pulls) DPT's loss on
 ``bandit-hard`` stays at ln 20, a uniform guess, flat over the pulls
 (docs/reproductions.md, "Context scaling"). This script keeps everything but the bandit
-family fixed (the same model, data pipeline, budget and seeds) and walks three Bernoulli
+family fixed (the same model, data pipeline, budget and seeds) and walks four Bernoulli
 families that differ in one factor per step:
 
 * ``arms5-wide``: 5 arms, success probabilities uniform in [0, 1) (registry ``bandit``);
-* ``arms20-wide``: 20 arms in [0, 1): the arm count changed;
+* ``arms10-wide``, ``arms20-wide``: 10 (``bandit-10``) and 20 arms in [0, 1): the arm count
+  changed;
 * ``arms20-narrow``: 20 arms in [0.3, 0.7) (``bandit-hard``): the gaps changed.
 
 Each family gets the same data (1,000 histories of 4,096 uniformly random pulls on training
@@ -26,7 +27,7 @@ model, 1 the Bayes-optimal one. Reported per run and as mean ± std over trainin
 
 Usage::
 
-    python -m experiments.dpt_bandit_ladder                  # 3 families x 2 seeds
+    python -m experiments.dpt_bandit_ladder                  # 4 families x 2 seeds
     python -m experiments.dpt_bandit_ladder --seeds 1 --rungs arms5-wide arms20-wide
     python -m experiments.dpt_bandit_ladder --tiny           # seconds (the test)
 
@@ -82,6 +83,7 @@ class Rung:
 
 RUNGS: dict[str, Rung] = {
     "arms5-wide": Rung("5 arms, p in [0, 1)", 5, 0.0, 1.0, 1000, "bandit"),
+    "arms10-wide": Rung("10 arms, p in [0, 1)", 10, 0.0, 1.0, 1000, "bandit-10"),
     "arms20-wide": Rung("20 arms, p in [0, 1)", 20, 0.0, 1.0, 10_000, ""),
     "arms20-narrow": Rung("20 arms, p in [0.3, 0.7) (bandit-hard)", 20, 0.3, 0.7, 10_000,
                           "bandit-hard"),
@@ -284,7 +286,7 @@ class Args:
     """Options of the DPT bandit ladder."""
 
     rungs: tuple[str, ...] = tuple(RUNGS)
-    """Families to run (arms5-wide, arms20-wide, arms20-narrow)."""
+    """Families to run (arms5-wide, arms10-wide, arms20-wide, arms20-narrow)."""
     seeds: int = 2
     """Training seeds per family."""
     steps: int = 0

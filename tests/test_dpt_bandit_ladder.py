@@ -1,0 +1,92 @@
+"""The DPT bandit ladder: its scoring against hand-computed values, and its tiny variant end
+to end (two families, trained, scored on held-out bandits, reused when asked again)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import envs.bandit
+from experiments import dpt_bandit_ladder as lad
+
+
+def test_gap_closed_by_hand():
+    assert lad.gap_closed(math.log(5), 1.0, 5) == pytest.approx(0.0)
+    assert lad.gap_closed(1.0, 1.0, 5) == pytest.approx(1.0)
+    # halfway between ln 4 and a floor of ln 4 - 0.4
+    assert lad.gap_closed(math.log(4) - 0.2, math.log(4) - 0.4, 4) == pytest.approx(0.5)
+
+
+def test_score_by_hand():
+    nll = np.array([[1.0, 9.0, 2.0, 9.0], [3.0, 9.0, 0.0, 9.0]])  # positions 1, 3 unscored
+    hit = np.array([[1, 1, 0, 1], [0, 1, 0, 1]], bool)
+    floor = {"positions": [0, 2], "entropy": [1.2, 0.8], "top_probability": [0.4, 0.6]}
+    s = lad.score(nll, hit, floor, arms=4)
+    assert s["nll"] == pytest.approx(1.5)  # bandits' means 1.5 and 1.5
+    assert s["nll_sem"] == pytest.approx(0.0)
+    assert s["accuracy"] == pytest.approx(0.25)
+    assert s["floor"] == pytest.approx(1.0) and s["ceiling"] == pytest.approx(0.5)
+    assert s["gap_closed"] == pytest.approx((math.log(4) - 1.5) / (math.log(4) - 1.0))
+    assert s["curve"]["nll"] == pytest.approx([2.0, 1.0])
+    s = lad.score(np.array([[1.0], [3.0]]), hit[:, :1], {"positions": [0], "entropy": [1.0],
+                  "top_probability": [0.5]}, arms=4)
+    assert s["nll_sem"] == pytest.approx(np.std([1.0, 3.0], ddof=1) / np.sqrt(2))
+
+
+def test_rungs_change_one_factor_at_a_time():
+    a, a10, b, c = (lad.RUNGS[k] for k in ("arms5-wide", "arms10-wide", "arms20-wide",
+                                           "arms20-narrow"))
+    assert (a.low, a.high) == (a10.low, a10.high) == (b.low, b.high)
+    assert a.arms < a10.arms < b.arms
+    assert b.arms == c.arms and (b.low, b.high) != (c.low, c.high)
+    from envs.bandit import HARD_BERNOULLI
+    from envs.registry import IN_CONTEXT
+
+    assert c.params() == HARD_BERNOULLI
+    for r in (a, a10):
+        assert IN_CONTEXT[r.env].kwargs["arms"] == r.arms
+        assert r.params().means(3) == pytest.approx(envs.bandit.arm_means(3, arms=r.arms))
+
+
+def test_tiny_ladder_end_to_end(tmp_path, capsys):
+    work, out = tmp_path / "work", tmp_path / "out"
+    argv = ["--tiny", "--rungs", "arms5-wide", "arms20-narrow", "--seeds", "1",
+            "--workdir", str(work)]
+    assert lad.main([*argv, "--out", str(out)]) == 0
+    res = json.loads((out / "dpt_bandit_ladder.json").read_text())
+    assert (out / "dpt_bandit_ladder.png").stat().st_size > 0
+    assert list(res["families"]) == ["arms5-wide", "arms20-narrow"]
+    for run in res["runs"]:
+        k = run["arms"]
+        assert run["uniform"] == pytest.approx(math.log(k))
+        assert run["train"]["history"] and np.isfinite(run["nll"])
+        # before any pull the best arm's posterior is the prior's: uniform over the arms
+        assert run["curve"]["floor"][0] == pytest.approx(math.log(k), abs=0.15)
+        assert run["gap_closed"] == pytest.approx(lad.gap_closed(run["nll"], run["floor"], k))
+        ckpt = work / f"{run['name']}-seed0" / "train"
+        assert (ckpt / "checkpoints" / "4").is_dir()  # the final step's checkpoint stays
+        assert json.loads((ckpt / "config.json").read_text())["config"]["env"] == lad.RUNGS[
+            run["name"]].env
+    wide, narrow = (res["families"][k] for k in ("arms5-wide", "arms20-narrow"))
+    # 16 uniform pulls say far more about the best of 5 arms in [0, 1) than of 20 in
+    # [0.3, 0.7): the learnable part of the loss is a larger share of ln K
+    assert (wide["uniform"] - wide["floor"]) / wide["uniform"] > 3 * (
+        (narrow["uniform"] - narrow["floor"]) / narrow["uniform"])
+
+    # Asked again: the finished runs are reused, the numbers the same, nothing retrained.
+    capsys.readouterr()
+    assert lad.main([*argv, "--out", str(tmp_path / "again")]) == 0
+    assert capsys.readouterr().out.count("finished before, reusing") == 2
+    again = json.loads((tmp_path / "again" / "dpt_bandit_ladder.json").read_text())
+    assert again["families"] == res["families"]
+    # The first results are not overwritten without --overwrite.
+    assert lad.main([*argv, "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_unknown_rung_is_an_error(tmp_path, capsys):
+    assert lad.main(["--tiny", "--rungs", "arms7", "--workdir", str(tmp_path / "w"),
+                     "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--rungs" in err and "arms7" in err and "arms5-wide" in err

@@ -30,8 +30,10 @@ Usage::
     python -m experiments.dpt_bandit_ladder                  # 4 families x 2 seeds
     python -m experiments.dpt_bandit_ladder --seeds 1 --rungs arms5-wide arms20-wide
     python -m experiments.dpt_bandit_ladder --tiny           # seconds (the test)
+    python -m experiments.dpt_bandit_ladder --rungs arms20-wide --seeds 1 --window 64 \
+        --steps 1200 --tag w64 --workdir runs/dpt_bandit_ladder_w64   # a variant
 
-Writes ``<out>/dpt_bandit_ladder.json`` and ``.png``; checkpoints and data stay under
+Writes ``<out>/dpt_bandit_ladder[_<tag>].json`` and ``.png``; checkpoints and data stay under
 ``--workdir`` (git-ignored ``runs/``), finished runs are reused when asked for again.
 """
 
@@ -293,6 +295,11 @@ class Args:
     """Override the optimiser steps (0: 300)."""
     batch_size: int = 0
     """Override the windows per batch (0: 32)."""
+    window: int = 0
+    """Override the pulls per context (0: 256); runs are scored over that many pulls."""
+    tag: str = ""
+    """Results are <out>/dpt_bandit_ladder_<tag>.json / .png (a variant beside the main one;
+    give it its own --workdir too: a changed configuration retrains the runs it finds)."""
     tiny: bool = False
     """Seconds on CPU (the test)."""
     out: str = "results"
@@ -323,7 +330,11 @@ def main(argv: list[str] | None = None) -> int:
             cfg = dataclasses.replace(cfg, steps=args.steps)
         if args.batch_size:
             cfg = dataclasses.replace(cfg, batch_size=args.batch_size)
-        path = Path(args.out) / RESULTS
+        if args.window:
+            cfg = dataclasses.replace(cfg, window=args.window)
+        if args.tag and not args.tag.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"--tag {args.tag!r}: letters, digits, - and _ only")
+        path = Path(args.out) / (f"{RESULTS}_{args.tag}" if args.tag else RESULTS)
         check_results([path.with_suffix(".json"), path.with_suffix(".png")],
                       workdir=args.workdir, overwrite=args.overwrite,
                       what="the DPT ladder's results")

@@ -90,3 +90,10 @@ def test_unknown_rung_is_an_error(tmp_path, capsys):
                      "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "--rungs" in err and "arms7" in err and "arms5-wide" in err
+
+
+def test_bad_tag_is_an_error(tmp_path, capsys):
+    assert lad.main(["--tiny", "--tag", "../x", "--workdir", str(tmp_path / "w"),
+                     "--out", str(tmp_path)]) == 2
+    assert "--tag" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()  # refused before anything is written

@@ -235,15 +235,22 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         row = {"label": rs[0]["label"], "arms": rs[0]["arms"], "seeds": [r["seed"] for r in rs],
                "uniform": rs[0]["uniform"], "floor": float(np.mean([r["floor"] for r in rs])),
                "ceiling": float(np.mean([r["ceiling"] for r in rs]))}
-        for k in ("nll", "gap_closed", "accuracy"):
+        for k in ("nll", "gap_closed", "accuracy"):  # std over seeds: None for one seed
             v = np.asarray([r[k] for r in rs])
-            row[f"{k}_mean"], row[f"{k}_std"] = float(v.mean()), float(v.std())
+            row[f"{k}_mean"] = float(v.mean())
+            row[f"{k}_std"] = float(v.std()) if len(v) > 1 else None
+        row["nll_sem_over_bandits"] = float(np.mean([r["nll_sem"] for r in rs]))
         first = [r["train"]["history"][0]["loss"] for r in rs if r["train"]["history"]]
         row["train_loss_first"] = float(np.mean(first)) if first else float("nan")
         row["train_loss_final"] = float(np.mean([r["train"]["final_loss"] for r in rs]))
         row["train_wall_s"] = float(np.mean([r["train"]["wall_s"] for r in rs]))
         out[name] = row
     return out
+
+
+def _pm(row: dict[str, Any], key: str) -> str:
+    """`` +- std`` of a family's row, nothing for one seed."""
+    return "" if row[key] is None else f" +- {row[key]:.3f}"
 
 
 def plot(result: dict[str, Any], path: Path) -> Path:
@@ -353,9 +360,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dpt_bandit_ladder: {err}", file=sys.stderr)
         return 2
     for name, f in families.items():
-        print(f"{name:14s} {f['label']:40s} loss {f['nll_mean']:.3f} +- {f['nll_std']:.3f} "
-              f"(ln K {f['uniform']:.3f}, floor {f['floor']:.3f}); gap closed "
-              f"{f['gap_closed_mean']:.3f} +- {f['gap_closed_std']:.3f}; accuracy "
+        n = len(f["seeds"])
+        print(f"{name:14s} {f['label']:40s} ({n} seed{'s' * (n > 1)}) loss {f['nll_mean']:.3f}"
+              f"{_pm(f, 'nll_std')} (SE over bandits {f['nll_sem_over_bandits']:.3f}; ln K "
+              f"{f['uniform']:.3f}, floor {f['floor']:.3f}); gap closed "
+              f"{f['gap_closed_mean']:.3f}{_pm(f, 'gap_closed_std')}; accuracy "
               f"{f['accuracy_mean']:.3f} (ceiling {f['ceiling']:.3f})")
     return 0
 

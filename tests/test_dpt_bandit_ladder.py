@@ -69,6 +69,8 @@ def test_tiny_ladder_end_to_end(tmp_path, capsys):
         assert json.loads((ckpt / "config.json").read_text())["config"]["env"] == lad.RUNGS[
             run["name"]].env
     wide, narrow = (res["families"][k] for k in ("arms5-wide", "arms20-narrow"))
+    assert wide["seeds"] == [0] and wide["nll_std"] is None  # no spread from one seed
+    assert wide["nll_mean"] == pytest.approx(res["runs"][0]["nll"])
     # 16 uniform pulls say far more about the best of 5 arms in [0, 1) than of 20 in
     # [0.3, 0.7): the learnable part of the loss is a larger share of ln K
     assert (wide["uniform"] - wide["floor"]) / wide["uniform"] > 3 * (

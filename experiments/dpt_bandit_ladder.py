@@ -32,6 +32,9 @@ Usage::
     python -m experiments.dpt_bandit_ladder --tiny           # seconds (the test)
     python -m experiments.dpt_bandit_ladder --rungs arms20-wide --seeds 1 --window 64 \
         --steps 1200 --tag w64 --workdir runs/dpt_bandit_ladder_w64   # a variant
+    python -m experiments.dpt_bandit_ladder --rungs arms20-narrow --init-rung arms20-wide \
+        --window 64 --steps 1200 --tag w64_curriculum --workdir runs/dpt_bandit_ladder_w64
+        # a curriculum: bandit-hard's runs start from the 20-wide-arm runs
 
 Writes ``<out>/dpt_bandit_ladder[_<tag>].json`` and ``.png``; checkpoints and data stay under
 ``--workdir`` (git-ignored ``runs/``), finished runs are reused when asked for again.
@@ -152,9 +155,13 @@ def gap_closed(nll: float, floor: float, arms: int) -> float:
 
 
 # ---------------------------------------------------------------------- one run
-def run_rung(cfg: LadderConfig, name: str, seed: int, work: Path, *, watch: bool
-             ) -> dict[str, Any]:
-    """Data (once per family) -> DPT trained -> scored on held-out bandits; the record."""
+def run_rung(cfg: LadderConfig, name: str, seed: int, work: Path, *, watch: bool,
+             init: str = "") -> dict[str, Any]:
+    """Data (once per family) -> DPT trained -> scored on held-out bandits; the record.
+
+    ``init``: another rung whose run of the same seed (in ``work``, trained first if it is
+    not there) this one starts from, a curriculum step (``TrainConfig.init_from``); the two
+    must have the same arm count."""
     from envs.learners.bandits import bandit_histories
     from experiments import context_scaling as cs
     from experiments import context_scaling_floor as csf
@@ -168,9 +175,12 @@ def run_rung(cfg: LadderConfig, name: str, seed: int, work: Path, *, watch: bool
                                  cfg.histories), "random", cfg.history_pulls,
                                  seed=cfg.seed + 7)
         store.save(data, overwrite=True)
-    rdir = work / f"{name}-seed{seed}"
+    source = run_rung(cfg, init, seed, work, watch=watch) if init else None
+    rdir = work / (f"{name}-from-{init}-seed{seed}" if init else f"{name}-seed{seed}")
     done = rdir / "record.json"
     key = {"config": dataclasses.asdict(cfg), "rung": dataclasses.asdict(rung), "seed": seed}
+    if source is not None:
+        key["init"] = source["key"]
     if done.exists():
         record = json.loads(done.read_text())
         if record["key"] == json.loads(json.dumps(key)):
@@ -181,7 +191,8 @@ def run_rung(cfg: LadderConfig, name: str, seed: int, work: Path, *, watch: bool
     rdir.mkdir(parents=True)
     scfg = cfg.scaling()
     tcfg = cs.train_config(scfg, "dpt", cfg.window, seed, str(data), str(rdir / "train"))
-    tcfg = tcfg.replace(env=rung.env)
+    tcfg = tcfg.replace(env=rung.env,
+                        init_from=str(work / f"{init}-seed{seed}" / "train") if init else "")
     trained = cs.train(tcfg, watch=watch)
     log(f"{rdir.name}: {cfg.steps} steps in {trained['wall_s']:.0f} s "
         f"({trained['tokens_per_s']:.0f} tokens/s), final loss {trained['final_loss']:.3f}")
@@ -193,8 +204,10 @@ def run_rung(cfg: LadderConfig, name: str, seed: int, work: Path, *, watch: bool
                                 stride=cfg.stride, learner="random", prior="family")
     store = bandit_histories(rung.env or name, params, tasks, "random", cfg.window, cfg.seed)
     scored = csf.model_nll(rdir / "train", store, cfg.window)
-    record = {"key": key, "name": name, "seed": seed, "label": rung.label,
-              "arms": rung.arms, "train": trained,
+    record = {"key": key, "name": name, "seed": seed, "arms": rung.arms, "init": init,
+              "family": f"{name}-from-{init}" if init else name,
+              "label": f"{rung.label}, from the {init} run" if init else rung.label,
+              "train": trained,
               **score(scored["nll"], scored["correct"], floor, rung.arms),
               "score_wall_s": time.perf_counter() - t0}
     write_json(record, done)
@@ -230,9 +243,10 @@ def score(nll: np.ndarray, correct: np.ndarray, floor: dict[str, Any], arms: int
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Per family: mean ± std over seeds of the loss, gap closed and accuracy."""
     out = {}
-    for name in dict.fromkeys(r["name"] for r in records):
-        rs = [r for r in records if r["name"] == name]
+    for name in dict.fromkeys(family(r) for r in records):
+        rs = [r for r in records if family(r) == name]
         row = {"label": rs[0]["label"], "arms": rs[0]["arms"], "seeds": [r["seed"] for r in rs],
+               "init": rs[0].get("init", ""),
                "uniform": rs[0]["uniform"], "floor": float(np.mean([r["floor"] for r in rs])),
                "ceiling": float(np.mean([r["ceiling"] for r in rs]))}
         for k in ("nll", "gap_closed", "accuracy"):  # std over seeds: None for one seed
@@ -246,6 +260,12 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         row["train_wall_s"] = float(np.mean([r["train"]["wall_s"] for r in rs]))
         out[name] = row
     return out
+
+
+def family(record: dict[str, Any]) -> str:
+    """A run's family: its rung, or ``<rung>-from-<init rung>`` for a curriculum step (records
+    written before curricula existed have no ``family``)."""
+    return record.get("family", record["name"])
 
 
 def _pm(row: dict[str, Any], key: str) -> str:
@@ -263,7 +283,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, name in enumerate(result["families"]):
         col = colors[i % len(colors)]
-        rs = [r for r in result["runs"] if r["name"] == name]
+        rs = [r for r in result["runs"] if family(r) == name]
         lnk = rs[0]["uniform"]
         c = rs[0]["curve"]
         x = np.asarray(c["positions"])
@@ -304,6 +324,10 @@ class Args:
     """Override the windows per batch (0: 32)."""
     window: int = 0
     """Override the pulls per context (0: 256); runs are scored over that many pulls."""
+    init_rung: str = ""
+    """A curriculum: every rung of --rungs starts from this rung's run of the same seed (in
+    --workdir; trained first when missing) instead of a fresh initialisation; it must have
+    the same arm count. Both appear in the results."""
     tag: str = ""
     """Results are <out>/dpt_bandit_ladder_<tag>.json / .png (a variant beside the main one;
     give it its own --workdir too: a changed configuration retrains the runs it finds)."""
@@ -330,6 +354,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if unknown := [r for r in args.rungs if r not in RUNGS]:
             raise ValueError(f"--rungs {unknown}: expected some of {', '.join(RUNGS)}")
+        if args.init_rung:
+            if args.init_rung not in RUNGS:
+                raise ValueError(f"--init-rung {args.init_rung!r}: expected one of "
+                                 f"{', '.join(RUNGS)}")
+            if bad := [r for r in args.rungs if r == args.init_rung
+                       or RUNGS[r].arms != RUNGS[args.init_rung].arms]:
+                raise ValueError(f"--init-rung {args.init_rung} ({RUNGS[args.init_rung].arms} "
+                                 f"arms) cannot start --rungs {bad}: another rung with as many "
+                                 "arms (the model's shapes follow the arm count)")
         if args.seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
         cfg = tiny_config() if args.tiny else LadderConfig()
@@ -347,8 +380,11 @@ def main(argv: list[str] | None = None) -> int:
                       what="the DPT ladder's results")
         work = claim_run_dir(args.workdir, kind="dpt_bandit_ladder", overwrite=args.overwrite)
         t0 = time.perf_counter()
-        records = [run_rung(cfg, name, s, work, watch=args.watch and not args.tiny)
-                   for name in args.rungs for s in range(args.seeds)]
+        watch = args.watch and not args.tiny
+        sources = ([run_rung(cfg, args.init_rung, s, work, watch=watch)
+                    for s in range(args.seeds)] if args.init_rung else [])
+        records = sources + [run_rung(cfg, name, s, work, watch=watch, init=args.init_rung)
+                             for name in args.rungs for s in range(args.seeds)]
         families = summarize(records)
         result = {"config": dataclasses.asdict(cfg), "families": families,
                   "runs": [{k: v for k, v in r.items() if k != "key"} for r in records],

@@ -99,3 +99,32 @@ def test_bad_tag_is_an_error(tmp_path, capsys):
                      "--out", str(tmp_path)]) == 2
     assert "--tag" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()  # refused before anything is written
+
+
+def test_tiny_curriculum(tmp_path, capsys):
+    """--init-rung: bandit-hard's run starts from the 20-wide-arm run of its seed (trained
+    first), both are reported, and the warm start is recorded in the checkpoint."""
+    from rl_ring.train.checkpoint import checkpoint_meta
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    argv = ["--tiny", "--rungs", "arms20-narrow", "--init-rung", "arms20-wide", "--seeds", "1",
+            "--workdir", str(work), "--tag", "curr"]
+    assert lad.main([*argv, "--out", str(out)]) == 0
+    res = json.loads((out / "dpt_bandit_ladder_curr.json").read_text())
+    assert list(res["families"]) == ["arms20-wide", "arms20-narrow-from-arms20-wide"]
+    assert res["families"]["arms20-narrow-from-arms20-wide"]["init"] == "arms20-wide"
+    warm = work / "arms20-narrow-from-arms20-wide-seed0" / "train"
+    assert checkpoint_meta(warm)["init_from"] == {
+        "workdir": str((work / "arms20-wide-seed0" / "train").absolute()), "step": 4}
+    # Asked again: both reused.
+    capsys.readouterr()
+    assert lad.main([*argv, "--out", str(tmp_path / "again")]) == 0
+    assert capsys.readouterr().out.count("finished before, reusing") >= 2
+
+
+def test_curriculum_across_arm_counts_is_an_error(tmp_path, capsys):
+    assert lad.main(["--tiny", "--rungs", "arms20-narrow", "--init-rung", "arms5-wide",
+                     "--workdir", str(tmp_path / "w"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--init-rung arms5-wide (5 arms)" in err and "arms20-narrow" in err
+    assert not (tmp_path / "w").exists()

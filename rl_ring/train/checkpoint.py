@@ -24,7 +24,7 @@ import jax
 import optax
 import orbax.checkpoint as ocp
 
-from rl_ring.train.state import TrainState, init_fn
+from rl_ring.train.state import PyTree, TrainState, init_fn
 
 CKPT_SUBDIR = "checkpoints"
 
@@ -162,6 +162,16 @@ class Checkpointer:
         )
         return {k: restored.state[k] for k in abstract}, step
 
+    def param_shapes(self, step: int | None = None) -> dict[str, tuple[tuple[int, ...], str]]:
+        """``{path: (shape, dtype)}`` of the parameters saved in checkpoint ``step`` (default
+        latest), read from the checkpoint's metadata (no array is loaded)."""
+        step = self._resolve(step)
+        tree = ocp.PyTreeCheckpointer().metadata(self.directory / str(step) / "state")
+        tree = getattr(tree, "item_metadata", tree)
+        tree = getattr(tree, "tree", tree)
+        return {jax.tree_util.keystr(path): (tuple(int(d) for d in leaf.shape), str(leaf.dtype))
+                for path, leaf in jax.tree_util.tree_leaves_with_path(tree["params"])}
+
     def _resolve(self, step: int | None) -> int:
         steps = self.steps()
         if not steps:
@@ -181,6 +191,52 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def warm_start_params(source: str | os.PathLike, abstract_params: PyTree, *, agent: str
+                      ) -> tuple[PyTree, int]:
+    """The parameters of ``source``'s latest checkpoint, placed as ``abstract_params``
+    (``jax.ShapeDtypeStruct`` with shardings) are: how a run starts from another
+    (``TrainConfig.init_from``).
+
+    Returns:
+        ``(params, step)``: the parameters and the source checkpoint's step.
+
+    Raises:
+        ValueError: ``source`` has no finished checkpoint, was trained for another agent, or
+            holds parameters of other names or shapes (the first few named).
+    """
+    option = f"init_from={str(source)!r}"
+    try:
+        ckpt = Checkpointer(source, read_only=True)
+    except FileNotFoundError as err:
+        raise ValueError(f"{option}: not a training run's work directory ({err})") from None
+    try:
+        try:
+            meta, step = ckpt.read_meta()
+        except FileNotFoundError as err:
+            raise ValueError(f"{option}: {err}") from None
+        trained = meta.get("config", {}).get("agent", "")
+        if trained.lower() != agent.lower():
+            raise ValueError(f"{option}: its run trained agent {trained!r}, this run trains "
+                             f"{agent!r}; the parameters only carry over within one agent")
+        saved = ckpt.param_shapes(step)
+        wanted = {jax.tree_util.keystr(path): (tuple(int(d) for d in leaf.shape),
+                                                str(leaf.dtype))
+                  for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_params)}
+        problems = [f"{k}: saved {saved[k][0]} {saved[k][1]}, this model {v[0]} {v[1]}"
+                    for k, v in wanted.items() if k in saved and saved[k] != v]
+        problems += [f"{k}: not in the checkpoint" for k in wanted if k not in saved]
+        problems += [f"{k}: not in this model" for k in saved if k not in wanted]
+        if problems:
+            more = f" (and {len(problems) - 4} more)" if len(problems) > 4 else ""
+            raise ValueError(
+                f"{option}: checkpoint step {step}'s parameters do not fit this model "
+                f"(another model size or data shape?): {'; '.join(problems[:4])}{more}")
+        restored, _ = ckpt.restore_model({"params": abstract_params}, step)
+    finally:
+        ckpt.close()
+    return restored["params"], step
 
 
 def checkpoint_meta(workdir: str | os.PathLike, step: int | None = None) -> dict[str, Any]:

@@ -70,6 +70,12 @@ class TrainConfig(Generic[A]):
     """Show a progress bar."""
     tensorboard: bool = True
     """Write TensorBoard event files under <workdir>/tb."""
+    init_from: str = ""
+    """Work directory of a finished run of the same agent whose latest checkpoint's
+    parameters this run starts from (fine-tuning, curricula; '' = a fresh initialisation).
+    The optimiser, step count, data order and other variables start fresh; every parameter
+    must have the same shape. Read once, at step 0: a resumed run continues from its own
+    checkpoint."""
     agent_config: A | None = None
     """The agent's own options (None: the agent's preset)."""
 

@@ -6,6 +6,7 @@ builds the recipe for an agent and a dataset and calls it.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import sys
 import threading
@@ -22,7 +23,7 @@ from flax import nnx
 
 from rl_ring import sharding
 from rl_ring.io import OutputExistsError, write_json
-from rl_ring.train.checkpoint import CKPT_SUBDIR, Checkpointer
+from rl_ring.train.checkpoint import CKPT_SUBDIR, Checkpointer, warm_start_params
 from rl_ring.train.config import RESUME_MUST_MATCH, TrainConfig, config_diff, to_dict
 from rl_ring.train.loader import MeshLoader, pad_multiple
 from rl_ring.train.metrics import MetricsWriter, Progress
@@ -206,15 +207,23 @@ def run(recipe: Recipe, cfg: TrainConfig, *, eval_fn: EvalFn | None = None) -> T
     loader.check(example)  # sequence/batch mismatches fail here, before any compute
 
     workdir = Path(cfg.workdir)
+    if cfg.init_from and Path(cfg.init_from).absolute() == workdir.absolute():
+        raise ValueError(f"init_from={cfg.init_from!r} is this run's own work directory: a run "
+                         "continues from its own checkpoints by itself (resume)")
     check_workdir(workdir, resume=cfg.resume, overwrite=cfg.overwrite)
+    abstract_state, shardings, parts = build_state(
+        recipe.make_model, tx, cfg.seed, mesh, recipe.param_specs, materialize=False
+    )
+    # A warm start is checked (agent, names, shapes) before the work directory is touched;
+    # its parameters are used only if this run does not resume from its own checkpoint.
+    warm = (warm_start_params(cfg.init_from, abstract_state.params, agent=cfg.agent)
+            if cfg.init_from else None)
     workdir.mkdir(parents=True, exist_ok=True)
     cfg_dict = to_dict(cfg)
     lead = jax.process_index() == 0
     ckpt = Checkpointer(workdir, keep=cfg.keep_checkpoints, async_save=cfg.async_checkpoint)
-    abstract_state, shardings, parts = build_state(
-        recipe.make_model, tx, cfg.seed, mesh, recipe.param_specs, materialize=False
-    )
     start = ckpt.latest_step() if cfg.resume else None
+    init_meta: dict[str, Any] | None = None
     if start is not None:
         old_meta, _ = ckpt.read_meta(start)
         diff = config_diff(old_meta.get("config", {}), cfg_dict, RESUME_MUST_MATCH)
@@ -226,6 +235,7 @@ def run(recipe: Recipe, cfg: TrainConfig, *, eval_fn: EvalFn | None = None) -> T
             )
         state, meta, start = ckpt.restore(abstract_state, start)
         sampler.load_state_dict(meta["sampler"])
+        init_meta = meta.get("init_from")
         wall_offset = float(meta.get("wall_time", 0.0))
         if lead:
             print(f"rl_ring: resuming from step {start} of {cfg.steps} ({ckpt.directory})",
@@ -233,10 +243,19 @@ def run(recipe: Recipe, cfg: TrainConfig, *, eval_fn: EvalFn | None = None) -> T
     else:
         start = 0
         state, _, _ = build_state(recipe.make_model, tx, cfg.seed, mesh, recipe.param_specs)
+        if warm is not None:
+            # The optimiser's moments start at zero whatever the parameters: only these move.
+            state = dataclasses.replace(state, params=warm[0])
+            init_meta = {"workdir": str(Path(cfg.init_from).absolute()), "step": warm[1]}
+            if lead:
+                print(f"rl_ring: parameters from step {warm[1]} of {cfg.init_from}",
+                      file=sys.stderr, flush=True)
         sampler.load_state_dict(fresh_sampler_state)
         wall_offset = 0.0
     recipe_meta = {
         **recipe.meta,
+        # Where the parameters came from, kept in every checkpoint of a warm-started run.
+        **({"init_from": init_meta} if init_meta else {}),
         # The global batch's shape, so `rl-ring plan WORKDIR` can compile the same step.
         "batch_shape": {"batch_size": cfg.batch_size, "seq_len": int(example.shape[1]),
                         "feature_dim": int(example.values.shape[2]),

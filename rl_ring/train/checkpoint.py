@@ -166,8 +166,7 @@ class Checkpointer:
         """``{path: (shape, dtype)}`` of the parameters saved in checkpoint ``step`` (default
         latest), read from the checkpoint's metadata (no array is loaded)."""
         step = self._resolve(step)
-        tree = ocp.PyTreeCheckpointer().metadata(self.directory / str(step) / "state")
-        tree = getattr(tree, "item_metadata", tree)
+        tree = ocp.PyTreeCheckpointHandler().metadata(self.directory / str(step) / "state")
         tree = getattr(tree, "tree", tree)
         return {jax.tree_util.keystr(path): (tuple(int(d) for d in leaf.shape), str(leaf.dtype))
                 for path, leaf in jax.tree_util.tree_leaves_with_path(tree["params"])}

@@ -164,7 +164,6 @@ def run_rung(cfg: LadderConfig, name: str, seed: int, work: Path, *, watch: bool
     must have the same arm count."""
     from envs.learners.bandits import bandit_histories
     from experiments import context_scaling as cs
-    from experiments import context_scaling_floor as csf
     from rl_ring.io import write_json
 
     rung = RUNGS[name]
@@ -185,6 +184,10 @@ def run_rung(cfg: LadderConfig, name: str, seed: int, work: Path, *, watch: bool
         record = json.loads(done.read_text())
         if record["key"] == json.loads(json.dumps(key)):
             log(f"{rdir.name}: finished before, reusing {done}")
+            if init and "zero_shot" not in record:  # a record written before it was scored
+                record["zero_shot"] = held_out_score(cfg, name, work / f"{init}-seed{seed}"
+                                                     / "train")
+                write_json(record, done)
             return record
     if rdir.exists():
         shutil.rmtree(rdir)  # another configuration, or interrupted half way
@@ -197,24 +200,39 @@ def run_rung(cfg: LadderConfig, name: str, seed: int, work: Path, *, watch: bool
     log(f"{rdir.name}: {cfg.steps} steps in {trained['wall_s']:.0f} s "
         f"({trained['tokens_per_s']:.0f} tokens/s), final loss {trained['final_loss']:.3f}")
 
-    tasks = tasks_of(rung, "test", cfg.score_bandits)
-    means = params.means_of(tasks)
     t0 = time.perf_counter()
-    floor = csf.imitation_floor(params, means, cfg.window, cfg.seed, samples=cfg.samples,
-                                stride=cfg.stride, learner="random", prior="family")
-    store = bandit_histories(rung.env or name, params, tasks, "random", cfg.window, cfg.seed)
-    scored = csf.model_nll(rdir / "train", store, cfg.window)
     record = {"key": key, "name": name, "seed": seed, "arms": rung.arms, "init": init,
               "family": f"{name}-from-{init}" if init else name,
               "label": f"{rung.label}, from the {init} run" if init else rung.label,
-              "train": trained,
-              **score(scored["nll"], scored["correct"], floor, rung.arms),
+              "train": trained, **held_out_score(cfg, name, rdir / "train"),
               "score_wall_s": time.perf_counter() - t0}
+    if init:
+        # The source played on this family as it is, before any step here: what carried over.
+        record["zero_shot"] = held_out_score(cfg, name, work / f"{init}-seed{seed}" / "train")
     write_json(record, done)
     log(f"{rdir.name}: loss {record['nll']:.3f} +- {record['nll_sem']:.3f} on held-out "
         f"bandits (ln K {math.log(rung.arms):.3f}, floor {record['floor']:.3f}): "
         f"gap closed {record['gap_closed']:.3f}")
     return record
+
+
+def held_out_score(cfg: LadderConfig, name: str, checkpoint: Path) -> dict[str, Any]:
+    """A trained run (its work directory) scored on rung ``name``: teacher-forced on
+    ``cfg.window`` fresh uniform pulls of the family's first ``cfg.score_bandits`` held-out
+    bandits, against the floor on the same pulls (:func:`score`)."""
+    from envs.learners.bandits import bandit_histories
+    from experiments import context_scaling_floor as csf
+
+    rung = RUNGS[name]
+    params = rung.params()
+    tasks = tasks_of(rung, "test", cfg.score_bandits)
+    floor = csf.imitation_floor(params, params.means_of(tasks), cfg.window, cfg.seed,
+                                samples=cfg.samples, stride=cfg.stride, learner="random",
+                                prior="family")
+    store = bandit_histories(rung.env or name, params, tasks, "random", cfg.window,
+                             cfg.seed)
+    scored = csf.model_nll(checkpoint, store, cfg.window)
+    return score(scored["nll"], scored["correct"], floor, rung.arms)
 
 
 def score(nll: np.ndarray, correct: np.ndarray, floor: dict[str, Any], arms: int
@@ -254,6 +272,9 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
             row[f"{k}_mean"] = float(v.mean())
             row[f"{k}_std"] = float(v.std()) if len(v) > 1 else None
         row["nll_sem_over_bandits"] = float(np.mean([r["nll_sem"] for r in rs]))
+        if all("zero_shot" in r for r in rs):  # curriculum steps: their sources, as they were
+            for k in ("nll", "gap_closed", "accuracy"):
+                row[f"zero_shot_{k}"] = [r["zero_shot"][k] for r in rs]
         first = [r["train"]["history"][0]["loss"] for r in rs if r["train"]["history"]]
         row["train_loss_first"] = float(np.mean(first)) if first else float("nan")
         row["train_loss_final"] = float(np.mean([r["train"]["final_loss"] for r in rs]))

@@ -113,6 +113,13 @@ def test_tiny_curriculum(tmp_path, capsys):
     res = json.loads((out / "dpt_bandit_ladder_curr.json").read_text())
     assert list(res["families"]) == ["arms20-wide", "arms20-narrow-from-arms20-wide"]
     assert res["families"]["arms20-narrow-from-arms20-wide"]["init"] == "arms20-wide"
+    # The source is also scored as it is on the new family (what carried over), on the
+    # same held-out pulls and floor as the fine-tuned run.
+    warm_run = res["runs"][1]
+    zero = warm_run["zero_shot"]
+    assert zero["floor"] == pytest.approx(warm_run["floor"])
+    assert zero["uniform"] == pytest.approx(math.log(20)) and np.isfinite(zero["nll"])
+    assert zero["nll"] != pytest.approx(warm_run["nll"], abs=1e-6)
     warm = work / "arms20-narrow-from-arms20-wide-seed0" / "train"
     assert checkpoint_meta(warm)["init_from"] == {
         "workdir": str((work / "arms20-wide-seed0" / "train").absolute()), "step": 4}

@@ -155,13 +155,18 @@ def gap_closed(nll: float, floor: float, arms: int) -> float:
 
 
 # ---------------------------------------------------------------------- one run
+def run_dir(work: Path, name: str, seed: int, init: str = "") -> Path:
+    """Where rung ``name``'s run of ``seed`` lives (started from rung ``init``'s run, if any)."""
+    return work / (f"{name}-from-{init}-seed{seed}" if init else f"{name}-seed{seed}")
+
+
 def run_rung(cfg: LadderConfig, name: str, seed: int, work: Path, *, watch: bool,
-             init: str = "") -> dict[str, Any]:
+             source: dict[str, Any] | None = None) -> dict[str, Any]:
     """Data (once per family) -> DPT trained -> scored on held-out bandits; the record.
 
-    ``init``: another rung whose run of the same seed (in ``work``, trained first if it is
-    not there) this one starts from, a curriculum step (``TrainConfig.init_from``); the two
-    must have the same arm count."""
+    ``source``: the finished record of another rung's run of the same seed (in ``work``)
+    this one starts from, a curriculum step (``TrainConfig.init_from``); the two must have
+    the same arm count."""
     from envs.learners.bandits import bandit_histories
     from experiments import context_scaling as cs
     from rl_ring.io import write_json
@@ -174,8 +179,9 @@ def run_rung(cfg: LadderConfig, name: str, seed: int, work: Path, *, watch: bool
                                  cfg.histories), "random", cfg.history_pulls,
                                  seed=cfg.seed + 7)
         store.save(data, overwrite=True)
-    source = run_rung(cfg, init, seed, work, watch=watch) if init else None
-    rdir = work / (f"{name}-from-{init}-seed{seed}" if init else f"{name}-seed{seed}")
+    init = source["name"] if source is not None else ""
+    init_dir = run_dir(work, init, seed) / "train" if init else None
+    rdir = run_dir(work, name, seed, init)
     done = rdir / "record.json"
     key = {"config": dataclasses.asdict(cfg), "rung": dataclasses.asdict(rung), "seed": seed}
     if source is not None:
@@ -184,9 +190,8 @@ def run_rung(cfg: LadderConfig, name: str, seed: int, work: Path, *, watch: bool
         record = json.loads(done.read_text())
         if record["key"] == json.loads(json.dumps(key)):
             log(f"{rdir.name}: finished before, reusing {done}")
-            if init and "zero_shot" not in record:  # a record written before it was scored
-                record["zero_shot"] = held_out_score(cfg, name, work / f"{init}-seed{seed}"
-                                                     / "train")
+            if init_dir and "zero_shot" not in record:  # written before it was scored
+                record["zero_shot"], = held_out_scores(cfg, name, [init_dir])
                 write_json(record, done)
             return record
     if rdir.exists():
@@ -195,20 +200,20 @@ def run_rung(cfg: LadderConfig, name: str, seed: int, work: Path, *, watch: bool
     scfg = cfg.scaling()
     tcfg = cs.train_config(scfg, "dpt", cfg.window, seed, str(data), str(rdir / "train"))
     tcfg = tcfg.replace(env=rung.env,
-                        init_from=str(work / f"{init}-seed{seed}" / "train") if init else "")
+                        init_from=str(init_dir or ""))
     trained = cs.train(tcfg, watch=watch)
     log(f"{rdir.name}: {cfg.steps} steps in {trained['wall_s']:.0f} s "
         f"({trained['tokens_per_s']:.0f} tokens/s), final loss {trained['final_loss']:.3f}")
 
     t0 = time.perf_counter()
+    # The source is scored too, as it is, before any step here: what carried over.
+    scores = held_out_scores(cfg, name, [rdir / "train", *([init_dir] if init_dir else [])])
     record = {"key": key, "name": name, "seed": seed, "arms": rung.arms, "init": init,
               "family": f"{name}-from-{init}" if init else name,
               "label": f"{rung.label}, from the {init} run" if init else rung.label,
-              "train": trained, **held_out_score(cfg, name, rdir / "train"),
-              "score_wall_s": time.perf_counter() - t0}
-    if init:
-        # The source played on this family as it is, before any step here: what carried over.
-        record["zero_shot"] = held_out_score(cfg, name, work / f"{init}-seed{seed}" / "train")
+              "train": trained, **scores[0], "score_wall_s": time.perf_counter() - t0}
+    if init_dir:
+        record["zero_shot"] = scores[1]
     write_json(record, done)
     log(f"{rdir.name}: loss {record['nll']:.3f} +- {record['nll_sem']:.3f} on held-out "
         f"bandits (ln K {math.log(rung.arms):.3f}, floor {record['floor']:.3f}): "
@@ -216,10 +221,11 @@ def run_rung(cfg: LadderConfig, name: str, seed: int, work: Path, *, watch: bool
     return record
 
 
-def held_out_score(cfg: LadderConfig, name: str, checkpoint: Path) -> dict[str, Any]:
-    """A trained run (its work directory) scored on rung ``name``: teacher-forced on
+def held_out_scores(cfg: LadderConfig, name: str, checkpoints: list[Path]
+                    ) -> list[dict[str, Any]]:
+    """Trained runs (their work directories) scored on rung ``name``: teacher-forced on
     ``cfg.window`` fresh uniform pulls of the family's first ``cfg.score_bandits`` held-out
-    bandits, against the floor on the same pulls (:func:`score`)."""
+    bandits, against the floor on the same pulls (:func:`score`; pulls and floor made once)."""
     from envs.learners.bandits import bandit_histories
     from experiments import context_scaling_floor as csf
 
@@ -231,8 +237,8 @@ def held_out_score(cfg: LadderConfig, name: str, checkpoint: Path) -> dict[str, 
                                 prior="family")
     store = bandit_histories(rung.env or name, params, tasks, "random", cfg.window,
                              cfg.seed)
-    scored = csf.model_nll(checkpoint, store, cfg.window)
-    return score(scored["nll"], scored["correct"], floor, rung.arms)
+    scored = [csf.model_nll(c, store, cfg.window) for c in checkpoints]
+    return [score(s["nll"], s["correct"], floor, rung.arms) for s in scored]
 
 
 def score(nll: np.ndarray, correct: np.ndarray, floor: dict[str, Any], arms: int
@@ -404,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         watch = args.watch and not args.tiny
         sources = ([run_rung(cfg, args.init_rung, s, work, watch=watch)
                     for s in range(args.seeds)] if args.init_rung else [])
-        records = sources + [run_rung(cfg, name, s, work, watch=watch, init=args.init_rung)
+        records = sources + [run_rung(cfg, name, s, work, watch=watch,
+                                      source=sources[s] if sources else None)
                              for name in args.rungs for s in range(args.seeds)]
         families = summarize(records)
         result = {"config": dataclasses.asdict(cfg), "families": families,

@@ -167,9 +167,7 @@ class Checkpointer:
         latest), read from the checkpoint's metadata (no array is loaded)."""
         step = self._resolve(step)
         tree = ocp.PyTreeCheckpointHandler().metadata(self.directory / str(step) / "state")
-        tree = getattr(tree, "tree", tree)
-        return {jax.tree_util.keystr(path): (tuple(int(d) for d in leaf.shape), str(leaf.dtype))
-                for path, leaf in jax.tree_util.tree_leaves_with_path(tree["params"])}
+        return _shapes(getattr(tree, "tree", tree)["params"])
 
     def _resolve(self, step: int | None) -> int:
         steps = self.steps()
@@ -192,10 +190,16 @@ class Checkpointer:
         self.manager.close()
 
 
+def _shapes(tree: PyTree) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{path: (shape, dtype)}`` of a tree of arrays or array metadata."""
+    return {jax.tree_util.keystr(path): (tuple(int(d) for d in leaf.shape), str(leaf.dtype))
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
 def warm_start_params(source: str | os.PathLike, abstract_params: PyTree, *, agent: str
                       ) -> tuple[PyTree, int]:
-    """The parameters of ``source``'s latest checkpoint, placed as ``abstract_params``
-    (``jax.ShapeDtypeStruct`` with shardings) are: how a run starts from another
+    """The parameters of ``source``'s latest checkpoint, placed as ``abstract_params`` are
+    (``jax.ShapeDtypeStruct`` with shardings): how a run starts from another
     (``TrainConfig.init_from``).
 
     Returns:
@@ -220,9 +224,7 @@ def warm_start_params(source: str | os.PathLike, abstract_params: PyTree, *, age
             raise ValueError(f"{option}: its run trained agent {trained!r}, this run trains "
                              f"{agent!r}; the parameters only carry over within one agent")
         saved = ckpt.param_shapes(step)
-        wanted = {jax.tree_util.keystr(path): (tuple(int(d) for d in leaf.shape),
-                                                str(leaf.dtype))
-                  for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_params)}
+        wanted = _shapes(abstract_params)
         problems = [f"{k}: saved {saved[k][0]} {saved[k][1]}, this model {v[0]} {v[1]}"
                     for k, v in wanted.items() if k in saved and saved[k] != v]
         problems += [f"{k}: not in the checkpoint" for k in wanted if k not in saved]

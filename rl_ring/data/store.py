@@ -322,6 +322,18 @@ def _rss_bytes() -> dict[str, int]:
     return out
 
 
+def _trim_heap() -> None:
+    """Returns freed heap pages to the system (glibc's ``malloc_trim``; nothing elsewhere), so
+    that resident-memory growth measured next is not hidden by pages the allocator kept from
+    arrays freed before."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def memory_probe(
     path: str | os.PathLike, *, batch: int = 64, window: int = 1000, seed: int = 0
 ) -> dict[str, float]:
@@ -341,6 +353,7 @@ def memory_probe(
         ``mmap=False``).
     """
     mib = 1 << 20
+    _trim_heap()
     r0 = _rss_bytes()
     store = EpisodeStore.load(path, mmap=True)
     r1 = _rss_bytes()
@@ -356,6 +369,7 @@ def memory_probe(
     total = sum(getattr(store, k).nbytes for k in _CORE)
     total += sum(v.nbytes for v in store.extras.values())
     del store
+    _trim_heap()
     r3 = _rss_bytes()
     ram = EpisodeStore.load(path, mmap=False)
     r4 = _rss_bytes()

@@ -164,9 +164,10 @@ def run_rung(cfg: LadderConfig, name: str, seed: int, work: Path, *, watch: bool
              source: dict[str, Any] | None = None) -> dict[str, Any]:
     """Data (once per family) -> DPT trained -> scored on held-out bandits; the record.
 
-    ``source``: the finished record of another rung's run of the same seed (in ``work``)
-    this one starts from, a curriculum step (``TrainConfig.init_from``); the two must have
-    the same arm count."""
+    ``source``: the finished record of another run of the same seed this one starts from, a
+    curriculum step (``TrainConfig.init_from``): a rung's run in ``work`` or a finished run
+    of another ladder (``record["dir"]``); the two must have the same arm count. The record
+    returned names its run directory (``dir``)."""
     from envs.learners.bandits import bandit_histories
     from experiments import context_scaling as cs
     from rl_ring.io import write_json
@@ -179,8 +180,8 @@ def run_rung(cfg: LadderConfig, name: str, seed: int, work: Path, *, watch: bool
                                  cfg.histories), "random", cfg.history_pulls,
                                  seed=cfg.seed + 7)
         store.save(data, overwrite=True)
-    init = source["name"] if source is not None else ""
-    init_dir = run_dir(work, init, seed) / "train" if init else None
+    init = family(source) if source is not None else ""
+    init_dir = Path(source["dir"]) / "train" if source is not None else None
     rdir = run_dir(work, name, seed, init)
     done = rdir / "record.json"
     key = {"config": dataclasses.asdict(cfg), "rung": dataclasses.asdict(rung), "seed": seed}
@@ -193,7 +194,7 @@ def run_rung(cfg: LadderConfig, name: str, seed: int, work: Path, *, watch: bool
             if init_dir and "zero_shot" not in record:  # written before it was scored
                 record["zero_shot"], = held_out_scores(cfg, name, [init_dir])
                 write_json(record, done)
-            return record
+            return {**record, "dir": str(rdir)}
     if rdir.exists():
         shutil.rmtree(rdir)  # another configuration, or interrupted half way
     rdir.mkdir(parents=True)
@@ -218,7 +219,58 @@ def run_rung(cfg: LadderConfig, name: str, seed: int, work: Path, *, watch: bool
     log(f"{rdir.name}: loss {record['nll']:.3f} +- {record['nll_sem']:.3f} on held-out "
         f"bandits (ln K {math.log(rung.arms):.3f}, floor {record['floor']:.3f}): "
         f"gap closed {record['gap_closed']:.3f}")
-    return record
+    return {**record, "dir": str(rdir)}
+
+
+def finished_source(init_work: Path, init: str, seed: int) -> dict[str, Any]:
+    """The finished run ``<init>-seed<seed>`` of another ladder's work directory (a rung, or a
+    curriculum family ``<rung>-from-<rung>``), as a curriculum source."""
+    done = init_work / f"{init}-seed{seed}" / "record.json"
+    if not done.is_file():
+        raise ValueError(f"--init-workdir {init_work}: no finished run {init!r} of seed {seed} "
+                         f"(expected {done}; run that ladder first)")
+    return {**json.loads(done.read_text()), "dir": str(done.parent)}
+
+
+def online_scores(cfg: LadderConfig, record: dict[str, Any], pulls: int, bandits: int
+                  ) -> dict[str, Any]:
+    """A finished run played online: its own sampled pulls fill its context (the window
+    sliding by a quarter once full), ``pulls`` pulls on each of its family's first ``bandits``
+    held-out bandits, with ``context_scaling``'s evaluation (the same bandits, seeds and
+    regret summary as its table). Cached in the run's record."""
+    from experiments import context_scaling as cs
+    from rl_ring.io import write_json
+
+    want = {"pulls": pulls, "bandits": bandits}
+    if {k: record.get("online", {}).get(k) for k in want} == want:
+        return record["online"]
+    rdir = Path(record["dir"])
+    t0 = time.perf_counter()
+    played = cs.evaluate_run(online_config(cfg, record["name"], pulls, bandits),
+                             str(rdir / "train"), rdir, cfg.window)
+    online = {**want, **played, "eval_wall_s": time.perf_counter() - t0}
+    saved = json.loads((rdir / "record.json").read_text())
+    write_json({**saved, "online": online}, rdir / "record.json")
+    log(f"{rdir.name}: online regret at {pulls} pulls {online['final_mean']:.1f} +- "
+        f"{online['final_sem']:.1f} over {bandits} held-out bandits "
+        f"({online['eval_wall_s']:.0f} s)")
+    return online
+
+
+def online_config(cfg: LadderConfig, name: str, pulls: int, bandits: int):
+    """``context_scaling``'s configuration that plays rung ``name``'s held-out bandits."""
+    return cfg.scaling().replace(env=RUNGS[name].env, eval_tasks=bandits, eval_episodes=pulls)
+
+
+def online_baselines(cfg: LadderConfig, name: str, pulls: int, bandits: int
+                     ) -> dict[str, Any]:
+    """Thompson sampling (also with the family's prior), UCB1 and random arms on the bandits
+    :func:`online_scores` plays (``context_scaling.bandit_baselines``: the same seeds)."""
+    from experiments import context_scaling as cs
+
+    scfg = online_config(cfg, name, pulls, bandits)
+    means = cs.family(scfg.env).means_of(cs.heldout_tasks(scfg))
+    return cs.bandit_baselines(scfg, means, pulls)
 
 
 def held_out_scores(cfg: LadderConfig, name: str, checkpoints: list[Path]
@@ -281,6 +333,14 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         if all("zero_shot" in r for r in rs):  # curriculum steps: their sources, as they were
             for k in ("nll", "gap_closed", "accuracy"):
                 row[f"zero_shot_{k}"] = [r["zero_shot"][k] for r in rs]
+        if all("online" in r for r in rs):  # played online: regret at the last pull
+            v = np.asarray([r["online"]["final_mean"] for r in rs])
+            row.update(online_pulls=rs[0]["online"]["pulls"],
+                       online_bandits=rs[0]["online"]["bandits"],
+                       online_regret=v.tolist(), online_regret_mean=float(v.mean()),
+                       online_regret_std=float(v.std()) if len(v) > 1 else None,
+                       online_regret_sem_over_bandits=float(np.mean(
+                           [r["online"]["final_sem"] for r in rs])))
         first = [r["train"]["history"][0]["loss"] for r in rs if r["train"]["history"]]
         row["train_loss_first"] = float(np.mean(first)) if first else float("nan")
         row["train_loss_final"] = float(np.mean([r["train"]["final_loss"] for r in rs]))
@@ -306,7 +366,9 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    online = result.get("online_baselines")
+    fig, axes = plt.subplots(1, 3 if online else 2, figsize=(18 if online else 12, 4.5))
+    ax1, ax2 = axes[:2]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, name in enumerate(result["families"]):
         col = colors[i % len(colors)]
@@ -322,6 +384,10 @@ def plot(result: dict[str, Any], path: Path) -> Path:
             h = r["train"]["history"]
             ax2.plot([p["step"] for p in h], [p["loss"] - lnk for p in h], color=col,
                      alpha=0.8, label=f"{rs[0]['label']}, seed {r['seed']}")
+        if online and all("online" in r for r in rs):
+            o = rs[0]["online"]
+            axes[2].plot(o["curve_x"], np.mean([r["online"]["curve"] for r in rs], axis=0),
+                         color=col, label=f"DPT, {rs[0]['label']} ({len(rs)} seeds)")
     ax1.axhline(0.0, color="gray", lw=0.8)
     ax1.set(xlabel="pull in the context (held-out bandits, uniform pulls)",
             ylabel="ln K - loss on the best arm (nats)",
@@ -331,6 +397,14 @@ def plot(result: dict[str, Any], path: Path) -> Path:
             title="training loss relative to a uniform guess")
     ax1.legend(fontsize=7)
     ax2.legend(fontsize=7)
+    if online:
+        for rung, base in online.items():
+            for i, (name, b) in enumerate(base.items()):
+                axes[2].plot(b["curve_x"], b["curve"], color="gray", lw=1,
+                             ls=("--", ":", "-.", (0, (1, 3)))[i % 4], label=f"{name} ({rung})")
+        axes[2].set(xlabel="pull (held-out bandits, one context, window sliding)",
+                    ylabel="cumulative expected regret", title="played online")
+        axes[2].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -354,7 +428,20 @@ class Args:
     init_rung: str = ""
     """A curriculum: every rung of --rungs starts from this rung's run of the same seed (in
     --workdir; trained first when missing) instead of a fresh initialisation; it must have
-    the same arm count. Both appear in the results."""
+    the same arm count. Both appear in the results. With --init-workdir, a finished run of
+    that directory: a rung or a curriculum family (e.g. arms20-narrow-from-arms20-wide)."""
+    init_workdir: str = ""
+    """Where the --init-rung runs are, finished: another ladder's --workdir (e.g. one at a
+    shorter --window), for a curriculum of several steps. They are scored zero-shot here but
+    are not part of these results."""
+    online_pulls: int = 0
+    """Also play every run online (0: not): its own sampled pulls fill its context, the
+    window sliding, for this many pulls on each of --online-bandits held-out bandits of its
+    family, next to Thompson sampling, UCB1 and random on the same bandits
+    (context_scaling's evaluation: same bandits and seeds). --rungs with a registry env only
+    (an --init-rung without one is not played)."""
+    online_bandits: int = 200
+    """Held-out bandits played online (the first of context_scaling's)."""
     tag: str = ""
     """Results are <out>/dpt_bandit_ladder_<tag>.json / .png (a variant beside the main one;
     give it its own --workdir too: a changed configuration retrains the runs it finds)."""
@@ -381,15 +468,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if unknown := [r for r in args.rungs if r not in RUNGS]:
             raise ValueError(f"--rungs {unknown}: expected some of {', '.join(RUNGS)}")
+        if args.init_workdir and not args.init_rung:
+            raise ValueError("--init-workdir needs --init-rung (which of its runs to start from)")
         if args.init_rung:
-            if args.init_rung not in RUNGS:
+            base = args.init_rung.split("-from-")[0] if args.init_workdir else args.init_rung
+            if base not in RUNGS:
                 raise ValueError(f"--init-rung {args.init_rung!r}: expected one of "
-                                 f"{', '.join(RUNGS)}")
+                                 f"{', '.join(RUNGS)}" + (", or a curriculum family of "
+                                 "--init-workdir (<rung>-from-<rung>)" if args.init_workdir
+                                 else ""))
             if bad := [r for r in args.rungs if r == args.init_rung
-                       or RUNGS[r].arms != RUNGS[args.init_rung].arms]:
-                raise ValueError(f"--init-rung {args.init_rung} ({RUNGS[args.init_rung].arms} "
+                       or RUNGS[r].arms != RUNGS[base].arms]:
+                raise ValueError(f"--init-rung {args.init_rung} ({RUNGS[base].arms} "
                                  f"arms) cannot start --rungs {bad}: another rung with as many "
                                  "arms (the model's shapes follow the arm count)")
+        if args.online_pulls < 0 or args.online_bandits < 1:
+            raise ValueError(f"--online-pulls {args.online_pulls} / --online-bandits "
+                             f"{args.online_bandits}: expected >= 0 / >= 1")
+        if args.online_pulls and (bad := [r for r in args.rungs if not RUNGS[r].env]):
+            raise ValueError(f"--online-pulls: rungs {bad} have no registry env to play "
+                             "(online play needs one)")
         if args.seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
         cfg = tiny_config() if args.tiny else LadderConfig()
@@ -408,15 +506,29 @@ def main(argv: list[str] | None = None) -> int:
         work = claim_run_dir(args.workdir, kind="dpt_bandit_ladder", overwrite=args.overwrite)
         t0 = time.perf_counter()
         watch = args.watch and not args.tiny
-        sources = ([run_rung(cfg, args.init_rung, s, work, watch=watch)
-                    for s in range(args.seeds)] if args.init_rung else [])
-        records = sources + [run_rung(cfg, name, s, work, watch=watch,
-                                      source=sources[s] if sources else None)
-                             for name in args.rungs for s in range(args.seeds)]
+        if args.init_workdir:  # finished elsewhere: sources only, not part of these results
+            sources = [finished_source(Path(args.init_workdir), args.init_rung, s)
+                       for s in range(args.seeds)]
+            records = []
+        else:
+            sources = ([run_rung(cfg, args.init_rung, s, work, watch=watch)
+                        for s in range(args.seeds)] if args.init_rung else [])
+            records = list(sources)
+        records += [run_rung(cfg, name, s, work, watch=watch,
+                             source=sources[s] if sources else None)
+                    for name in args.rungs for s in range(args.seeds)]
+        result = {"config": dataclasses.asdict(cfg)}
+        if args.online_pulls:
+            for r in records:  # an --init-rung without a registry env is not played
+                if RUNGS[r["name"]].env:
+                    r["online"] = online_scores(cfg, r, args.online_pulls, args.online_bandits)
+            result["online_baselines"] = {
+                name: online_baselines(cfg, name, args.online_pulls, args.online_bandits)
+                for name in dict.fromkeys(r["name"] for r in records)}
         families = summarize(records)
-        result = {"config": dataclasses.asdict(cfg), "families": families,
-                  "runs": [{k: v for k, v in r.items() if k != "key"} for r in records],
-                  "wall_s": time.perf_counter() - t0, "workdir": str(work)}
+        result.update(families=families,
+                      runs=[{k: v for k, v in r.items() if k != "key"} for r in records],
+                      wall_s=time.perf_counter() - t0, workdir=str(work))
         path.parent.mkdir(parents=True, exist_ok=True)
         result["files"] = {"plot": plot(result, path.with_suffix(".png")).name}
         write_json(result, path.with_suffix(".json"))
@@ -430,6 +542,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{f['uniform']:.3f}, floor {f['floor']:.3f}); gap closed "
               f"{f['gap_closed_mean']:.3f}{_pm(f, 'gap_closed_std')}; accuracy "
               f"{f['accuracy_mean']:.3f} (ceiling {f['ceiling']:.3f})")
+        if "online_regret_mean" in f:
+            print(f"{'':14s} online regret at {f['online_pulls']} pulls "
+                  f"{f['online_regret_mean']:.1f}{_pm(f, 'online_regret_std')} (SE over "
+                  f"bandits {f['online_regret_sem_over_bandits']:.1f})")
+    for name, base in result.get("online_baselines", {}).items():
+        print(f"{name:14s} online baselines: " + ", ".join(
+            f"{k} {b['final_mean']:.1f}" for k, b in base.items()))
     return 0
 
 

@@ -503,13 +503,14 @@ def main(argv: list[str] | None = None) -> int:
         check_results([path.with_suffix(".json"), path.with_suffix(".png")],
                       workdir=args.workdir, overwrite=args.overwrite,
                       what="the DPT ladder's results")
+        # finished elsewhere (checked before anything is written): sources only, not results
+        finished = [finished_source(Path(args.init_workdir), args.init_rung, s)
+                    for s in range(args.seeds)] if args.init_workdir else []
         work = claim_run_dir(args.workdir, kind="dpt_bandit_ladder", overwrite=args.overwrite)
         t0 = time.perf_counter()
         watch = args.watch and not args.tiny
-        if args.init_workdir:  # finished elsewhere: sources only, not part of these results
-            sources = [finished_source(Path(args.init_workdir), args.init_rung, s)
-                       for s in range(args.seeds)]
-            records = []
+        if finished:
+            sources, records = finished, []
         else:
             sources = ([run_rung(cfg, args.init_rung, s, work, watch=watch)
                         for s in range(args.seeds)] if args.init_rung else [])

@@ -135,3 +135,65 @@ def test_curriculum_across_arm_counts_is_an_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--init-rung arms5-wide (5 arms)" in err and "arms20-narrow" in err
     assert not (tmp_path / "w").exists()
+
+
+def test_tiny_curriculum_of_two_steps_played_online(tmp_path, capsys):
+    """--init-workdir: a second curriculum step (another window) starts from a finished
+    curriculum run of another ladder; --online-pulls plays it on context_scaling's held-out
+    bandits next to the baselines of the same bandits and seeds."""
+    from experiments import context_scaling as cs
+    from rl_ring.train.checkpoint import checkpoint_meta
+
+    w1, w2 = tmp_path / "w1", tmp_path / "w2"
+    assert lad.main(["--tiny", "--rungs", "arms20-narrow", "--init-rung", "arms20-wide",
+                     "--seeds", "1", "--workdir", str(w1), "--out", str(tmp_path / "o1")]) == 0
+    argv = ["--tiny", "--rungs", "arms20-narrow", "--init-rung",
+            "arms20-narrow-from-arms20-wide", "--init-workdir", str(w1), "--window", "32",
+            "--seeds", "1", "--workdir", str(w2), "--online-pulls", "24",
+            "--online-bandits", "3"]
+    capsys.readouterr()
+    assert lad.main([*argv, "--out", str(tmp_path / "o2")]) == 0
+    assert "over 3 held-out bandits" in capsys.readouterr().out  # played
+    res = json.loads((tmp_path / "o2" / "dpt_bandit_ladder.json").read_text())
+    name = "arms20-narrow-from-arms20-narrow-from-arms20-wide"
+    assert list(res["families"]) == [name]  # the sources, finished elsewhere, are not here
+    (run,) = res["runs"]
+    assert res["config"]["window"] == 32 and run["zero_shot"]["floor"] == run["floor"]
+    src = w1 / "arms20-narrow-from-arms20-wide-seed0" / "train"
+    assert checkpoint_meta(w2 / f"{name}-seed0" / "train")["init_from"] == {
+        "workdir": str(src.absolute()), "step": 4}
+    # Online: 24 pulls on the first 3 of context_scaling's held-out bandits.
+    o = run["online"]
+    scfg = cs.main_config("bandit-hard").replace(eval_tasks=3, eval_episodes=24)
+    means = cs.family("bandit-hard").means_of(cs.heldout_tasks(scfg))
+    gaps = means.max(axis=1) - means.min(axis=1)
+    assert (o["pulls"], o["bandits"], len(o["final_per_task"])) == (24, 3, 3)
+    assert all(0.0 <= r <= 24 * g + 1e-9 for r, g in zip(o["final_per_task"], gaps, strict=True))
+    assert np.all(np.diff(o["curve"]) >= -1e-12) and o["curve"][-1] == pytest.approx(
+        o["final_mean"])
+    base = res["online_baselines"]["arms20-narrow"]
+    assert base == json.loads(json.dumps(cs.bandit_baselines(scfg, means, 24)))
+    assert res["families"][name]["online_regret"] == [o["final_mean"]]
+    assert (tmp_path / "o2" / "dpt_bandit_ladder.png").stat().st_size > 0
+    # Asked again: nothing retrained or replayed, the same numbers.
+    assert lad.main([*argv, "--out", str(tmp_path / "o3")]) == 0
+    out = capsys.readouterr().out
+    assert "finished before, reusing" in out and "held-out bandits (" not in out
+    again = json.loads((tmp_path / "o3" / "dpt_bandit_ladder.json").read_text())
+    assert again["families"] == res["families"]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--init-rung", "arms20-wide", "--init-workdir", "W1"], ["--init-workdir", "no finished run",
+                                                              "arms20-wide-seed0"]),
+    (["--init-workdir", "W1"], ["--init-workdir needs --init-rung"]),
+    (["--rungs", "arms20-wide", "--online-pulls", "8"], ["--online-pulls", "arms20-wide"]),
+    (["--online-pulls", "-1"], ["--online-pulls -1"]),
+])
+def test_bad_curriculum_or_online_options(tmp_path, capsys, argv, words):
+    argv = [a.replace("W1", str(tmp_path / "w1")) for a in argv]
+    assert lad.main(["--tiny", "--rungs", "arms20-narrow", *argv, "--seeds", "1",
+                     "--workdir", str(tmp_path / "w"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words), err
+    assert not (tmp_path / "w").exists()  # refused before anything is written

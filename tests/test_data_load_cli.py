@@ -120,3 +120,8 @@ def test_memory_mapped_store_stays_small(tmp_path):
     assert m["ram_load_mib"] > 0.8 * m["store_mib"]  # a plain load holds everything
     assert m["mmap_load_mib"] < 0.1 * m["store_mib"]  # a mapped one holds almost nothing
     assert m["mmap_touch_mib"] < 0.3 * m["store_mib"]  # ... and only what a batch touches
+
+
+def test_memory_probe_of_a_missing_store_names_it(tmp_path):
+    with pytest.raises(RuntimeError, match="nowhere.*mmap measurement failed"):
+        memory_probe(tmp_path / "nowhere", batch=1, window=1)

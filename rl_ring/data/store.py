@@ -322,63 +322,74 @@ def _rss_bytes() -> dict[str, int]:
     return out
 
 
-def _trim_heap() -> None:
-    """Returns freed heap pages to the system (glibc's ``malloc_trim``; nothing elsewhere), so
-    that resident-memory growth measured next is not hidden by pages the allocator kept from
-    arrays freed before."""
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def memory_probe(
     path: str | os.PathLike, *, batch: int = 64, window: int = 1000, seed: int = 0
 ) -> dict[str, float]:
     """Resident memory of a memory-mapped store against the same store loaded into RAM.
 
-    Loads the store at ``path`` memory-mapped, copies ``batch`` random windows of ``window``
-    rows (observations, actions, rewards) as a sampler would, then loads it again fully
-    into memory. Reports resident-memory growth (MiB) at each stage, measured in this
-    process; ``*_file_mib`` is the part made of mapped file pages (reclaimable page cache),
-    the rest is heap. The kernel maps file pages in blocks (up to 2 MiB here), so touching a
-    window makes more than the window's bytes resident.
+    Loads the store at ``path`` memory-mapped and copies ``batch`` random windows of
+    ``window`` rows (observations, actions, rewards) as a sampler would; then loads it fully
+    into memory. Each of the two is measured in a fresh Python process (resident-memory
+    growth, MiB), so that neither sees pages this process, or the other measurement, freed
+    and its allocator kept; ``*_file_mib`` is the part made of mapped file pages
+    (reclaimable page cache), the rest is heap. The kernel maps file pages in blocks (up to
+    2 MiB here), so touching a window makes more than the window's bytes resident.
 
     Returns:
         ``store_mib`` (bytes of all arrays), ``mmap_load_mib``, ``mmap_touch_mib`` (growth
         after touching the batch, on top of the load) and its ``mmap_touch_file_mib`` part,
         ``batch_mib`` (bytes copied), and ``ram_load_mib`` (growth when loaded with
         ``mmap=False``).
+
+    Raises:
+        RuntimeError: a measuring process failed (its error output quoted).
     """
+    args = {"path": str(path), "batch": batch, "window": window, "seed": seed}
+    return {**_in_child("mmap", args), **_in_child("ram", args)}
+
+
+def _in_child(stage: str, args: dict[str, Any]) -> dict[str, float]:
+    """:func:`_probe_stage` run in a fresh interpreter; its JSON result."""
+    import subprocess
+    import sys
+
+    code = ("import json, sys; from rl_ring.data.store import _probe_stage; "
+            f"print(json.dumps(_probe_stage({stage!r}, **json.loads(sys.argv[1]))))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(args)], env=env,
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"memory_probe of {args['path']}: the {stage} measurement failed "
+                           f"(exit {done.returncode}): {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _probe_stage(stage: str, *, path: str, batch: int, window: int, seed: int
+                 ) -> dict[str, float]:
+    """One measurement of :func:`memory_probe` in this process: ``"mmap"`` (load mapped,
+    touch a batch) or ``"ram"`` (a plain load)."""
     mib = 1 << 20
-    _trim_heap()
     r0 = _rss_bytes()
+    if stage == "ram":
+        ram = EpisodeStore.load(path, mmap=False)
+        grown = (_rss_bytes()["total"] - r0["total"]) / mib
+        del ram
+        return {"ram_load_mib": grown}
     store = EpisodeStore.load(path, mmap=True)
     r1 = _rss_bytes()
     rng = np.random.default_rng(seed)
-    n = store.num_steps
-    starts = rng.integers(0, max(1, n - window), size=batch)
+    starts = rng.integers(0, max(1, store.num_steps - window), size=batch)
     copied = 0
     for s in starts:
         for arr in (store.observations, store.actions, store.rewards):
-            piece = np.array(arr[s : s + window])
-            copied += piece.nbytes
+            copied += np.array(arr[s : s + window]).nbytes
     r2 = _rss_bytes()
     total = sum(getattr(store, k).nbytes for k in _CORE)
     total += sum(v.nbytes for v in store.extras.values())
-    del store
-    _trim_heap()
-    r3 = _rss_bytes()
-    ram = EpisodeStore.load(path, mmap=False)
-    r4 = _rss_bytes()
-    del ram
     return {
         "store_mib": total / mib,
         "mmap_load_mib": (r1["total"] - r0["total"]) / mib,
         "mmap_touch_mib": (r2["total"] - r1["total"]) / mib,
         "mmap_touch_file_mib": (r2["file"] - r1["file"]) / mib,
         "batch_mib": copied / mib,
-        "ram_load_mib": (r4["total"] - r3["total"]) / mib,
     }

@@ -24,7 +24,7 @@ command runs again. Run it as a module: it fakes 8 CPU devices before JAX starts
 
 from __future__ import annotations
 
-from rl_ring.io import device_env, setup_cpu_devices
+from rl_ring.io import device_env, run_watched, setup_cpu_devices
 
 if __name__ == "__main__":
     setup_cpu_devices(8)  # see rl_ring.io.device_flags for why these flags
@@ -130,50 +130,26 @@ def train_config(run: ADRun, data: str, workdir: str, *, progress: bool = False)
 def train_watched(run: ADRun, data: str, workdir: str, *, progress: bool = False,
                   stall_s: float = 300.0, restarts: int = 3) -> dict[str, Any]:
     """Trains in a child process on fake CPU devices, restarting it from its last checkpoint
-    if it stops making progress.
-
-    Why a child: on this 2-core machine, under load from other jobs, training processes
-    with 8 fake devices stopped for good 3 times in ~20 runs, every device thread but one
-    waiting in an all-reduce (XLA:CPU's in-process collectives; gdb showed the last
-    device's execution waiting with idle threads available). The run is a pure function of
-    (seed, step), so a resumed run ends exactly where an uninterrupted one would.
+    if it stops making progress (``rl_ring.io.run_watched`` says why). The run is a pure
+    function of (seed, step), so a resumed run ends exactly where an uninterrupted one would.
 
     Returns:
         ``history`` (the metrics lines), ``tokens_per_s`` (steady state), ``compile_s``
         (first step) and ``restarts`` (how many stalls were recovered).
     """
-    import subprocess
-
     from rl_ring.train.metrics import read_metrics
 
     job = Path(workdir).with_suffix(".job.json")
     job.write_text(json.dumps({"run": dataclasses.asdict(run), "data": data,
                                "workdir": workdir, "progress": progress}))
-    env = {**device_env(8), "JAX_PLATFORMS": "cpu"}
-    metrics = Path(workdir) / "metrics.jsonl"
-    cmd = [sys.executable, "-m", "experiments.ad_darkroom", "--worker", str(job)]
-    for attempt in range(restarts + 1):
-        child = subprocess.Popen(cmd, env=env)
-        seen, last = -1, time.monotonic()
-        while child.poll() is None:
-            time.sleep(2.0)
-            size = metrics.stat().st_size if metrics.exists() else 0
-            if size != seen:
-                seen, last = size, time.monotonic()
-            elif time.monotonic() - last > stall_s:
-                log(f"{run.name}: no training progress for {stall_s:.0f} s; restarting from "
-                    "the last checkpoint")
-                child.kill()
-                child.wait()
-                break
-        if child.returncode == 0:
-            rows = read_metrics(workdir)
-            steady = [r["tokens_per_s"] for r in rows[1:]]
-            return {"history": rows, "tokens_per_s": float(np.median(steady)) if steady else 0.0,
-                    "compile_s": rows[0]["wall_time"] if rows else 0.0, "restarts": attempt}
-        if child.returncode not in (-9, None):
-            raise RuntimeError(f"{run.name}: training exited with status {child.returncode}")
-    raise RuntimeError(f"{run.name}: training stalled {restarts + 1} times")
+    attempt = run_watched([sys.executable, "-m", "experiments.ad_darkroom", "--worker", str(job)],
+                          env={**device_env(8), "JAX_PLATFORMS": "cpu"}, name=run.name,
+                          progress=Path(workdir) / "metrics.jsonl", stall_s=stall_s,
+                          restarts=restarts, log=log)
+    rows = read_metrics(workdir)
+    steady = [r["tokens_per_s"] for r in rows[1:]]
+    return {"history": rows, "tokens_per_s": float(np.median(steady)) if steady else 0.0,
+            "compile_s": rows[0]["wall_time"] if rows else 0.0, "restarts": attempt}
 
 
 def _worker(job_path: str) -> int:

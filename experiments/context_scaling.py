@@ -40,7 +40,7 @@ CPU devices before JAX starts.
 
 from __future__ import annotations
 
-from rl_ring.io import device_env, setup_cpu_devices
+from rl_ring.io import device_env, run_watched, setup_cpu_devices
 
 if __name__ == "__main__":
     setup_cpu_devices(8)  # see rl_ring.io.device_flags for why these flags
@@ -569,7 +569,7 @@ def train_config(cfg: ScalingConfig, agent: str, window: int, seed: int, data: s
 
 def train(tcfg, *, watch: bool, stall_s: float = 300.0, restarts: int = 3) -> dict[str, Any]:
     """Trains ``tcfg``; in a child process restarted from its last checkpoint when it stalls
-    (``watch``, as ``experiments.ad_darkroom.train_watched`` does and for the same reason:
+    (``watch``, ``rl_ring.io.run_watched``: for the reason given there,
     XLA:CPU collectives of 8 fake devices on a busy 2-core machine) or in this process."""
     from rl_ring.train.config import to_dict
     from rl_ring.train.metrics import read_metrics
@@ -577,32 +577,13 @@ def train(tcfg, *, watch: bool, stall_s: float = 300.0, restarts: int = 3) -> di
     t0 = time.perf_counter()
     attempt = 0
     if watch:
-        import subprocess
-
         job = Path(tcfg.workdir).with_suffix(".job.json")
         job.write_text(json.dumps({"config": to_dict(tcfg)}))
-        env = {**device_env(8), "JAX_PLATFORMS": "cpu"}
-        metrics = Path(tcfg.workdir) / "metrics.jsonl"
-        cmd = [sys.executable, "-m", "experiments.context_scaling", "--worker", str(job)]
-        for attempt in range(restarts + 1):  # noqa: B007
-            child = subprocess.Popen(cmd, env=env)
-            seen, last = -1, time.monotonic()
-            while child.poll() is None:
-                time.sleep(2.0)
-                size = metrics.stat().st_size if metrics.exists() else 0
-                if size != seen:
-                    seen, last = size, time.monotonic()
-                elif time.monotonic() - last > stall_s:
-                    log(f"{tcfg.workdir}: no progress for {stall_s:.0f} s; restarting")
-                    child.kill()
-                    child.wait()
-                    break
-            if child.returncode == 0:
-                break
-            if child.returncode not in (-9, None):
-                raise RuntimeError(f"{tcfg.workdir}: training exited with {child.returncode}")
-        else:
-            raise RuntimeError(f"{tcfg.workdir}: training stalled {restarts + 1} times")
+        attempt = run_watched(
+            [sys.executable, "-m", "experiments.context_scaling", "--worker", str(job)],
+            env={**device_env(8), "JAX_PLATFORMS": "cpu"}, name=tcfg.workdir,
+            progress=Path(tcfg.workdir) / "metrics.jsonl", stall_s=stall_s,
+            restarts=restarts, log=log)
     else:
         from agents.run import train as train_agent
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import sys
 
-from rl_ring.io import device_env, setup_cpu_devices
+from rl_ring.io import device_env, run_watched, setup_cpu_devices
 
 if __name__ == "__main__":
     setup_cpu_devices(64 if "--plan" in sys.argv else 8)
@@ -261,9 +261,8 @@ def train_config(run: XLandRun, data: str, workdir: str):
 def train_watched(run: XLandRun, data: str, workdir: str, *, in_process: bool = False,
                   stall_s: float = 600.0, restarts: int = 3) -> dict[str, Any]:
     """Trains (a child process on 8 fake devices, restarted from its last checkpoint if it
-    stops making progress; see ``experiments.ad_darkroom.train_watched`` for why), or in
+    stops making progress; see ``rl_ring.io.run_watched`` for why), or in
     this process with ``in_process``. Returns the metrics and steady-state tokens/s."""
-    import subprocess
 
     from rl_ring.train.metrics import read_metrics
 
@@ -283,27 +282,10 @@ def train_watched(run: XLandRun, data: str, workdir: str, *, in_process: bool = 
     job = Path(workdir).with_suffix(".job.json")
     job.write_text(json.dumps({"run": dataclasses.asdict(run), "data": data,
                                "workdir": workdir}))
-    env = {**device_env(8), "JAX_PLATFORMS": "cpu"}
-    metrics = Path(workdir) / "metrics.jsonl"
-    cmd = [sys.executable, "-m", "experiments.xland_ad", "--worker", str(job)]
-    for attempt in range(restarts + 1):
-        child = subprocess.Popen(cmd, env=env)
-        seen, last = -1, time.monotonic()
-        while child.poll() is None:
-            time.sleep(2.0)
-            size = metrics.stat().st_size if metrics.exists() else 0
-            if size != seen:
-                seen, last = size, time.monotonic()
-            elif time.monotonic() - last > stall_s:
-                log(f"{run.name}: no progress for {stall_s:.0f} s; restarting")
-                child.kill()
-                child.wait()
-                break
-        if child.returncode == 0:
-            return result(attempt)
-        if child.returncode not in (-9, None):
-            raise RuntimeError(f"{run.name}: training exited with status {child.returncode}")
-    raise RuntimeError(f"{run.name}: training stalled {restarts + 1} times")
+    return result(run_watched(
+        [sys.executable, "-m", "experiments.xland_ad", "--worker", str(job)],
+        env={**device_env(8), "JAX_PLATFORMS": "cpu"}, name=run.name,
+        progress=Path(workdir) / "metrics.jsonl", stall_s=stall_s, restarts=restarts, log=log))
 
 
 def _worker(job_path: str) -> int:

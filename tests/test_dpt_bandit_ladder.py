@@ -197,3 +197,11 @@ def test_bad_curriculum_or_online_options(tmp_path, capsys, argv, words):
     err = capsys.readouterr().err
     assert all(w in err for w in words), err
     assert not (tmp_path / "w").exists()  # refused before anything is written
+
+
+def test_tiny_rung_trains_in_a_watched_child(tmp_path):
+    """The experiments' real path: training in a child process under rl_ring.io.run_watched
+    (context_scaling.train(watch=True)), its metrics read back."""
+    rec = lad.run_rung(lad.tiny_config(), "arms5-wide", 0, tmp_path, watch=True)
+    assert rec["train"]["restarts"] == 0 and [h["step"] for h in rec["train"]["history"]][-1] == 4
+    assert (tmp_path / "arms5-wide-seed0" / "train" / "checkpoints" / "4").is_dir()

@@ -35,6 +35,11 @@ Usage::
     python -m experiments.dpt_bandit_ladder --rungs arms20-narrow --init-rung arms20-wide \
         --window 64 --steps 1200 --tag w64_curriculum --workdir runs/dpt_bandit_ladder_w64
         # a curriculum: bandit-hard's runs start from the 20-wide-arm runs
+    python -m experiments.dpt_bandit_ladder --rungs arms20-narrow \
+        --init-rung arms20-narrow-from-arms20-wide --init-workdir runs/dpt_bandit_ladder_w64 \
+        --window 256 --steps 600 --online-pulls 4096 --tag w256 --workdir runs/dpt_w256
+        # a third step at longer windows, from the curriculum runs of another ladder, each
+        # run then played online for 4,096 pulls on context_scaling's 200 held-out bandits
 
 Writes ``<out>/dpt_bandit_ladder[_<tag>].json`` and ``.png``; checkpoints and data stay under
 ``--workdir`` (git-ignored ``runs/``), finished runs are reused when asked for again.

@@ -530,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
                     r["online"] = online_scores(cfg, r, args.online_pulls, args.online_bandits)
             result["online_baselines"] = {
                 name: online_baselines(cfg, name, args.online_pulls, args.online_bandits)
-                for name in dict.fromkeys(r["name"] for r in records)}
+                for name in dict.fromkeys(r["name"] for r in records if "online" in r)}
         families = summarize(records)
         result.update(families=families,
                       runs=[{k: v for k, v in r.items() if k != "key"} for r in records],

@@ -181,6 +181,13 @@ def test_tiny_curriculum_of_two_steps_played_online(tmp_path, capsys):
     assert "finished before, reusing" in out and "held-out bandits (" not in out
     again = json.loads((tmp_path / "o3" / "dpt_bandit_ladder.json").read_text())
     assert again["families"] == res["families"]
+    # A curriculum in one ladder whose --init-rung has no registry env: only --rungs play.
+    assert lad.main(["--tiny", "--rungs", "arms20-narrow", "--init-rung", "arms20-wide",
+                     "--seeds", "1", "--workdir", str(w1), "--out", str(tmp_path / "o4"),
+                     "--online-pulls", "8", "--online-bandits", "2"]) == 0
+    res = json.loads((tmp_path / "o4" / "dpt_bandit_ladder.json").read_text())
+    assert [("online" in r) for r in res["runs"]] == [False, True]
+    assert list(res["online_baselines"]) == ["arms20-narrow"]
 
 
 @pytest.mark.parametrize("argv, words", [

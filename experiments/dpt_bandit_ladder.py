@@ -247,14 +247,14 @@ def online_scores(cfg: LadderConfig, record: dict[str, Any], pulls: int, bandits
     from rl_ring.io import write_json
 
     want = {"pulls": pulls, "bandits": bandits}
-    if {k: record.get("online", {}).get(k) for k in want} == want:
-        return record["online"]
     rdir = Path(record["dir"])
+    saved = json.loads((rdir / "record.json").read_text())  # as played since, if it was
+    if {k: saved.get("online", {}).get(k) for k in want} == want:
+        return saved["online"]
     t0 = time.perf_counter()
     played = cs.evaluate_run(online_config(cfg, record["name"], pulls, bandits),
                              str(rdir / "train"), rdir, cfg.window)
     online = {**want, **played, "eval_wall_s": time.perf_counter() - t0}
-    saved = json.loads((rdir / "record.json").read_text())
     write_json({**saved, "online": online}, rdir / "record.json")
     log(f"{rdir.name}: online regret at {pulls} pulls {online['final_mean']:.1f} +- "
         f"{online['final_sem']:.1f} over {bandits} held-out bandits "

@@ -289,10 +289,10 @@ os.execvp(sys.argv[2], sys.argv[2:])
 
 
 def _dying_with_parent(cmd: list[str]) -> list[str]:
-    """``cmd`` behind a trampoline that has it killed when this process exits (Linux; as it
-    is elsewhere), so that a job whose parent was killed leaves no orphan writing its run
-    directory. (Not ``preexec_fn``: Python code in a forked child of a multithreaded
-    process, which JAX's is, can deadlock.)"""
+    """``cmd`` behind a trampoline that has it killed when the thread that started it exits
+    (on Linux; elsewhere ``cmd`` unchanged), so that a job whose parent was killed leaves no
+    orphan writing its run directory. (Not ``preexec_fn``: Python code in a forked child of
+    a multithreaded process, which JAX's is, can deadlock.)"""
     if not sys.platform.startswith("linux"):
         return cmd
     return [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd]

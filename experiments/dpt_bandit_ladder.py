@@ -230,7 +230,7 @@ def run_rung(cfg: LadderConfig, name: str, seed: int, work: Path, *, watch: bool
 def finished_source(init_work: Path, init: str, seed: int) -> dict[str, Any]:
     """The finished run ``<init>-seed<seed>`` of another ladder's work directory (a rung, or a
     curriculum family ``<rung>-from-<rung>``), as a curriculum source."""
-    done = init_work / f"{init}-seed{seed}" / "record.json"
+    done = run_dir(init_work, init, seed) / "record.json"
     if not done.is_file():
         raise ValueError(f"--init-workdir {init_work}: no finished run {init!r} of seed {seed} "
                          f"(expected {done}; run that ladder first)")
@@ -330,20 +330,17 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
                "init": rs[0].get("init", ""),
                "uniform": rs[0]["uniform"], "floor": float(np.mean([r["floor"] for r in rs])),
                "ceiling": float(np.mean([r["ceiling"] for r in rs]))}
-        for k in ("nll", "gap_closed", "accuracy"):  # std over seeds: None for one seed
-            v = np.asarray([r[k] for r in rs])
-            row[f"{k}_mean"] = float(v.mean())
-            row[f"{k}_std"] = float(v.std()) if len(v) > 1 else None
+        for k in ("nll", "gap_closed", "accuracy"):
+            row.update(_over_seeds(k, [r[k] for r in rs]))
         row["nll_sem_over_bandits"] = float(np.mean([r["nll_sem"] for r in rs]))
         if all("zero_shot" in r for r in rs):  # curriculum steps: their sources, as they were
             for k in ("nll", "gap_closed", "accuracy"):
                 row[f"zero_shot_{k}"] = [r["zero_shot"][k] for r in rs]
         if all("online" in r for r in rs):  # played online: regret at the last pull
-            v = np.asarray([r["online"]["final_mean"] for r in rs])
+            v = [r["online"]["final_mean"] for r in rs]
             row.update(online_pulls=rs[0]["online"]["pulls"],
-                       online_bandits=rs[0]["online"]["bandits"],
-                       online_regret=v.tolist(), online_regret_mean=float(v.mean()),
-                       online_regret_std=float(v.std()) if len(v) > 1 else None,
+                       online_bandits=rs[0]["online"]["bandits"], online_regret=v,
+                       **_over_seeds("online_regret", v),
                        online_regret_sem_over_bandits=float(np.mean(
                            [r["online"]["final_sem"] for r in rs])))
         first = [r["train"]["history"][0]["loss"] for r in rs if r["train"]["history"]]
@@ -352,6 +349,12 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         row["train_wall_s"] = float(np.mean([r["train"]["wall_s"] for r in rs]))
         out[name] = row
     return out
+
+
+def _over_seeds(key: str, values: list[float]) -> dict[str, float | None]:
+    """``<key>_mean`` and ``<key>_std`` over seeds (the std None for one seed)."""
+    v = np.asarray(values, np.float64)
+    return {f"{key}_mean": float(v.mean()), f"{key}_std": float(v.std()) if len(v) > 1 else None}
 
 
 def family(record: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ from rl_ring.cli.train import main as cli_main
 from rl_ring.data.store import EpisodeStore
 from rl_ring.train import TrainConfig
 from rl_ring.train.checkpoint import Checkpointer
+from rl_ring.train.config import run_model_config
 from rl_ring.train.metrics import read_metrics
 from rl_ring.train.optim import OptimConfig
 
@@ -100,6 +101,23 @@ def test_ring_meshes_follow_the_single_device_reference(tmp_path, data_dirs):
                                    err_msg=name)
         # the ring really ran: the saved config says so
         assert res.model.cfg.attn_impl == "ring"
+
+
+def test_auto_attention_without_a_seq_axis_trains_blockwise_on_the_reference_numbers(
+        tmp_path, data_dirs):
+    # ModelConfig's default is the dense oracle; "auto" on a mesh without a seq axis trains
+    # the same exact attention blockwise, and an explicit choice of the agent is kept.
+    kw = dict(agent="ad", steps=4, optim=OptimConfig(lr=1e-3, warmup_steps=0))
+    ref = train(_cfg(tmp_path, data_dirs[True], name="dense", attention="reference", **kw))
+    auto = train(_cfg(tmp_path, data_dirs[True], name="auto", mesh="data=2", devices=2, **kw))
+    assert ref.model.cfg.attn_impl == "reference" and auto.model.cfg.attn_impl == "blockwise"
+    assert ref.losses.shape == (4,) and ref.losses[0] > 0.05
+    np.testing.assert_allclose(auto.losses, ref.losses, rtol=MESH_RTOL, atol=MESH_ATOL)
+    model = agents.get("ad").Config.tiny().model
+    cfg = _cfg(tmp_path, data_dirs[True], **kw)
+    assert run_model_config(cfg, model).attn_impl == "blockwise"
+    assert run_model_config(cfg, model.replace(attn_impl="ring")).attn_impl == "ring"
+    assert run_model_config(cfg.replace(attention="reference"), model).attn_impl == "reference"
 
 
 def test_cli_trains_and_load_checkpoint_returns_the_model(tmp_path, data_dirs, capsys,

@@ -151,7 +151,8 @@ def model_nll(run_dir: Path, store, pulls: int, batch: int = 8) -> dict[str, np.
     """A trained run's loss on its agent's targets in fresh histories, per pull
     (teacher-forced, no dropout).
 
-    The histories of ``store`` (``pulls`` one-pull episodes each) are cut into the run's
+    The histories of ``store`` (``pulls`` steps each, stored history after history; bandits:
+    one-pull episodes; grids of fixed-length episodes work alike) are cut into the run's
     windows back to back (pull ``t`` sits at index ``t mod window`` of its window, as a
     window drawn in training at that start sees it), and each window is scored whole. AD's
     target is the recorded arm; DPT's the best arm (``store.extras["optimal_actions"]``), its
@@ -173,7 +174,7 @@ def model_nll(run_dir: Path, store, pulls: int, batch: int = 8) -> dict[str, np.
     model, tcfg, norm, _ = load_checkpoint(run_dir, attn_impl="blockwise")
     module = registry.get(tcfg.agent)
     acfg = tcfg.agent_config
-    h = store.num_episodes // pulls
+    h = store.num_steps // pulls  # pulls: steps per history (bandits: one per episode)
     if tcfg.agent == "ad":
         w, targets = acfg.window_steps, np.asarray(store.actions)
 

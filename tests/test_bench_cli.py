@@ -24,6 +24,7 @@ CASES = {
     "attention_gpu": (lambda d: ["--dry-run", "--out", f"{d}/g.json"], "g.png"),
     "data": (lambda d: ["--quick", "--out", f"{d}/d.json"], "d.json"),
     "train": (lambda d: ["--quick", "--out", f"{d}/t.json"], "t.png"),
+    "train_dense": (lambda d: ["--out", f"{d}/td.json"], "td.png"),
     "eval": (lambda d: ["--tiny", "--out", f"{d}/e.json"], "e.json"),
     "eval_workers": (lambda d: ["--out", str(d)], "bench_eval_workers.png"),
     "jax_rollout": (lambda d: ["--quick", "--out", str(d)], "jax_rollout.json"),

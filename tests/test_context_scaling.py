@@ -19,6 +19,7 @@ from envs.learners.bandits import play, truncated_beta
 from envs.learners.history import collect_histories, learning_curve
 from experiments import context_scaling as cs
 from experiments import context_scaling_floor as csf
+from experiments import context_scaling_phases as csp
 from experiments import context_scaling_report as csr
 from rl_ring.train.plan import attention_memory
 
@@ -403,3 +404,39 @@ def test_tiny_grid_end_to_end(tmp_path):
                            devices=64, attention="ring")
     assert r["ring64"]["bytes"] == again
     assert 350e6 < r["num_params"] < 360e6  # the README recipe's 353.8M transformer
+    # The search/solved analysis on the same work folder: 4 held-out goals, both sources.
+    phases = csp.analyse(csp.Args(workdir=str(work / "tiny-darkroom-hard"), tasks=4), cfg,
+                         work / "tiny-darkroom-hard")
+    assert phases["fresh_histories"] == 8 and phases["history_episodes"] == 4
+    assert [c["window"] for c in phases["configs"]] == [2, 4]
+    for r in phases["runs"]:
+        assert r["search"]["steps"] + (r["solved"]["steps"] if r["solved"] else 0) == 8 * 80
+        assert len(r["nll_by_episode"]) == 4
+        assert r["all"]["nll"] == pytest.approx(np.mean(r["nll_by_episode"]))
+    for c in phases["configs"]:
+        assert 0 < c["train_search_share"] <= 1 and c["seeds"] == [0]
+
+
+def test_search_phase_and_its_share_of_training_windows_by_hand():
+    returns = np.array([[0, 0, 1, 1, 0], [0, 0, 0, 0, 0], [1, 0, 1, 1, 1]], float)
+    assert csp.first_success(returns).tolist() == [2, 5, 0]
+    search = csp.search_mask(returns)
+    assert search.astype(int).tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+    # every start of every history, counted directly
+    for w in (1, 2, 5):
+        counts = [search[h, s:s + w].sum() for h in range(3) for s in range(5 - w + 1)]
+        assert csp.search_weight(search, w) == pytest.approx(np.sum(counts) / (len(counts) * w))
+    assert csp.search_weight(search, 5) == pytest.approx(9 / 15)
+    with pytest.raises(ValueError, match="window 6 is longer than the histories"):
+        csp.search_weight(search, 6)
+    # two histories of 2 episodes of 2 steps; history 0 found the goal in episode 0
+    nll = np.array([[1.0, 3.0, 0.5, 0.5], [2.0, 2.0, 4.0, 4.0]])
+    correct = np.array([[0, 1, 1, 1], [0, 0, 1, 0]], bool)
+    got = csp.phase_scores(nll, correct, np.array([[1, 0], [1, 1]], bool), 2)
+    assert got["search"] == {"nll": pytest.approx(16 / 6), "accuracy": pytest.approx(2 / 6),
+                             "steps": 6}
+    assert got["solved"] == {"nll": 0.5, "accuracy": 1.0, "steps": 2}
+    assert got["nll_by_episode"] == pytest.approx([2.0, 2.25])
+    assert got["by_position"]["1-16 search"] == pytest.approx(16 / 6)
+    assert got["by_position"]["17-64 search"] is None
+

@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, str] = {
     "attention": "attention kernels: speed, FLOP rate, per-device memory, causal balance",
     "data": "samplers' tokens/s, relabelling, memory of a mapped store",
     "train": "training step: ring vs blockwise tokens/s, longest context, paper plan",
+    "train_dense": "training step on one device: dense (reference) vs blockwise attention",
     "eval": "evaluation: KV-cached policy vs recompute, batching, decode scaling",
     "eval_workers": "rollout workers: env steps/s in-process vs worker processes",
     "jax_rollout": "JAX-native rollout (one jitted scan) vs Python workers: env steps/s",
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         from experiments.bench import data as bench
     elif name == "train":
         from experiments.bench import train as bench
+    elif name == "train_dense":
+        from experiments.bench import train_dense as bench
     elif name == "eval":
         from experiments.bench import eval as bench
     elif name == "eval_workers":

@@ -126,6 +126,10 @@ class ScalingConfig:
     refilled at each slide; 0.25 keeps 3/4 to all of the window in context)."""
     greedy: bool = False
     """Act with the argmax action instead of sampling from the predicted distribution."""
+    solved_weight: float = 1.0
+    """Grids, AD: loss weight of the training targets after a history's search (the
+    episodes after its first with a positive return; search episodes weigh 1). Below 1 the
+    search, under 5% of any window's targets on Dark Room hard, weighs more."""
     memory_batch: int = 16
     """Batch of the training step compiled for the memory table."""
     memory_windows: tuple[int, ...] | None = None
@@ -136,6 +140,15 @@ class ScalingConfig:
     """Longer contexts (episodes) sized at the recipe scale beside ``windows``."""
     seed: int = 0
     """Seed of the data collection and the held-out tasks' evaluation streams."""
+
+    def __post_init__(self) -> None:
+        w = self.solved_weight
+        if not (math.isfinite(w) and w > 0):
+            raise ValueError(f"--solved-weight {w}: expected a finite weight > 0")
+        if w != 1 and self.env in BANDIT_ENVS:
+            raise ValueError(f"--solved-weight {w}: the search/solved weighting is for the "
+                             f"grid families (a bandit history has no first success to "
+                             f"mark); {self.env} takes 1")
 
     def replace(self, **changes) -> ScalingConfig:
         return dataclasses.replace(self, **changes)
@@ -287,11 +300,42 @@ def concat_stores(stores):
                         metadata=meta)
 
 
+def search_episodes(returns: np.ndarray, history: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Per episode, whether it belongs to its learning history's search: it comes no later
+    (by ``order``) than the history's first episode with a positive return (every episode of
+    a history that never has one). ``returns``, ``history``, ``order``: one entry per
+    episode, in any order."""
+    returns, history = np.asarray(returns), np.asarray(history, np.int64)
+    order = np.asarray(order, np.float64)
+    _, code = np.unique(history, return_inverse=True)
+    first = np.full(code.max(initial=-1) + 1, np.inf)
+    hit = returns > 0
+    np.minimum.at(first, code[hit], order[hit])
+    return order <= first[code]
+
+
+def weighted_ad_data(cfg: ScalingConfig, tasks: list[int]):
+    """:func:`ad_data` with the episode extra ``loss_weight``: 1 on search episodes
+    (:func:`search_episodes`), ``cfg.solved_weight`` on the episodes after them."""
+    store = ad_data(cfg, tasks)
+    x = store.episode_extras
+    search = search_episodes(store.episode_returns, x["history_id"], x["episode_in_history"])
+    x["loss_weight"] = np.where(search, 1.0, cfg.solved_weight).astype(np.float32)
+    return store
+
+
+def ad_data_name(cfg: ScalingConfig) -> str:
+    """The work folder's training-data directory of AD (its own when the loss is weighted)."""
+    return "data-ad" if cfg.solved_weight == 1 else f"data-ad-solved{cfg.solved_weight:g}"
+
+
 def ad_config(cfg: ScalingConfig, window: int):
     import agents
 
+    weight = {} if cfg.solved_weight == 1 else {"weight_key": "loss_weight"}
     return agents.get("ad").Config(window_steps=cfg.window_steps(window), align="step",
-                                   model=_model(cfg), evaluation=_evaluation(cfg, window))
+                                   model=_model(cfg), evaluation=_evaluation(cfg, window),
+                                   **weight)
 
 
 def _dpt_plan() -> AgentPlan:
@@ -322,7 +366,8 @@ def _dpt_plan() -> AgentPlan:
 
 
 AGENT_PLANS: dict[str, Callable[[], AgentPlan]] = {
-    "ad": lambda: AgentPlan(ad_data, ad_config),
+    "ad": lambda: AgentPlan(lambda cfg, tasks: (ad_data(cfg, tasks) if cfg.solved_weight == 1
+                                                else weighted_ad_data(cfg, tasks)), ad_config),
     "dpt": _dpt_plan,
 }
 
@@ -663,9 +708,13 @@ grid can be extended (``--windows``, ``--seeds``) without retraining what it hol
 
 def same_run(saved: dict[str, Any], key: dict[str, Any]) -> bool:
     """Whether a finished run's saved key describes the run ``key`` asks for."""
+    defaults = dataclasses.asdict(ScalingConfig())
+    added = [f for f in key.get("config", {}) if f not in saved.get("config", {})
+             and key["config"][f] == defaults.get(f, object())]
+
     def strip(k: dict[str, Any]) -> dict[str, Any]:
         k = json.loads(json.dumps(k))
-        for f in RUN_INDEPENDENT:
+        for f in (*RUN_INDEPENDENT, *added):
             k.get("config", {}).pop(f, None)
         return k
 
@@ -838,7 +887,7 @@ def run(cfg: ScalingConfig, agents_: list[str], seeds: int, workdir: Path, out: 
     recipe = report.recipe_plan(cfg, agents_, agent_shape)
     for agent in agents_:
         plan = AGENT_PLANS[agent]()
-        data_dir = workdir / f"data-{agent}"
+        data_dir = workdir / (ad_data_name(cfg) if agent == "ad" else f"data-{agent}")
         if not (data_dir / "store.json").exists():
             t0 = time.perf_counter()
             store = plan.data(cfg, tasks)
@@ -880,6 +929,10 @@ class Args:
     windows: tuple[int, ...] = ()
     """Override the context windows in episodes (default: bandits 256 1024 4096 pulls,
     grids 16 64 256 episodes)."""
+    solved_weight: float = 1.0
+    """Grids, AD: loss weight of the targets after each history's first success (search
+    episodes weigh 1); runs go to <workdir>/<env>-solved<W>, results to
+    <out>/context_scaling_<env>_solved<W>.json."""
     tiny: bool = False
     """Seconds on CPU: tiny model, two short windows, few tasks (the test runs it)."""
     out: str = "results"
@@ -913,8 +966,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg = cfg.replace(batch_size=args.batch_size)
     if args.windows:
         cfg = cfg.replace(windows=tuple(args.windows))
-    name = results_name(args.env)
-    workdir = Path(args.workdir) / (f"tiny-{args.env}" if args.tiny else args.env)
+    try:
+        if args.solved_weight != 1:
+            cfg = cfg.replace(solved_weight=args.solved_weight)
+    except ValueError as err:
+        print(f"context_scaling: {err}", file=sys.stderr)
+        return 2
+    # a weighted loss trains other models: their runs and results live apart
+    weighted = "" if cfg.solved_weight == 1 else f"-solved{cfg.solved_weight:g}"
+    name = results_name(args.env) + weighted.replace("-", "_")
+    workdir = Path(args.workdir) / ((f"tiny-{args.env}" if args.tiny else args.env) + weighted)
     try:
         from rl_ring.io import check_results, claim_run_dir
 

@@ -64,18 +64,22 @@ class Args:
 
 
 # ---------------------------------------------------------------------- phases
-def first_success(returns: np.ndarray) -> np.ndarray:
-    """Per history (rows of ``returns [histories, episodes]``), the index of the first
-    episode with a positive return; ``episodes`` where none has."""
-    hit = returns > 0
-    return np.where(hit.any(axis=1), hit.argmax(axis=1), returns.shape[1])
+def search_mask(store, episodes: int) -> np.ndarray:
+    """``[histories, episodes]`` True for search episodes
+    (:func:`experiments.context_scaling.search_episodes`), histories in the order of their
+    ids, episodes in history order."""
+    from experiments.context_scaling import search_episodes
+
+    x = store.episode_extras
+    order = np.lexsort((x["episode_in_history"], x["history_id"]))
+    search = search_episodes(store.episode_returns, x["history_id"], x["episode_in_history"])
+    return search[order].reshape(-1, episodes)
 
 
-def search_mask(returns: np.ndarray) -> np.ndarray:
-    """``[histories, episodes]`` True for search episodes: up to and including the first
-    that reaches the goal (every episode of a history that never does)."""
-    first = first_success(returns)
-    return np.arange(returns.shape[1])[None, :] <= first[:, None]
+def first_success(search: np.ndarray) -> np.ndarray:
+    """Per history, the 1-based episode of its first success (its search's length; the
+    history's length when it never succeeds)."""
+    return search.sum(axis=1)
 
 
 def search_weight(search: np.ndarray, window: int) -> float:
@@ -127,9 +131,11 @@ def analyse(args: Args, cfg, work: Path) -> dict[str, Any]:
     if not runs:
         raise ValueError(f"--workdir {work}: no finished ad-w<W>-seed<S> run (train/"
                          f"metrics.jsonl and record.json) in it")
-    data_dir = work / "data-ad"
-    if not (data_dir / "store.json").exists():
-        raise ValueError(f"--workdir {work}: no training data at {data_dir} (store.json)")
+    found = sorted(p.parent for p in work.glob("data-ad*/store.json"))
+    if len(found) != 1:
+        raise ValueError(f"--workdir {work}: expected one AD training store (data-ad*/"
+                         f"store.json), found {[p.name for p in found] or 'none'}")
+    data_dir = found[0]
     steps, episodes = cfg.episode_steps, cfg.history_episodes
     t0 = time.perf_counter()
     train = EpisodeStore.load(data_dir)
@@ -137,14 +143,12 @@ def analyse(args: Args, cfg, work: Path) -> dict[str, Any]:
     if train.num_episodes != per_hist * episodes or np.any(train.episode_lengths != steps):
         raise ValueError(f"{data_dir}: expected histories of {episodes} episodes of {steps} "
                          f"steps each (the {args.env} configuration)")
-    order = np.lexsort((train.episode_extras["episode_in_history"],
-                        train.episode_extras["history_id"]))
-    train_search = search_mask(train.episode_returns[order].reshape(per_hist, episodes))
+    train_search = search_mask(train, episodes)
     windows = sorted({r["window"] for r in runs})
     weights = {str(w): search_weight(train_search, w) for w in windows}
-    first = first_success(train.episode_returns[order].reshape(per_hist, episodes))
+    first = first_success(train_search)
     log(f"training data: {per_hist} histories, first success at episode "
-        f"{np.median(first) + 1:.0f} (median); search share of training targets "
+        f"{np.median(first):.0f} (median); search share of training targets "
         + ", ".join(f"w{w}: {weights[str(w)]:.3f}" for w in windows))
 
     tasks = cs.heldout_tasks(cfg)[: args.tasks or None]
@@ -156,11 +160,10 @@ def analyse(args: Args, cfg, work: Path) -> dict[str, Any]:
     # history after history, as the history sampler streams them (model_nll's windows)
     store = store.select(np.lexsort((store.episode_extras["episode_in_history"],
                                      store.episode_extras["history_id"])))
-    returns = store.episode_returns.reshape(h, episodes)
-    search = search_mask(returns)
+    search = search_mask(store, episodes)
     log(f"fresh histories: {h} ({len(cfg.learners)} sources x {len(tasks)} held-out tasks), "
         f"search share {search.mean():.3f}, first success at episode "
-        f"{np.median(first_success(returns)) + 1:.0f} (median) "
+        f"{np.median(first_success(search)):.0f} (median) "
         f"({time.perf_counter() - t0:.0f} s)")
     for r in runs:
         t1 = time.perf_counter()
@@ -183,10 +186,10 @@ def analyse(args: Args, cfg, work: Path) -> dict[str, Any]:
         configs.append(row)
     return {"env": args.env, "workdir": str(work), "episode_steps": steps,
             "history_episodes": episodes, "train_histories": per_hist,
-            "train_first_success_median": float(np.median(first) + 1),
+            "train_first_success_median": float(np.median(first)),
             "fresh_histories": h, "fresh_tasks": len(tasks), "learners": list(cfg.learners),
             "fresh_search_share": float(search.mean()),
-            "fresh_first_success_median": float(np.median(first_success(returns)) + 1),
+            "fresh_first_success_median": float(np.median(first_success(search))),
             "configs": configs,
             "runs": [{k: v for k, v in r.items() if not k.startswith("curve_")} for r in runs],
             "wall_s": time.perf_counter() - t0}
@@ -254,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for c in result["configs"]:
         print(f"window {c['window']} ({len(c['seeds'])} seeds): search "
-              f"{c['train_search_share']:.1%} of training targets; loss search {c['search_nll']:.3f}, solved "
+              f"{c['train_search_share']:.1%} of training targets; loss search "
+              f"{c['search_nll']:.3f}, solved "
               f"{c['solved_nll']:.3f}; accuracy search {c['search_accuracy']:.3f}, solved "
               f"{c['solved_accuracy']:.3f}")
     return 0

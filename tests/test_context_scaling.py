@@ -418,10 +418,15 @@ def test_tiny_grid_end_to_end(tmp_path):
 
 
 def test_search_phase_and_its_share_of_training_windows_by_hand():
+    # three histories of 5 episodes, stored out of order
     returns = np.array([[0, 0, 1, 1, 0], [0, 0, 0, 0, 0], [1, 0, 1, 1, 1]], float)
-    assert csp.first_success(returns).tolist() == [2, 5, 0]
-    search = csp.search_mask(returns)
-    assert search.astype(int).tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+    perm = np.random.default_rng(0).permutation(15)
+    hist, order = np.repeat([7, 3, 5], 5)[perm], np.tile(np.arange(5), 3)[perm]
+    got = cs.search_episodes(returns.reshape(-1)[perm], hist, order)
+    expect = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], bool)
+    np.testing.assert_array_equal(got, expect.reshape(-1)[perm])
+    search = expect
+    assert csp.first_success(search).tolist() == [3, 5, 1]
     # every start of every history, counted directly
     for w in (1, 2, 5):
         counts = [search[h, s:s + w].sum() for h in range(3) for s in range(5 - w + 1)]
@@ -439,4 +444,33 @@ def test_search_phase_and_its_share_of_training_windows_by_hand():
     assert got["nll_by_episode"] == pytest.approx([2.0, 2.25])
     assert got["by_position"]["1-16 search"] == pytest.approx(16 / 6)
     assert got["by_position"]["17-64 search"] is None
+
+
+def test_solved_weight_marks_the_search_and_keeps_finished_runs():
+    from agents.ad import make_sampler
+
+    cfg = cs.tiny_config("darkroom-hard").replace(history_episodes=12, solved_weight=0.25)
+    store = cs.weighted_ad_data(cfg, cs.training_tasks(cfg))
+    x = store.episode_extras
+    search = cs.search_episodes(store.episode_returns, x["history_id"], x["episode_in_history"])
+    assert 0 < search.mean() < 1  # tiny histories of 12 episodes: both phases present
+    np.testing.assert_array_equal(x["loss_weight"], np.where(search, 1.0, 0.25))
+    acfg = cs.ad_config(cfg, 4)
+    assert acfg.weight_key == "loss_weight" and cs.ad_config(
+        cfg.replace(solved_weight=1.0), 4).weight_key == ""
+    batch = make_sampler(store, acfg, batch_size=8, seed=0).batch_at(0)
+    assert set(np.unique(batch.loss_mask[batch.valid])) <= {1.0, 0.25}
+    assert cs.ad_data_name(cfg) == "data-ad-solved0.25"
+    assert cs.ad_data_name(cfg.replace(solved_weight=1.0)) == "data-ad"
+    for bad in (0.0, float("nan"), -1.0):
+        with pytest.raises(ValueError, match="expected a finite weight > 0"):
+            cfg.replace(solved_weight=bad)
+    with pytest.raises(ValueError, match="for the grid families"):
+        cs.tiny_config("bandit-hard").replace(solved_weight=0.5)
+    # a run saved before the field existed is the same run at its default, not at another
+    key = {"config": dataclasses.asdict(cfg.replace(solved_weight=1.0)), "agent": "ad"}
+    old = json.loads(json.dumps(key))
+    old["config"].pop("solved_weight")
+    assert cs.same_run(old, key)
+    assert not cs.same_run(old, {"config": dataclasses.asdict(cfg), "agent": "ad"})
 

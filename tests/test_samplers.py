@@ -6,6 +6,7 @@ step within the episode, and the identity normalisation keeps them readable in t
 the other fields against values computed here with plain Python loops.
 """
 
+import dataclasses
 import json
 
 import jax
@@ -389,6 +390,43 @@ def test_history_windows_cross_episodes(align):
                 assert batch.target_ids[r, i] == store.episode(int(ep[i]))["actions"][t[i]]
             assert batch.loss_mask[r, :9].all() and batch.loss_mask[r].sum() == 9
     assert crossed == 20  # every 9-step window spans more than one episode here
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_history_loss_weights_follow_their_episodes(discrete):
+    store, hist, order = history_store()
+    if not discrete:
+        store = make_store(store.episode_lengths, histories=hist, order=order)
+    weights = np.array([0.0, 0.5, 1.0, 2.0, 1.0, 0.0, 3.0, 1.0])
+    store.episode_extras["w"] = weights
+    cfg = HistoryConfig(batch_size=4, window_steps=9, weight_key="w", pad_multiple=4)
+    sampler = HistorySampler(store, cfg, norm=ID)
+    plain = HistorySampler(store, dataclasses.replace(cfg, weight_key=""), norm=ID)
+    for step in range(5):
+        batch, same = sampler.batch_at(step), plain.batch_at(step)
+        # the same windows, only the loss mask weighs them
+        np.testing.assert_array_equal(batch.values, same.values)
+        for r in range(4):
+            ep, t, _ = steps_of_row(batch, r, sampler.layout)
+            np.testing.assert_array_equal(batch.loss_mask[r, :9], weights[ep])
+            assert batch.loss_mask[r, 9:].sum() == 0
+            acts = np.stack([store.episode(e)["actions"][tt]
+                             for e, tt in zip(ep, t, strict=True)])
+            keep = weights[ep] > 0
+            if discrete:
+                np.testing.assert_array_equal(batch.target_ids[r, :9], np.where(keep, acts, 0))
+            else:  # weighted targets are the actions themselves, not scaled by the weight
+                np.testing.assert_array_equal(batch.target[r, :9],
+                                              np.where(keep[:, None], acts, 0))
+    bad = dict(store.episode_extras)
+    for w, match in ((np.full(8, -1.0), r"finite and >= 0; episode 0 has -1.0"),
+                     (np.full(7, 1.0), r"has shape \(7,\), expected one weight per episode")):
+        store.episode_extras["w"] = w
+        with pytest.raises(ValueError, match=match):
+            HistorySampler(store, cfg, norm=ID)
+    store.episode_extras = bad
+    with pytest.raises(ValueError, match="weight_key='nope' is not an episode extra"):
+        HistorySampler(store, dataclasses.replace(cfg, weight_key="nope"), norm=ID)
 
 
 def test_history_errors():

@@ -42,7 +42,8 @@ class StepPlan:
         idx: ``[S]`` store row of each step.
         timesteps: ``[S]`` environment step within the episode.
         segment: ``[S]`` segment id (1-based) of each step within its row.
-        loss: ``[S]`` bool, the step's action is a training target.
+        loss: ``[S]`` bool, the step's action is a training target, or float32 weights
+            (0: not a target).
         rtg: ``[S]`` float64 raw return-to-go token input, or None when the layout has none.
         done: ``[S]`` float32 completion flag, or None.
         prev_idx: ``[S]`` store row of the previous step of the stream (-1: none), or None.
@@ -304,7 +305,7 @@ class Sampler:
             view(target_ids)[..., pi] = np.where(loss > 0, actions, 0)
         else:
             target = np.zeros((rows, t_len, layout.act_dim), np.float32)
-            view(target)[..., pi, :] = actions * loss[..., None]
+            view(target)[..., pi, :] = np.where(loss[..., None] > 0, actions, 0.0)
         valid = np.zeros((rows, t_len), bool)
         view(valid)[...] = step_valid[..., None]
         if not full:

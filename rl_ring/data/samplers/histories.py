@@ -20,6 +20,11 @@ Window starts (``align``):
   evaluation run does.
 
 Histories shorter than ``window_steps`` are not sampled (an error if none is long enough).
+
+Loss weights (``weight_key``): a per-episode extra of non-negative weights multiplies the
+loss of every step of its episode (the loss is the weighted mean over a batch's targets).
+A learning history's phases need not weigh what their lengths say: a source that finds a
+grid's goal in 10 of 256 episodes gives the search under 5% of the targets of any window.
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ class HistoryOptions:
     """Per-episode extra naming the learning history an episode belongs to."""
     order_key: str = "episode_in_history"
     """Per-episode extra ordering the episodes within their history."""
+    weight_key: str = ""
+    """Per-episode extra of loss weights (finite, >= 0) for every step of the episode
+    ('' = every target weighs 1)."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,9 @@ class HistorySampler(Sampler):
                     f"order_key={cfg.order_key!r}); the store's episode extras are "
                     f"{sorted(store.episode_extras)}"
                 )
+        self._step_weight = None
+        if cfg.weight_key:
+            self._step_weight = step_weights(store, cfg.weight_key)
         hist = np.asarray(store.episode_extras[cfg.history_key]).reshape(-1)
         order = np.asarray(store.episode_extras[cfg.order_key]).reshape(-1)
         sorted_eps = np.lexsort((order, hist))
@@ -166,7 +177,29 @@ class HistorySampler(Sampler):
             idx=self.stream[pos],
             timesteps=local_t,
             segment=np.ones(pos.size, np.int32),
-            loss=np.ones(pos.size, bool),
+            loss=(np.ones(pos.size, bool) if self._step_weight is None
+                  else self._step_weight[self.stream[pos]]),
             prev_idx=prev_idx,
             new_episode=(local_t == 0).astype(np.float32),
         )
+
+
+def step_weights(store: EpisodeStore, key: str) -> np.ndarray:
+    """``[steps]`` float32: each store row's weight, its episode's ``episode_extras[key]``.
+
+    Raises:
+        ValueError: the extra is missing, not one number per episode, negative or not finite.
+    """
+    if key not in store.episode_extras:
+        raise ValueError(f"HistorySampler: weight_key={key!r} is not an episode extra of the "
+                         f"store; its episode extras are {sorted(store.episode_extras)}")
+    w = np.asarray(store.episode_extras[key], np.float64)
+    if w.shape != (store.num_episodes,):
+        raise ValueError(f"HistorySampler: episode_extras[{key!r}] has shape {w.shape}, "
+                         f"expected one weight per episode ({store.num_episodes},)")
+    bad = ~np.isfinite(w) | (w < 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"HistorySampler: episode_extras[{key!r}] must be finite and >= 0; "
+                         f"episode {i} has {float(w[i])}")
+    return np.repeat(w, store.episode_lengths).astype(np.float32)

@@ -721,6 +721,20 @@ def same_run(saved: dict[str, Any], key: dict[str, Any]) -> bool:
     return strip(saved) == strip(key)
 
 
+def run_key(cfg: ScalingConfig, agent: str, window: int, seed: int) -> dict[str, Any]:
+    return {"config": dataclasses.asdict(cfg), "agent": agent, "window": window, "seed": seed}
+
+
+def finished_record(cfg: ScalingConfig, agent: str, window: int, seed: int,
+                    workdir: Path) -> dict[str, Any] | None:
+    """The record of the finished run of this configuration in ``workdir``, else None."""
+    done = workdir / run_name(agent, window, seed) / "record.json"
+    if not done.exists():
+        return None
+    record = json.loads(done.read_text())
+    return record if same_run(record["key"], run_key(cfg, agent, window, seed)) else None
+
+
 def run_one(cfg: ScalingConfig, agent: str, window: int, seed: int, workdir: Path, data: str,
             *, watch: bool) -> dict[str, Any]:
     """Train -> play the held-out tasks; the record (also saved in the run's directory)."""
@@ -729,15 +743,13 @@ def run_one(cfg: ScalingConfig, agent: str, window: int, seed: int, workdir: Pat
     name = run_name(agent, window, seed)
     rdir = workdir / name
     done = rdir / "record.json"
-    key = {"config": dataclasses.asdict(cfg), "agent": agent, "window": window, "seed": seed}
-    if done.exists():
-        record = json.loads(done.read_text())
-        if same_run(record["key"], key):
-            log(f"{name}: finished before, reusing {done}")
-            return record
+    key = run_key(cfg, agent, window, seed)
+    record = finished_record(cfg, agent, window, seed, workdir)
+    if record is not None:
+        log(f"{name}: finished before, reusing {done}")
+        return record
+    if rdir.exists():  # another configuration's run, or interrupted half way: start afresh
         shutil.rmtree(rdir)
-    elif rdir.exists():
-        shutil.rmtree(rdir)  # interrupted half way: start afresh
     rdir.mkdir(parents=True)
     tcfg = train_config(cfg, agent, window, seed, data, str(rdir / "train"))
     trained = train(tcfg, watch=watch)
@@ -873,7 +885,7 @@ def _grid_targets(long_runs, short_runs, base) -> dict[str, Any]:
 
 
 def run(cfg: ScalingConfig, agents_: list[str], seeds: int, workdir: Path, out: Path, *,
-        watch: bool, name: str) -> dict[str, Any]:
+        watch: bool, name: str, finished_only: bool = False) -> dict[str, Any]:
     """Every agent x window x seed, the baselines and the memory tables; writes the results."""
     from experiments import context_scaling_report as report
     from rl_ring.io import write_json
@@ -888,7 +900,7 @@ def run(cfg: ScalingConfig, agents_: list[str], seeds: int, workdir: Path, out: 
     for agent in agents_:
         plan = AGENT_PLANS[agent]()
         data_dir = workdir / (ad_data_name(cfg) if agent == "ad" else f"data-{agent}")
-        if not (data_dir / "store.json").exists():
+        if not finished_only and not (data_dir / "store.json").exists():
             t0 = time.perf_counter()
             store = plan.data(cfg, tasks)
             store.save(data_dir, overwrite=True)
@@ -899,7 +911,18 @@ def run(cfg: ScalingConfig, agents_: list[str], seeds: int, workdir: Path, out: 
             if w in (cfg.windows if cfg.memory_windows is None else cfg.memory_windows):
                 memory[f"{agent}-w{w}"] = step_memory(cfg, agent, w)
             for s in range(seeds):
+                if finished_only:
+                    record = finished_record(cfg, agent, w, s, workdir)
+                    if record is None:
+                        log(f"{run_name(agent, w, s)}: not finished, left out "
+                            f"(--finished-only)")
+                    else:
+                        records.append(record)
+                    continue
                 records.append(run_one(cfg, agent, w, s, workdir, str(data_dir), watch=watch))
+    if not records:
+        raise ValueError(f"--finished-only: no finished run of this configuration in "
+                         f"{workdir}")
     base = baselines(cfg, workdir)
     summary = summarize(cfg, records, base, memory, recipe)
     summary["wall_s"] = time.perf_counter() - t_start
@@ -945,6 +968,9 @@ class Args:
     """Internal: run one training job (a JSON file) in this process."""
     overwrite: bool = False
     """Replace result files already in --out, and allow a --workdir holding other files."""
+    finished_only: bool = False
+    """Train nothing: summarise the runs of the grid that have finished (a configuration
+    keeps the seeds it has; an error when none has)."""
 
 
 def results_name(env: str) -> str:
@@ -987,7 +1013,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         agents_ = list(args.agents) or default_agents()
         run(cfg, agents_, args.seeds, workdir, Path(args.out),
-            watch=args.watch and not args.tiny, name=name)
+            watch=args.watch and not args.tiny, name=name, finished_only=args.finished_only)
     except (ValueError, OSError) as err:
         print(f"context_scaling: {err}", file=sys.stderr)
         return 2

@@ -87,6 +87,27 @@ def test_finished_run_kept_when_only_other_windows_change():
     assert not cs.same_run(saved, dict(saved, window=64))
 
 
+def test_finished_only_reports_finished_runs_and_trains_nothing(tmp_path, capsys):
+    cfg = cs.tiny_config("darkroom-hard")
+    from rl_ring.io import claim_run_dir
+
+    claim_run_dir(str(tmp_path / "runs"), kind="context_scaling", overwrite=False)
+    work = tmp_path / "runs" / "tiny-darkroom-hard"
+    (work / "ad-w4-seed0").mkdir(parents=True)
+    record = {"key": cs.run_key(cfg, "ad", 4, 0), "name": "ad-w4-seed0"}
+    (work / "ad-w4-seed0" / "record.json").write_text(json.dumps(record))
+    assert cs.finished_record(cfg, "ad", 4, 0, work) == json.loads(json.dumps(record))
+    assert cs.finished_record(cfg.replace(steps=5), "ad", 4, 0, work) is None
+    assert cs.finished_record(cfg, "ad", 4, 1, work) is None
+    # nothing finished for a 2-episode window: an error naming the option, nothing trained
+    argv = ["--tiny", "--env", "darkroom-hard", "--agents", "ad", "--windows", "2",
+            "--finished-only", "--out", str(tmp_path / "out"), "--workdir",
+            str(tmp_path / "runs")]
+    assert cs.main(argv) == 2
+    assert "--finished-only: no finished run" in capsys.readouterr().err
+    assert sorted(p.name for p in work.iterdir()) == ["ad-w4-seed0"]
+
+
 def test_thompson_action_probabilities_and_entropy_by_hand():
     rng = np.random.default_rng(0)
     # P(Beta(2, 1) > Beta(1, 1)) = int_0^1 2x * x dx = 2/3.

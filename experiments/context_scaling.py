@@ -5,6 +5,8 @@
     python -m experiments.context_scaling --env darkroom-hard  # 17x17 Dark Room, first arrival
     python -m experiments.context_scaling --env keydoor        # Key-to-Door
     python -m experiments.context_scaling --tiny --out /tmp/cs --workdir /tmp/cs_runs
+    python -m experiments.context_scaling --env darkroom-hard --solved-weight 0.1  # search x10
+    python -m experiments.context_scaling --env darkroom-hard --finished-only  # report only
 
 Each configuration (agent x context window) and training seed, all through the library:
 learning histories of the sources on training tasks (bandits: Thompson sampling / UCB1,

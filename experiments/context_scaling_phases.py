@@ -8,8 +8,9 @@ the last successful episode. This script measures, for every finished AD run of 
 context-scaling work folder:
 
 1. **What training weighs.** The fraction of the action targets of training windows that
-   fall in search episodes, exactly (every window start of every training history,
-   weighted as the step-aligned sampler draws them), per window length.
+   fall in search episodes, over every episode-aligned window start of every training
+   history (with fixed-length episodes the step-aligned sampler's windows give the same
+   share up to their partial first and last episodes), per window length.
 2. **What the models learnt of each phase.** Fresh learning histories of each source on
    every held-out task (the sources' own seeds differ from the training data's), scored
    teacher-forced (recorded actions in context, no dropout) with each run's windows cut back

@@ -269,13 +269,21 @@ def source_histories(cfg: ScalingConfig, learner: str, tasks: list[int], seed: i
 
 
 def ad_data(cfg: ScalingConfig, tasks: list[int]):
-    """Learning histories of the sources, ``cfg.histories`` split evenly between them."""
+    """Learning histories of the sources, ``cfg.histories`` split evenly between them; with
+    ``cfg.solved_weight`` != 1 the episode extra ``loss_weight``: 1 on search episodes
+    (:func:`search_episodes`), ``cfg.solved_weight`` on the episodes after them."""
     stores = []
     per = -(-cfg.histories // len(cfg.learners))
     for i, learner in enumerate(cfg.learners):
         rows = [tasks[h % len(tasks)] for h in range(i * per, min(cfg.histories, (i + 1) * per))]
         stores.append(source_histories(cfg, learner, rows, seed=cfg.seed + 101 * i))
-    return stores[0] if len(stores) == 1 else concat_stores(stores)
+    store = stores[0] if len(stores) == 1 else concat_stores(stores)
+    if cfg.solved_weight != 1:
+        x = store.episode_extras
+        search = search_episodes(store.episode_returns, x["history_id"],
+                                 x["episode_in_history"])
+        x["loss_weight"] = np.where(search, 1.0, cfg.solved_weight).astype(np.float32)
+    return store
 
 
 def concat_stores(stores):
@@ -316,19 +324,10 @@ def search_episodes(returns: np.ndarray, history: np.ndarray, order: np.ndarray)
     return order <= first[code]
 
 
-def weighted_ad_data(cfg: ScalingConfig, tasks: list[int]):
-    """:func:`ad_data` with the episode extra ``loss_weight``: 1 on search episodes
-    (:func:`search_episodes`), ``cfg.solved_weight`` on the episodes after them."""
-    store = ad_data(cfg, tasks)
-    x = store.episode_extras
-    search = search_episodes(store.episode_returns, x["history_id"], x["episode_in_history"])
-    x["loss_weight"] = np.where(search, 1.0, cfg.solved_weight).astype(np.float32)
-    return store
-
-
-def ad_data_name(cfg: ScalingConfig) -> str:
-    """The work folder's training-data directory of AD (its own when the loss is weighted)."""
-    return "data-ad" if cfg.solved_weight == 1 else f"data-ad-solved{cfg.solved_weight:g}"
+def weight_suffix(cfg: ScalingConfig) -> str:
+    """What a weighted loss adds to the names of its data, run folder and results (its
+    models are other models): "" unweighted, else ``-solved<W>``."""
+    return "" if cfg.solved_weight == 1 else f"-solved{cfg.solved_weight:g}"
 
 
 def ad_config(cfg: ScalingConfig, window: int):
@@ -368,8 +367,7 @@ def _dpt_plan() -> AgentPlan:
 
 
 AGENT_PLANS: dict[str, Callable[[], AgentPlan]] = {
-    "ad": lambda: AgentPlan(lambda cfg, tasks: (ad_data(cfg, tasks) if cfg.solved_weight == 1
-                                                else weighted_ad_data(cfg, tasks)), ad_config),
+    "ad": lambda: AgentPlan(ad_data, ad_config),
     "dpt": _dpt_plan,
 }
 
@@ -901,7 +899,7 @@ def run(cfg: ScalingConfig, agents_: list[str], seeds: int, workdir: Path, out: 
     recipe = report.recipe_plan(cfg, agents_, agent_shape)
     for agent in agents_:
         plan = AGENT_PLANS[agent]()
-        data_dir = workdir / (ad_data_name(cfg) if agent == "ad" else f"data-{agent}")
+        data_dir = workdir / f"data-{agent}{weight_suffix(cfg) if agent == 'ad' else ''}"
         if not finished_only and not (data_dir / "store.json").exists():
             t0 = time.perf_counter()
             store = plan.data(cfg, tasks)
@@ -995,17 +993,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.windows:
         cfg = cfg.replace(windows=tuple(args.windows))
     try:
-        if args.solved_weight != 1:
-            cfg = cfg.replace(solved_weight=args.solved_weight)
-    except ValueError as err:
-        print(f"context_scaling: {err}", file=sys.stderr)
-        return 2
-    # a weighted loss trains other models: their runs and results live apart
-    weighted = "" if cfg.solved_weight == 1 else f"-solved{cfg.solved_weight:g}"
-    name = results_name(args.env) + weighted.replace("-", "_")
-    workdir = Path(args.workdir) / ((f"tiny-{args.env}" if args.tiny else args.env) + weighted)
-    try:
         from rl_ring.io import check_results, claim_run_dir
+
+        cfg = cfg.replace(solved_weight=args.solved_weight)
+        # a weighted loss trains other models: their runs and results live apart
+        name = results_name(args.env) + weight_suffix(cfg).replace("-", "_")
+        workdir = Path(args.workdir) / ((f"tiny-{args.env}" if args.tiny else args.env)
+                                        + weight_suffix(cfg))
 
         path = Path(args.out) / name
         check_results([path.with_suffix(".json"), path.with_suffix(".png")],

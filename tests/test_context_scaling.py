@@ -471,7 +471,7 @@ def test_solved_weight_marks_the_search_and_keeps_finished_runs():
     from agents.ad import make_sampler
 
     cfg = cs.tiny_config("darkroom-hard").replace(history_episodes=12, solved_weight=0.25)
-    store = cs.weighted_ad_data(cfg, cs.training_tasks(cfg))
+    store = cs.ad_data(cfg, cs.training_tasks(cfg))
     x = store.episode_extras
     search = cs.search_episodes(store.episode_returns, x["history_id"], x["episode_in_history"])
     assert 0 < search.mean() < 1  # tiny histories of 12 episodes: both phases present
@@ -481,8 +481,8 @@ def test_solved_weight_marks_the_search_and_keeps_finished_runs():
         cfg.replace(solved_weight=1.0), 4).weight_key == ""
     batch = make_sampler(store, acfg, batch_size=8, seed=0).batch_at(0)
     assert set(np.unique(batch.loss_mask[batch.valid])) <= {1.0, 0.25}
-    assert cs.ad_data_name(cfg) == "data-ad-solved0.25"
-    assert cs.ad_data_name(cfg.replace(solved_weight=1.0)) == "data-ad"
+    assert cs.weight_suffix(cfg) == "-solved0.25"
+    assert cs.weight_suffix(cfg.replace(solved_weight=1.0)) == ""
     for bad in (0.0, float("nan"), -1.0):
         with pytest.raises(ValueError, match="expected a finite weight > 0"):
             cfg.replace(solved_weight=bad)

@@ -145,7 +145,11 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = tyro.cli(DenseConfig, args=argv, prog="rl-ring bench train_dense")
-    check(cfg)
+    try:
+        check(cfg)
+    except ValueError as err:  # before any work: a message, not a traceback
+        print(f"rl-ring bench train_dense: {err}", file=sys.stderr)
+        return 2
     out = common.resolve_out(cfg.out, ROOT)
     common.check_outputs([out, out.with_suffix(".png")], overwrite=cfg.overwrite,
                          what="the dense-vs-blockwise training benchmark")

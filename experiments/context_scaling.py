@@ -325,9 +325,20 @@ def search_episodes(returns: np.ndarray, history: np.ndarray, order: np.ndarray)
 
 
 def weight_suffix(cfg: ScalingConfig) -> str:
-    """What a weighted loss adds to the names of its data, run folder and results (its
-    models are other models): "" unweighted, else ``-solved<W>``."""
+    """What a weighted loss adds to the name of its data (other training targets): ""
+    unweighted, else ``-solved<W>``."""
     return "" if cfg.solved_weight == 1 else f"-solved{cfg.solved_weight:g}"
+
+
+def config_suffix(cfg: ScalingConfig, base: ScalingConfig) -> str:
+    """What the command line's changes to the configured experiment ``base`` add to the names
+    of the run folder and the results: ``-steps<N>``, ``-batch<N>``, ``-solved<W>`` for each
+    that differs ("" as configured). Other trainings are other models: their runs live apart,
+    so a reduced or longer run never meets the finished runs of another."""
+    parts = [f"-steps{cfg.steps}" if cfg.steps != base.steps else "",
+             f"-batch{cfg.batch_size}" if cfg.batch_size != base.batch_size else "",
+             weight_suffix(cfg)]
+    return "".join(parts)
 
 
 def ad_config(cfg: ScalingConfig, window: int):
@@ -748,7 +759,15 @@ def run_one(cfg: ScalingConfig, agent: str, window: int, seed: int, workdir: Pat
     if record is not None:
         log(f"{name}: finished before, reusing {done}")
         return record
-    if rdir.exists():  # another configuration's run, or interrupted half way: start afresh
+    if done.exists():  # another configuration's finished run: its models are kept
+        saved = json.loads(done.read_text())["key"]
+        changed = sorted(f for f in {*saved.get("config", {}), *key["config"]}
+                         if f not in RUN_INDEPENDENT
+                         and saved.get("config", {}).get(f) != key["config"].get(f))
+        raise ValueError(f"{rdir}: holds a finished run of another configuration (differing "
+                         f"in {', '.join(changed) or 'agent, window or seed'}); it is kept: "
+                         f"choose another --workdir for this one")
+    if rdir.exists():  # interrupted half way: start afresh
         shutil.rmtree(rdir)
     rdir.mkdir(parents=True)
     tcfg = train_config(cfg, agent, window, seed, data, str(rdir / "train"))
@@ -946,16 +965,16 @@ class Args:
     agents: tuple[str, ...] = field(default_factory=tuple)
     """Agents to train (default: AD, and DPT when agents.dpt imports)."""
     steps: int = 0
-    """Override the optimiser steps (0: as configured)."""
+    """Override the optimiser steps (0: as configured); runs other than the configured go
+    to <workdir>/<env>-steps<N>, results to <out>/context_scaling_<env>_steps<N>.json."""
     batch_size: int = 0
-    """Override the windows per batch (0: as configured)."""
+    """Override the windows per batch (0: as configured); likewise ``-batch<N>``."""
     windows: tuple[int, ...] = ()
     """Override the context windows in episodes (default: bandits 256 1024 4096 pulls,
     grids 16 64 256 episodes)."""
     solved_weight: float = 1.0
     """Grids, AD: loss weight of the targets after each history's first success (search
-    episodes weigh 1); runs go to <workdir>/<env>-solved<W>, results to
-    <out>/context_scaling_<env>_solved<W>.json."""
+    episodes weigh 1); likewise ``-solved<W>`` (after -steps and -batch)."""
     tiny: bool = False
     """Seconds on CPU: tiny model, two short windows, few tasks (the test runs it)."""
     out: str = "results"
@@ -977,6 +996,15 @@ def results_name(env: str) -> str:
     return RESULTS + ("" if env == "bandit-hard" else f"_{env.replace('-', '_')}")
 
 
+def destinations(cfg: ScalingConfig, args: Args) -> tuple[str, Path]:
+    """The results' file name (no suffix) and the run folder of ``cfg``. Other steps,
+    batches or loss weights train other models: their runs and results live apart
+    (:func:`config_suffix`), and the finished runs of each configuration stay."""
+    suffix = config_suffix(cfg, tiny_config(args.env) if args.tiny else main_config(args.env))
+    folder = (f"tiny-{args.env}" if args.tiny else args.env) + suffix
+    return results_name(args.env) + suffix.replace("-", "_"), Path(args.workdir) / folder
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: ``python -m experiments.context_scaling [options]``."""
     import tyro
@@ -996,10 +1024,7 @@ def main(argv: list[str] | None = None) -> int:
         from rl_ring.io import check_results, claim_run_dir
 
         cfg = cfg.replace(solved_weight=args.solved_weight)
-        # a weighted loss trains other models: their runs and results live apart
-        name = results_name(args.env) + weight_suffix(cfg).replace("-", "_")
-        workdir = Path(args.workdir) / ((f"tiny-{args.env}" if args.tiny else args.env)
-                                        + weight_suffix(cfg))
+        name, workdir = destinations(cfg, args)
 
         path = Path(args.out) / name
         check_results([path.with_suffix(".json"), path.with_suffix(".png")],

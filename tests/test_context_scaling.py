@@ -10,6 +10,7 @@ read back.
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,6 +107,30 @@ def test_finished_only_reports_finished_runs_and_trains_nothing(tmp_path, capsys
     assert cs.main(argv) == 2
     assert "--finished-only: no finished run" in capsys.readouterr().err
     assert sorted(p.name for p in work.iterdir()) == ["ad-w4-seed0"]
+
+
+def test_other_trainings_live_apart_and_finished_runs_are_never_deleted(tmp_path):
+    base = cs.tiny_config("darkroom-hard")
+    assert cs.config_suffix(base, base) == ""
+    assert cs.config_suffix(base.replace(steps=300, batch_size=4, solved_weight=0.1),
+                            base) == "-steps300-batch4-solved0.1"
+    assert cs.config_suffix(base.replace(windows=(16,), seed=base.seed), base) == ""
+    # the command line puts a reduced run in a folder (and results) of its own
+    cfg = base.replace(steps=5)
+    args = cs.Args(env="darkroom-hard", tiny=True, steps=5, workdir=str(tmp_path))
+    assert cs.destinations(cfg, args) == ("context_scaling_darkroom_hard_steps5",
+                                          tmp_path / "tiny-darkroom-hard-steps5")
+    assert cs.destinations(base, cs.Args(env="darkroom-hard", tiny=True, workdir="w")) == (
+        "context_scaling_darkroom_hard", Path("w") / "tiny-darkroom-hard")
+    held = tmp_path / "tiny-darkroom-hard-steps5" / "ad-w4-seed0"
+    held.mkdir(parents=True)
+    record = {"key": cs.run_key(cfg, "ad", 4, 0), "name": "ad-w4-seed0"}
+    (held / "record.json").write_text(json.dumps(record))
+    # a finished run of another configuration in the way is refused, not replaced
+    other = base.replace(steps=5, lr=1e-4)
+    with pytest.raises(ValueError, match="another configuration .*lr.* it is kept"):
+        cs.run_one(other, "ad", 4, 0, held.parent, data="unused", watch=False)
+    assert json.loads((held / "record.json").read_text()) == json.loads(json.dumps(record))
 
 
 def test_thompson_action_probabilities_and_entropy_by_hand():

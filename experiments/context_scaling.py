@@ -132,6 +132,12 @@ class ScalingConfig:
     """Grids, AD: loss weight of the training targets after a history's search (the
     episodes after its first with a positive return; search episodes weigh 1). Below 1 the
     search, under 5% of any window's targets on Dark Room hard, weighs more."""
+    init_from: str = ""
+    """A curriculum step: a run folder of this experiment (``<workdir>/<env>[-...]``) whose
+    finished run of the same agent and seed at window ``init_window`` each run starts from
+    (its parameters; optimiser and data order fresh); "" trains from scratch."""
+    init_window: int = 0
+    """The window (episodes) of the ``init_from`` runs; 0 with ``init_from`` unset."""
     memory_batch: int = 16
     """Batch of the training step compiled for the memory table."""
     memory_windows: tuple[int, ...] | None = None
@@ -151,6 +157,10 @@ class ScalingConfig:
             raise ValueError(f"--solved-weight {w}: the search/solved weighting is for the "
                              f"grid families (a bandit history has no first success to "
                              f"mark); {self.env} takes 1")
+        if bool(self.init_from) != (self.init_window > 0):
+            raise ValueError(f"--init-from {self.init_from!r} --init-window "
+                             f"{self.init_window}: a curriculum step takes both (a run "
+                             f"folder and a window > 0 of its runs), a fresh run neither")
 
     def replace(self, **changes) -> ScalingConfig:
         return dataclasses.replace(self, **changes)
@@ -332,12 +342,14 @@ def weight_suffix(cfg: ScalingConfig) -> str:
 
 def config_suffix(cfg: ScalingConfig, base: ScalingConfig) -> str:
     """What the command line's changes to the configured experiment ``base`` add to the names
-    of the run folder and the results: ``-steps<N>``, ``-batch<N>``, ``-solved<W>`` for each
-    that differs ("" as configured). Other trainings are other models: their runs live apart,
-    so a reduced or longer run never meets the finished runs of another."""
+    of the run folder and the results: ``-steps<N>``, ``-batch<N>``, ``-solved<W>``,
+    ``-init<W>`` for each that differs ("" as configured). Other trainings are other
+    models: their runs live apart, so a reduced or longer run never meets the finished runs
+    of another."""
     parts = [f"-steps{cfg.steps}" if cfg.steps != base.steps else "",
              f"-batch{cfg.batch_size}" if cfg.batch_size != base.batch_size else "",
-             weight_suffix(cfg)]
+             weight_suffix(cfg),
+             f"-init{cfg.init_window}" if cfg.init_window != base.init_window else ""]
     return "".join(parts)
 
 
@@ -618,9 +630,19 @@ def train_config(cfg: ScalingConfig, agent: str, window: int, seed: int, data: s
         agent=agent, data=data, env=cfg.env, workdir=workdir, steps=cfg.steps,
         batch_size=cfg.batch_size, mesh=mesh, devices=8, seed=seed,
         agent_config=AGENT_PLANS[agent]().config(cfg, window),
+        init_from=str(init_run(cfg, agent, seed) / "train") if cfg.init_from else "",
         optim=OptimConfig(lr=cfg.lr, warmup_steps=cfg.warmup_steps),
         log_every=max(1, min(10, cfg.steps // 20)), ckpt_every=min(100, cfg.steps),
         keep_checkpoints=2, progress=False, tensorboard=False)
+
+
+def init_run(cfg: ScalingConfig, agent: str, seed: int) -> Path:
+    """The finished run a curriculum step of ``agent`` / ``seed`` starts from."""
+    src = Path(cfg.init_from) / run_name(agent, cfg.init_window, seed)
+    if not (src / "record.json").exists():
+        raise ValueError(f"--init-from {cfg.init_from}: no finished run {src.name} there "
+                         f"(record.json) for --init-window {cfg.init_window}, seed {seed}")
+    return src
 
 
 def train(tcfg, *, watch: bool, stall_s: float = 300.0, restarts: int = 3) -> dict[str, Any]:
@@ -767,10 +789,10 @@ def run_one(cfg: ScalingConfig, agent: str, window: int, seed: int, workdir: Pat
         raise ValueError(f"{rdir}: holds a finished run of another configuration (differing "
                          f"in {', '.join(changed) or 'agent, window or seed'}); it is kept: "
                          f"choose another --workdir for this one")
+    tcfg = train_config(cfg, agent, window, seed, data, str(rdir / "train"))
     if rdir.exists():  # interrupted half way: start afresh
         shutil.rmtree(rdir)
     rdir.mkdir(parents=True)
-    tcfg = train_config(cfg, agent, window, seed, data, str(rdir / "train"))
     trained = train(tcfg, watch=watch)
     log(f"{name}: {cfg.steps} steps on mesh {tcfg.mesh} in {trained['wall_s']:.0f} s "
         f"({trained['tokens_per_s']:.0f} tokens/s), final loss {trained['final_loss']:.3f}")
@@ -915,6 +937,10 @@ def run(cfg: ScalingConfig, agents_: list[str], seeds: int, workdir: Path, out: 
     for agent in agents_:
         if agent not in AGENT_PLANS:
             raise ValueError(f"agent {agent!r}: known agents are {', '.join(AGENT_PLANS)}")
+    if cfg.init_from and not finished_only:  # every source run there, before any work
+        for agent in agents_:
+            for s in range(seeds):
+                init_run(cfg, agent, s)
     recipe = report.recipe_plan(cfg, agents_, agent_shape)
     for agent in agents_:
         plan = AGENT_PLANS[agent]()
@@ -987,6 +1013,12 @@ class Args:
     """Internal: run one training job (a JSON file) in this process."""
     overwrite: bool = False
     """Replace result files already in --out, and allow a --workdir holding other files."""
+    init_from: str = ""
+    """A curriculum step: every run starts from the finished run of the same agent and seed
+    at --init-window in this run folder (e.g. runs/context_scaling/darkroom-hard); runs go to
+    <workdir>/<env>...-init<W>."""
+    init_window: int = 0
+    """The window (episodes) of the --init-from runs."""
     finished_only: bool = False
     """Train nothing: summarise the runs of the grid that have finished (a configuration
     keeps the seeds it has; an error when none has)."""
@@ -1023,7 +1055,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from rl_ring.io import check_results, claim_run_dir
 
-        cfg = cfg.replace(solved_weight=args.solved_weight)
+        init = str(Path(args.init_from).absolute()) if args.init_from else ""
+        cfg = cfg.replace(solved_weight=args.solved_weight, init_from=init,
+                          init_window=args.init_window)
         name, workdir = destinations(cfg, args)
 
         path = Path(args.out) / name

@@ -461,6 +461,22 @@ def test_tiny_grid_end_to_end(tmp_path):
         assert r["all"]["nll"] == pytest.approx(np.mean(r["nll_by_episode"]))
     for c in phases["configs"]:
         assert 0 < c["train_search_share"] <= 1 and c["seeds"] == [0]
+    # A curriculum step: the 4-episode window from the finished 2-episode run of its seed,
+    # in a run folder and results of its own; a missing source run is an error, nothing made.
+    from rl_ring.train.checkpoint import checkpoint_meta
+
+    src = work / "tiny-darkroom-hard"
+    step = [*argv, "--windows", "4", "--steps", "2", "--init-from", str(src),
+            "--init-window", "2"]
+    assert cs.main(step) == 0
+    run = work / "tiny-darkroom-hard-steps2-init2" / "ad-w4-seed0"
+    assert checkpoint_meta(run / "train")["init_from"] == {
+        "workdir": str((src / "ad-w2-seed0" / "train").absolute()), "step": cfg.steps}
+    assert (out / "context_scaling_darkroom_hard_steps2_init2.json").exists()
+    assert cs.main([*step[:-1], "64"]) == 2  # no 64-episode run to start from
+    assert not any((work / "tiny-darkroom-hard-steps2-init64").iterdir())
+    with pytest.raises(ValueError, match="a curriculum step takes both"):
+        cfg.replace(init_window=2)
 
 
 def test_search_phase_and_its_share_of_training_windows_by_hand():

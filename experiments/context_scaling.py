@@ -157,6 +157,9 @@ class ScalingConfig:
             raise ValueError(f"--solved-weight {w}: the search/solved weighting is for the "
                              f"grid families (a bandit history has no first success to "
                              f"mark); {self.env} takes 1")
+        if not (math.isfinite(self.lr) and self.lr > 0) or self.warmup_steps < 0:
+            raise ValueError(f"--lr {self.lr} --warmup-steps {self.warmup_steps}: expected "
+                             f"a finite learning rate > 0 and warmup steps >= 0")
         if bool(self.init_from) != (self.init_window > 0):
             raise ValueError(f"--init-from {self.init_from!r} --init-window "
                              f"{self.init_window}: a curriculum step takes both (a run "
@@ -342,12 +345,14 @@ def weight_suffix(cfg: ScalingConfig) -> str:
 
 def config_suffix(cfg: ScalingConfig, base: ScalingConfig) -> str:
     """What the command line's changes to the configured experiment ``base`` add to the names
-    of the run folder and the results: ``-steps<N>``, ``-batch<N>``, ``-solved<W>``,
-    ``-init<W>`` for each that differs ("" as configured). Other trainings are other
-    models: their runs live apart, so a reduced or longer run never meets the finished runs
-    of another."""
+    of the run folder and the results: ``-steps<N>``, ``-batch<N>``, ``-lr<LR>``,
+    ``-warmup<N>``, ``-solved<W>``, ``-init<W>`` for each that differs ("" as
+    configured). Other trainings are other models: their runs live apart, so a reduced or
+    longer run never meets the finished runs of another."""
     parts = [f"-steps{cfg.steps}" if cfg.steps != base.steps else "",
              f"-batch{cfg.batch_size}" if cfg.batch_size != base.batch_size else "",
+             f"-lr{cfg.lr:g}" if cfg.lr != base.lr else "",
+             f"-warmup{cfg.warmup_steps}" if cfg.warmup_steps != base.warmup_steps else "",
              weight_suffix(cfg),
              f"-init{cfg.init_window}" if cfg.init_window != base.init_window else ""]
     return "".join(parts)
@@ -995,6 +1000,10 @@ class Args:
     to <workdir>/<env>-steps<N>, results to <out>/context_scaling_<env>_steps<N>.json."""
     batch_size: int = 0
     """Override the windows per batch (0: as configured); likewise ``-batch<N>``."""
+    lr: float = 0.0
+    """Override the peak learning rate (0: as configured); likewise ``-lr<LR>``."""
+    warmup_steps: int = -1
+    """Override the warmup steps (-1: as configured); likewise ``-warmup<N>``."""
     windows: tuple[int, ...] = ()
     """Override the context windows in episodes (default: bandits 256 1024 4096 pulls,
     grids 16 64 256 episodes)."""
@@ -1050,6 +1059,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = cfg.replace(steps=args.steps)
     if args.batch_size:
         cfg = cfg.replace(batch_size=args.batch_size)
+    if args.lr:
+        cfg = cfg.replace(lr=args.lr)
+    if args.warmup_steps >= 0:
+        cfg = cfg.replace(warmup_steps=args.warmup_steps)
     if args.windows:
         cfg = cfg.replace(windows=tuple(args.windows))
     try:

@@ -114,6 +114,8 @@ def test_other_trainings_live_apart_and_finished_runs_are_never_deleted(tmp_path
     assert cs.config_suffix(base, base) == ""
     assert cs.config_suffix(base.replace(steps=300, batch_size=4, solved_weight=0.1),
                             base) == "-steps300-batch4-solved0.1"
+    assert cs.config_suffix(base.replace(lr=1e-4, warmup_steps=10, init_from="f",
+                                         init_window=16), base) == "-lr0.0001-warmup10-init16"
     assert cs.config_suffix(base.replace(windows=(16,), seed=base.seed), base) == ""
     # the command line puts a reduced run in a folder (and results) of its own
     cfg = base.replace(steps=5)
@@ -475,6 +477,9 @@ def test_tiny_grid_end_to_end(tmp_path):
     assert (out / "context_scaling_darkroom_hard_steps2_init2.json").exists()
     assert cs.main([*step[:-1], "64"]) == 2  # no 64-episode run to start from
     assert not any((work / "tiny-darkroom-hard-steps2-init64").iterdir())
+    for bad in ({"lr": -1.0}, {"lr": float("inf")}, {"warmup_steps": -2}):
+        with pytest.raises(ValueError, match="expected a finite learning rate"):
+            cfg.replace(**bad)
     with pytest.raises(ValueError, match="a curriculum step takes both"):
         cfg.replace(init_window=2)
 

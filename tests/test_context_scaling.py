@@ -484,6 +484,25 @@ def test_tiny_grid_end_to_end(tmp_path):
         cfg.replace(init_window=2)
 
 
+def test_tiny_grid_dpt_trains_on_histories_and_plays_every_heldout_goal(tmp_path):
+    out, work = tmp_path / "results", tmp_path / "runs"
+    argv = ["--tiny", "--env", "darkroom-hard", "--seeds", "1", "--agents", "dpt",
+            "--windows", "2", "--out", str(out), "--workdir", str(work)]
+    assert cs.main(argv) == 0
+    summary = json.loads((out / "context_scaling_darkroom_hard.json").read_text())
+    (c,) = summary["configs"]
+    assert (c["agent"], c["window"]) == ("dpt", 2)
+    assert c["tokens_per_sequence"] == 2 * 2 * 20  # two tokens per transition
+    assert 0 <= c["final"]["mean"] <= 1
+    run = work / "tiny-darkroom-hard" / "dpt-w2-seed0"
+    held = envs.task_split("darkroom-hard", "test")
+    report = json.loads((run / "eval" / "report.json").read_text())
+    assert {ep["task"] for ep in report["episodes"]} == set(held)
+    # one context per source history: the sampler groups by history_id
+    tcfg = cs.train_config(cs.tiny_config("darkroom-hard"), "dpt", 2, 0, "d", "w")
+    assert tcfg.agent_config.group_key == "history_id"
+
+
 def test_search_phase_and_its_share_of_training_windows_by_hand():
     # three histories of 5 episodes, stored out of order
     returns = np.array([[0, 0, 1, 1, 0], [0, 0, 0, 0, 0], [1, 0, 1, 1, 1]], float)

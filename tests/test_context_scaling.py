@@ -22,6 +22,7 @@ from experiments import context_scaling as cs
 from experiments import context_scaling_floor as csf
 from experiments import context_scaling_phases as csp
 from experiments import context_scaling_report as csr
+from experiments import context_scaling_zeroshot as csz
 from rl_ring.train.plan import attention_memory
 
 
@@ -463,6 +464,25 @@ def test_tiny_grid_end_to_end(tmp_path):
         assert r["all"]["nll"] == pytest.approx(np.mean(r["nll_by_episode"]))
     for c in phases["configs"]:
         assert 0 < c["train_search_share"] <= 1 and c["seeds"] == [0]
+    # The 2-episode runs played zero-shot with 4 episodes of context: the rl-ring eval path
+    # (the command it records gives the same returns), reused when asked again.
+    zs = csz.run(csz.Args(workdir=str(work / "tiny-darkroom-hard"), window=2, context=4,
+                          seeds=1, out=str(tmp_path / "zs")))
+    (r,) = zs["runs"]
+    assert r["own"]["final_mean"] == pytest.approx(summary["configs"][0]["final"]["mean"])
+    assert not r["reused"] and (tmp_path / "zs" / "context_scaling_zeroshot.png").exists()
+    cmd = r["command"].split()[2:-2] + ["--out", str(tmp_path / "zs_cli"), "--no-progress"]
+    assert cmd[cmd.index("--context-steps") + 1] == "80"
+    from rl_ring.cli.eval import main as eval_main
+
+    assert eval_main(cmd) == 0
+    again = cs.report_returns(json.loads((tmp_path / "zs_cli" / "report.json").read_text()),
+                              held, e)
+    assert r["long"]["curve"] == pytest.approx(again.mean(axis=0).tolist())
+    assert csz.run(csz.Args(workdir=str(work / "tiny-darkroom-hard"), window=2, context=4,
+                            seeds=1, out=str(tmp_path / "zs")))["runs"][0]["reused"]
+    with pytest.raises(ValueError, match="expected more episodes"):
+        csz.run(csz.Args(workdir=str(work / "tiny-darkroom-hard"), window=4, context=4))
     # A curriculum step: the 4-episode window from the finished 2-episode run of its seed,
     # in a run folder and results of its own; a missing source run is an error, nothing made.
     from rl_ring.train.checkpoint import checkpoint_meta

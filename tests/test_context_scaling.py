@@ -21,6 +21,7 @@ from envs.learners.history import collect_histories, learning_curve
 from experiments import context_scaling as cs
 from experiments import context_scaling_floor as csf
 from experiments import context_scaling_phases as csp
+from experiments import context_scaling_play as csplay
 from experiments import context_scaling_report as csr
 from experiments import context_scaling_zeroshot as csz
 from rl_ring.train.plan import attention_memory
@@ -481,6 +482,14 @@ def test_tiny_grid_end_to_end(tmp_path):
     assert r["long"]["curve"] == pytest.approx(again.mean(axis=0).tolist())
     assert csz.run(csz.Args(workdir=str(work / "tiny-darkroom-hard"), window=2, context=4,
                             seeds=1, out=str(tmp_path / "zs")))["runs"][0]["reused"]
+    # the search / exploitation split reads both evaluations of the run folder
+    play = csplay.analyse(work / "tiny-darkroom-hard")
+    assert {(r["run"], r["eval"]) for r in play} >= {("ad-w2-seed0", "eval"),
+                                                     ("ad-w2-seed0", "eval-ctx4")}
+    for r in play:
+        assert r["final"] == pytest.approx(
+            next(c for c in summary["configs"] if c["window"] == r["window"])["final"]["mean"]
+            if r["eval"] == "eval" else zs["long_final"]["mean"])
     with pytest.raises(ValueError, match="expected more episodes"):
         csz.run(csz.Args(workdir=str(work / "tiny-darkroom-hard"), window=4, context=4))
     # A curriculum step: the 4-episode window from the finished 2-episode run of its seed,
@@ -521,6 +530,18 @@ def test_tiny_grid_dpt_trains_on_histories_and_plays_every_heldout_goal(tmp_path
     # one context per source history: the sampler groups by history_id
     tcfg = cs.train_config(cs.tiny_config("darkroom-hard"), "dpt", 2, 0, "d", "w")
     assert tcfg.agent_config.group_key == "history_id"
+
+
+def test_search_exploitation_split_by_hand():
+    returns = np.array([[0, 1, 1, 0], [0, 0, 0, 0], [1, 0, 1, 1]], float)
+    got = csplay.split(returns, by=(1, 2, 8))
+    assert got["found_curve"] == pytest.approx([1 / 3, 2 / 3, 2 / 3, 2 / 3])
+    assert got["found_by"] == pytest.approx({"1": 1 / 3, "2": 2 / 3})  # 8 > 4 episodes
+    # after the first success: task 0 episodes 3-4 (1, 0), task 2 episodes 2-4 (0, 1, 1)
+    assert got["after_first"] == pytest.approx((0.5 + 2 / 3) / 2)
+    assert got["tasks_after_first"] == 2 and got["final"] == pytest.approx(1 / 3)
+    last_only = csplay.split(np.array([[0, 0, 1]], float))
+    assert last_only["after_first"] is None and last_only["tasks_after_first"] == 0
 
 
 def test_search_phase_and_its_share_of_training_windows_by_hand():

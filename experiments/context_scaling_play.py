@@ -94,7 +94,7 @@ def group(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     def stat(xs):
         xs = np.array([x for x in xs if x is not None], float)
         return {"mean": float(xs.mean()) if len(xs) else None,
-                "std": float(xs.std(ddof=1)) if len(xs) > 1 else 0.0,
+                "std": float(xs.std()) if len(xs) else None,  # ddof=0, as context_scaling
                 "per_seed": xs.tolist()}
 
     return [{"folder": f, "agent": a, "window": w, "eval": ev,

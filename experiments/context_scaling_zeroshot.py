@@ -139,15 +139,17 @@ def run(args: Args) -> dict[str, Any]:
     summary = {"workdir": str(work), "agent": args.agent, "env": cfg.env,
                "window": args.window, "context": args.context,
                "eval_episodes": cfg.eval_episodes, "final_episodes": long["final_episodes"],
-               "own_final": {"mean": float(own_f.mean()), "std": float(own_f.std(ddof=1))
-                             if len(runs) > 1 else 0.0, "per_seed": own_f.tolist()},
-               "long_final": {"mean": float(long_f.mean()), "std": float(long_f.std(ddof=1))
-                              if len(runs) > 1 else 0.0, "per_seed": long_f.tolist()},
+               "own_final": stat(own_f), "long_final": stat(long_f),
                "optimal": long["optimal"], "runs": runs}
     out = Path(args.out)
     summary["files"] = {"plot": plot(summary, out / f"{RESULTS}.png").name}
     write_json(summary, out / f"{RESULTS}.json")
     return summary
+
+
+def stat(x: np.ndarray) -> dict[str, Any]:
+    """Mean, std over training seeds (ddof=0, as context_scaling's) and the seeds' values."""
+    return {"mean": float(x.mean()), "std": float(x.std()), "per_seed": x.tolist()}
 
 
 def plot(summary: dict[str, Any], path: Path) -> Path:

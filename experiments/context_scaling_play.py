@@ -112,6 +112,8 @@ def plot(groups: list[dict[str, Any]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from rl_ring.io import save_figure
+
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for g in groups:
         x = np.arange(1, len(g["found_curve"]) + 1)
@@ -125,8 +127,7 @@ def plot(groups: list[dict[str, Any]], path: Path) -> Path:
     ax.set_title("search: goal found by episode k (mean over seeds)")
     ax.legend(fontsize=6)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 

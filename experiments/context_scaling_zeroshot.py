@@ -158,6 +158,8 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from rl_ring.io import save_figure
+
     fig, ax = plt.subplots(figsize=(7, 4))
     x = np.arange(1, summary["eval_episodes"] + 1)
     for key, label in (("own", f"{summary['window']}-episode window (trained)"),
@@ -173,8 +175,7 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
                  f"episodes, played with {summary['context']}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 

@@ -384,6 +384,13 @@ def eval_policy_from_checkpoint(
     note = horizon_warning(cfg.agent_config, spec, episode_steps)
     if note:
         warnings.warn(f"{checkpoint_dir}: {note}", UserWarning, stacklevel=2)
+    trained = module.context_steps(cfg.agent_config, spec)
+    if context_steps is not None and context_steps > trained:
+        warnings.warn(f"{checkpoint_dir}: context_steps={context_steps} is longer than the "
+                      f"{trained} steps of context the model trained on; a model does not use "
+                      f"context it did not train on (docs/reproductions.md, Dark Room hard: a "
+                      f"16-episode model played with 256 episodes fell from 0.67 to 0.18)",
+                      UserWarning, stacklevel=2)
     layout = module.make_layout(cfg.agent_config, spec, loaded.norm)
     model = loaded.model
     if model.cfg.attn_layout != "contiguous":

@@ -544,13 +544,20 @@ def grid_evaluate(cfg: ScalingConfig, policy, out: Path, trials: int) -> dict[st
     from envs.evaluation import env_factory
     from rl_ring.eval import EvalConfig, evaluate
 
+    ecfg = EvalConfig(**grid_eval_options(cfg), out=str(out), trials=trials,
+                      x_label="in-context episode")
+    return evaluate(ecfg, make_env=env_factory(cfg.env), tasks=heldout_tasks(cfg),
+                    policy=policy)
+
+
+def grid_eval_options(cfg: ScalingConfig) -> dict[str, Any]:
+    """``EvalConfig`` options every grid evaluation of the experiment shares: all held-out
+    tasks, ``eval_rows`` side by side, the evaluation seeds."""
     tasks = heldout_tasks(cfg)
     rows = min(cfg.eval_rows or len(tasks), len(tasks))
-    ecfg = EvalConfig(env=cfg.env, out=str(out), trials=trials, envs=rows,
-                      seeds=-(-len(tasks) // rows), first_seed=cfg.seed + 2000,
-                      task_split="test", progress=False, x_label="in-context episode",
-                      overwrite=True)  # inside this experiment's own work directory
-    return evaluate(ecfg, make_env=env_factory(cfg.env), tasks=tasks, policy=policy)
+    return {"env": cfg.env, "envs": rows, "seeds": -(-len(tasks) // rows),
+            "first_seed": cfg.seed + 2000, "task_split": "test", "progress": False,
+            "overwrite": True}  # inside this experiment's own work directory
 
 
 # ---------------------------------------------------------------------- evaluation

@@ -60,14 +60,10 @@ def eval_config(args: Args, cfg: cs.ScalingConfig, ckpt: Path, out: Path):
     own held-out tasks, rows and evaluation seeds."""
     from rl_ring.eval import EvalConfig
 
-    tasks = cs.heldout_tasks(cfg)
-    rows = min(cfg.eval_rows or len(tasks), len(tasks))
     slide = max(1, int(args.context * cfg.slide_fraction)) * cfg.episode_steps
-    return EvalConfig(env=cfg.env, out=str(out), checkpoint=str(ckpt),
-                      trials=cfg.eval_episodes, envs=rows, seeds=-(-len(tasks) // rows),
-                      first_seed=cfg.seed + 2000, task_split="test", progress=False,
-                      context_steps=cfg.window_steps(args.context), slide_steps=slide,
-                      overwrite=True)  # inside the run's own folder
+    return EvalConfig(**cs.grid_eval_options(cfg), out=str(out), checkpoint=str(ckpt),
+                      trials=cfg.eval_episodes, context_steps=cfg.window_steps(args.context),
+                      slide_steps=slide)
 
 
 def same_eval(report: dict[str, Any], ecfg) -> bool:

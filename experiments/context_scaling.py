@@ -678,9 +678,15 @@ def train(tcfg, *, watch: bool, stall_s: float = 300.0, restarts: int = 3) -> di
         from agents.run import train as train_agent
 
         train_agent(tcfg)
-    rows = read_metrics(tcfg.workdir)
+    return training_summary(read_metrics(tcfg.workdir), wall_s=time.perf_counter() - t0,
+                            restarts=attempt)
+
+
+def training_summary(rows: list[dict[str, Any]], *, wall_s: float,
+                     restarts: int | None) -> dict[str, Any]:
+    """A training's record from its ``metrics.jsonl`` rows and its measured wall time."""
     steady = [r["tokens_per_s"] for r in rows[1:] if "tokens_per_s" in r]
-    return {"wall_s": time.perf_counter() - t0, "restarts": attempt,
+    return {"wall_s": wall_s, "restarts": restarts,
             "tokens_per_s": float(np.median(steady)) if steady else 0.0,
             "compile_s": float(rows[0]["wall_time"]) if rows else 0.0,
             "final_loss": float(rows[-1]["loss"]) if rows else float("nan"),
@@ -780,10 +786,52 @@ def finished_record(cfg: ScalingConfig, agent: str, window: int, seed: int,
     return record if same_run(record["key"], run_key(cfg, agent, window, seed)) else None
 
 
+TRAINED_FILE = "trained.json"
+"""In a run folder: the training's config and summary, written when its training finished."""
+
+
+def finished_training(tcfg, rdir: Path) -> dict[str, Any] | None:
+    """The summary of ``tcfg``'s training if it finished in ``rdir`` before, else None.
+
+    Finished means: the training folder's saved config is ``tcfg``'s (agent options resolved,
+    as the training loop saves it) and a checkpoint of the
+    last step is there. An evaluation interrupted after such a training then replays that
+    checkpoint instead of training again. The summary is the one saved when the training
+    ended (``trained.json``); for a training finished before that file existed it is rebuilt
+    from ``metrics.jsonl`` (wall time then from its last row: the training loop's own clock,
+    without the process start).
+    """
+    from agents.run import resolve_config
+    from rl_ring.train.checkpoint import CKPT_SUBDIR, Checkpointer
+    from rl_ring.train.config import to_dict
+    from rl_ring.train.loop import CONFIG_FILE
+    from rl_ring.train.metrics import read_metrics
+
+    want = json.loads(json.dumps(to_dict(resolve_config(tcfg))))
+    saved = Path(tcfg.workdir) / CONFIG_FILE
+    if not saved.exists() or not (Path(tcfg.workdir) / CKPT_SUBDIR).is_dir():
+        return None
+    if json.loads(saved.read_text()).get("config") != want:
+        return None
+    if Checkpointer(tcfg.workdir, read_only=True).latest_step() != tcfg.steps:
+        return None
+    summary = rdir / TRAINED_FILE
+    if summary.exists():
+        trained = json.loads(summary.read_text())
+        return trained["train"] if trained.get("config") == want else None
+    rows = read_metrics(tcfg.workdir)
+    if not rows or rows[-1].get("step") != tcfg.steps:
+        return None
+    return {**training_summary(rows, wall_s=float(rows[-1]["wall_time"]), restarts=None),
+            "wall_s_from": "metrics.jsonl"}
+
+
 def run_one(cfg: ScalingConfig, agent: str, window: int, seed: int, workdir: Path, data: str,
             *, watch: bool) -> dict[str, Any]:
     """Train -> play the held-out tasks; the record (also saved in the run's directory)."""
+    from agents.run import resolve_config
     from rl_ring.io import write_json
+    from rl_ring.train.config import to_dict
 
     name = run_name(agent, window, seed)
     rdir = workdir / name
@@ -802,12 +850,18 @@ def run_one(cfg: ScalingConfig, agent: str, window: int, seed: int, workdir: Pat
                          f"in {', '.join(changed) or 'agent, window or seed'}); it is kept: "
                          f"choose another --workdir for this one")
     tcfg = train_config(cfg, agent, window, seed, data, str(rdir / "train"))
-    if rdir.exists():  # interrupted half way: start afresh
-        shutil.rmtree(rdir)
-    rdir.mkdir(parents=True)
-    trained = train(tcfg, watch=watch)
-    log(f"{name}: {cfg.steps} steps on mesh {tcfg.mesh} in {trained['wall_s']:.0f} s "
-        f"({trained['tokens_per_s']:.0f} tokens/s), final loss {trained['final_loss']:.3f}")
+    trained = finished_training(tcfg, rdir)
+    if trained is not None:
+        log(f"{name}: training finished before ({cfg.steps} steps), evaluating it")
+    else:
+        if rdir.exists():  # interrupted while training: start afresh
+            shutil.rmtree(rdir)
+        rdir.mkdir(parents=True)
+        trained = train(tcfg, watch=watch)
+        write_json({"config": to_dict(resolve_config(tcfg)), "train": trained},
+                   rdir / TRAINED_FILE)
+        log(f"{name}: {cfg.steps} steps on mesh {tcfg.mesh} in {trained['wall_s']:.0f} s "
+            f"({trained['tokens_per_s']:.0f} tokens/s), final loss {trained['final_loss']:.3f}")
     played = evaluate_run(cfg, tcfg.workdir, rdir, window)
     record = {"key": key, "name": name, "agent": agent, "window": window, "seed": seed,
               "tokens_per_sequence": cfg.window_steps(window) * played["tokens_per_step"],

@@ -10,6 +10,7 @@ read back.
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -505,6 +506,39 @@ def test_tiny_grid_end_to_end(tmp_path):
     assert checkpoint_meta(run / "train")["init_from"] == {
         "workdir": str((src / "ad-w2-seed0" / "train").absolute()), "step": cfg.steps}
     assert (out / "context_scaling_darkroom_hard_steps2_init2.json").exists()
+    # An evaluation interrupted after the training finished replays the finished checkpoint:
+    # nothing is trained again (with its saved summary, or one rebuilt from metrics.jsonl).
+    first = json.loads((run / "record.json").read_text())
+    trained = json.loads((run / cs.TRAINED_FILE).read_text())["train"]
+    assert trained == first["train"]
+
+    def no_training(*a, **k):
+        raise AssertionError("trained again")
+
+    for legacy in (False, True):
+        shutil.rmtree(run / "eval")
+        (run / "record.json").unlink()
+        if legacy:
+            (run / cs.TRAINED_FILE).unlink()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(cs, "train", no_training)
+            assert cs.main([*step, "--overwrite"]) == 0
+        again = json.loads((run / "record.json").read_text())
+        assert again["eval"]["curve"] == first["eval"]["curve"]
+        if legacy:
+            assert again["train"]["wall_s_from"] == "metrics.jsonl"
+            assert again["train"]["history"] == first["train"]["history"]
+            assert again["train"]["final_loss"] == first["train"]["final_loss"]
+        else:
+            assert again["train"] == first["train"]
+    # a training without its last step's checkpoint, or of another config, is not finished
+    from agents.run import config_from_meta
+
+    tcfg = config_from_meta(json.loads((run / "train" / "config.json").read_text()))
+    assert cs.finished_training(tcfg, run) == again["train"]
+    assert cs.finished_training(dataclasses.replace(tcfg, seed=1), run) is None
+    (run / "train" / "checkpoints" / "2").rename(run / "last")
+    assert cs.finished_training(tcfg, run) is None
     assert cs.main([*step[:-1], "64"]) == 2  # no 64-episode run to start from
     assert not any((work / "tiny-darkroom-hard-steps2-init64").iterdir())
     for bad in ({"lr": -1.0}, {"lr": float("inf")}, {"warmup_steps": -2}):

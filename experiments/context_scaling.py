@@ -776,6 +776,14 @@ def run_key(cfg: ScalingConfig, agent: str, window: int, seed: int) -> dict[str,
     return {"config": dataclasses.asdict(cfg), "agent": agent, "window": window, "seed": seed}
 
 
+def record_config(record: dict[str, Any]) -> ScalingConfig:
+    """The configuration a finished run's record was made with (fields a record of an older
+    version lacks take their defaults; fields this version no longer has are dropped)."""
+    names = {f.name for f in dataclasses.fields(ScalingConfig)}
+    return ScalingConfig(**{k: tuple(v) if isinstance(v, list) else v
+                            for k, v in record["key"]["config"].items() if k in names})
+
+
 def finished_record(cfg: ScalingConfig, agent: str, window: int, seed: int,
                     workdir: Path) -> dict[str, Any] | None:
     """The record of the finished run of this configuration in ``workdir``, else None."""

@@ -68,12 +68,10 @@ def analyse(folder: Path) -> list[dict[str, Any]]:
         raise ValueError(f"--folders {folder}: no finished context_scaling run (*/record.json)")
     for rec_path in records:
         record = json.loads(rec_path.read_text())
-        env = record["key"]["config"]["env"]
-        if env not in cs.GRID_ENVS:
-            raise ValueError(f"{rec_path}: a {env} run; the split is for the grids "
+        cfg = cs.record_config(record)
+        if cfg.env not in cs.GRID_ENVS:
+            raise ValueError(f"{rec_path}: a {cfg.env} run; the split is for the grids "
                              f"({', '.join(cs.GRID_ENVS)})")
-        cfg = cs.main_config(env).replace(**{k: record["key"]["config"][k] for k in (
-            "eval_tasks", "eval_episodes", "eval_rows", "seed")})
         for report_path in sorted(rec_path.parent.glob("eval*/report.json")):
             report = json.loads(report_path.read_text())
             returns = cs.report_returns(report, cs.heldout_tasks(cfg), cfg.eval_episodes)

@@ -107,9 +107,7 @@ def run(args: Args) -> dict[str, Any]:
         if not (rdir / "record.json").exists():
             raise ValueError(f"--workdir {work}: no finished run {rdir.name} (record.json)")
         record = json.loads((rdir / "record.json").read_text())
-        cfg = cs.ScalingConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                  for k, v in record["key"]["config"].items()
-                                  if k in {f.name for f in dataclasses.fields(cs.ScalingConfig)}})
+        cfg = cs.record_config(record)
         if cfg.bandit:
             raise ValueError(f"--workdir {work}: a bandit run folder; this evaluation is for "
                              f"the grids ({', '.join(cs.GRID_ENVS)})")

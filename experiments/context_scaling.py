@@ -71,6 +71,8 @@ the family's own prior (truncated Beta posteriors): posterior sampling, a perfec
 DPT's online policy. Reported, not a target (the targets are against Thompson / UCB1)."""
 FINAL_FRACTION = 0.1
 """Grids: the final return is the mean over the last 10% of the in-context episodes."""
+DPT_SOURCES = ("histories", "random")
+"""Grids: what DPT's in-context data are (:attr:`ScalingConfig.dpt_source`)."""
 RANDOM_EPISODES = 16
 """Grids: episodes per held-out task of the random baseline (stationary: no context)."""
 
@@ -138,6 +140,12 @@ class ScalingConfig:
     (its parameters; optimiser and data order fresh); "" trains from scratch."""
     init_window: int = 0
     """The window (episodes) of the ``init_from`` runs; 0 with ``init_from`` unset."""
+    dpt_source: str = "histories"
+    """Grids, DPT: its in-context data. "histories": windows of the sources' learning
+    histories (AD's data; the search is under 5% of their steps on Dark Room hard);
+    "random": uniformly random actions on the same tasks, as many histories and episodes
+    (the DPT paper's Dark Room data: the goal is unseen in most windows). Both are labelled
+    with the shortest-path action to the task's goal. Bandits: DPT's data are random pulls."""
     memory_batch: int = 16
     """Batch of the training step compiled for the memory table."""
     memory_windows: tuple[int, ...] | None = None
@@ -160,6 +168,12 @@ class ScalingConfig:
         if not (math.isfinite(self.lr) and self.lr > 0) or self.warmup_steps < 0:
             raise ValueError(f"--lr {self.lr} --warmup-steps {self.warmup_steps}: expected "
                              f"a finite learning rate > 0 and warmup steps >= 0")
+        if self.dpt_source not in DPT_SOURCES:
+            raise ValueError(f"--dpt-source {self.dpt_source!r}: expected one of "
+                             f"{', '.join(DPT_SOURCES)}")
+        if self.dpt_source != "histories" and self.env in BANDIT_ENVS:
+            raise ValueError(f"--dpt-source {self.dpt_source}: the choice is for the grid "
+                             f"families; on {self.env} DPT's data are random pulls")
         if bool(self.init_from) != (self.init_window > 0):
             raise ValueError(f"--init-from {self.init_from!r} --init-window "
                              f"{self.init_window}: a curriculum step takes both (a run "
@@ -299,6 +313,18 @@ def ad_data(cfg: ScalingConfig, tasks: list[int]):
     return store
 
 
+def random_grid_data(cfg: ScalingConfig, tasks: list[int]):
+    """``cfg.histories`` histories of ``cfg.history_episodes`` episodes of uniformly random
+    actions (history h on task h), each step labelled with its shortest-path action."""
+    from envs.learners.grid import NoiseSchedule
+    from envs.learners.history import collect_histories
+
+    rows = [tasks[h % len(tasks)] for h in range(cfg.histories)]
+    return collect_histories(cfg.env, "noisy_oracle", tasks=rows,
+                             episodes_per_history=cfg.history_episodes, histories=len(rows),
+                             seed=cfg.seed + 7, noise=NoiseSchedule(start=1.0, end=1.0))
+
+
 def concat_stores(stores):
     """Stores of learning histories back to back, history ids made distinct."""
     from rl_ring.data import EpisodeStore
@@ -343,10 +369,18 @@ def weight_suffix(cfg: ScalingConfig) -> str:
     return "" if cfg.solved_weight == 1 else f"-solved{cfg.solved_weight:g}"
 
 
+def data_suffix(cfg: ScalingConfig, agent: str) -> str:
+    """What sets an agent's training data apart in a run folder: AD's loss weights
+    (``-solved<W>``), DPT's random source (``-random``)."""
+    if agent == "ad":
+        return weight_suffix(cfg)
+    return "-random" if agent == "dpt" and cfg.dpt_source == "random" else ""
+
+
 def config_suffix(cfg: ScalingConfig, base: ScalingConfig) -> str:
     """What the command line's changes to the configured experiment ``base`` add to the names
     of the run folder and the results: ``-steps<N>``, ``-batch<N>``, ``-lr<LR>``,
-    ``-warmup<N>``, ``-solved<W>``, ``-init<W>`` for each that differs ("" as
+    ``-warmup<N>``, ``-solved<W>``, ``-dpt<SOURCE>``, ``-init<W>`` for each that differs ("" as
     configured). Other trainings are other models: their runs live apart, so a reduced or
     longer run never meets the finished runs of another."""
     parts = [f"-steps{cfg.steps}" if cfg.steps != base.steps else "",
@@ -354,6 +388,7 @@ def config_suffix(cfg: ScalingConfig, base: ScalingConfig) -> str:
              f"-lr{cfg.lr:g}" if cfg.lr != base.lr else "",
              f"-warmup{cfg.warmup_steps}" if cfg.warmup_steps != base.warmup_steps else "",
              weight_suffix(cfg),
+             f"-dpt{cfg.dpt_source}" if cfg.dpt_source != base.dpt_source else "",
              f"-init{cfg.init_window}" if cfg.init_window != base.init_window else ""]
     return "".join(parts)
 
@@ -379,7 +414,8 @@ def _dpt_plan() -> AgentPlan:
 
     def data(cfg: ScalingConfig, tasks: list[int]):
         if not cfg.bandit:
-            return ad_data(cfg, tasks)
+            return ad_data(cfg, tasks) if cfg.dpt_source == "histories" else \
+                random_grid_data(cfg, tasks)
         from envs.learners.bandits import bandit_histories
 
         return bandit_histories(cfg.env, family(cfg.env), [tasks[h % len(tasks)] for h in
@@ -1018,7 +1054,7 @@ def run(cfg: ScalingConfig, agents_: list[str], seeds: int, workdir: Path, out: 
     recipe = report.recipe_plan(cfg, agents_, agent_shape)
     for agent in agents_:
         plan = AGENT_PLANS[agent]()
-        data_dir = workdir / f"data-{agent}{weight_suffix(cfg) if agent == 'ad' else ''}"
+        data_dir = workdir / f"data-{agent}{data_suffix(cfg, agent)}"
         if not finished_only and not (data_dir / "store.json").exists():
             t0 = time.perf_counter()
             store = plan.data(cfg, tasks)
@@ -1097,6 +1133,9 @@ class Args:
     <workdir>/<env>...-init<W>."""
     init_window: int = 0
     """The window (episodes) of the --init-from runs."""
+    dpt_source: Literal["histories", "random"] = "histories"
+    """Grids, DPT: windows of the sources' learning histories, or uniformly random actions
+    on the same tasks (the DPT paper's data); likewise ``-dptrandom``."""
     finished_only: bool = False
     """Train nothing: summarise the runs of the grid that have finished (a configuration
     keeps the seeds it has; an error when none has)."""
@@ -1139,7 +1178,7 @@ def main(argv: list[str] | None = None) -> int:
 
         init = str(Path(args.init_from).absolute()) if args.init_from else ""
         cfg = cfg.replace(solved_weight=args.solved_weight, init_from=init,
-                          init_window=args.init_window)
+                          init_window=args.init_window, dpt_source=args.dpt_source)
         name, workdir = destinations(cfg, args)
 
         path = Path(args.out) / name

@@ -565,6 +565,32 @@ def test_tiny_grid_dpt_trains_on_histories_and_plays_every_heldout_goal(tmp_path
     # one context per source history: the sampler groups by history_id
     tcfg = cs.train_config(cs.tiny_config("darkroom-hard"), "dpt", 2, 0, "d", "w")
     assert tcfg.agent_config.group_key == "history_id"
+    # DPT on uniformly random actions: its own data and run folder, every step labelled
+    # with the shortest-path action to its history's goal.
+    from rl_ring.data import load
+
+    assert cs.main([*argv, "--dpt-source", "random"]) == 0
+    rwork = work / "tiny-darkroom-hard-dptrandom"
+    assert (out / "context_scaling_darkroom_hard_dptrandom.json").exists()
+    assert (rwork / "dpt-w2-seed0" / "record.json").exists()
+    store = load(rwork / "data-dpt-random")
+    x = store.episode_extras
+    assert store.num_episodes == 8 * 4 and np.all(x["policy_noise"] == 1.0)
+    assert np.array_equal(np.unique(x["history_id"]), np.arange(8))
+    tasks = cs.training_tasks(cs.tiny_config("darkroom-hard"))
+    assert x["task_id"][::4].tolist() == [tasks[h % len(tasks)] for h in range(8)]
+    for e in range(store.num_episodes):
+        goal = envs.gridworld.cell_xy(int(x["task_id"][e]), 17)
+        lo, hi = store.episode_starts[e], store.episode_starts[e + 1]
+        labels = store.extras["optimal_actions"][lo:hi]
+        for obs, label in zip(store.observations[lo:hi], labels, strict=True):
+            assert label == envs.gridworld.step_towards((int(obs[0]), int(obs[1])), goal)
+    counts = np.bincount(store.actions.astype(int).ravel(), minlength=5)
+    assert counts.min() > 0.15 * counts.sum()  # uniform over the 5 actions
+    with pytest.raises(ValueError, match="for the grid families"):
+        cs.main_config("bandit-hard").replace(dpt_source="random")
+    with pytest.raises(ValueError, match="expected one of histories, random"):
+        cs.tiny_config("darkroom-hard").replace(dpt_source="expert")
 
 
 def test_search_exploitation_split_by_hand():

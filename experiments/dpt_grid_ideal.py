@@ -39,13 +39,13 @@ from typing import Any
 import numpy as np
 
 from envs import gridworld as gw
+from envs.registry import IN_CONTEXT
 from experiments import context_scaling as cs
 from experiments import context_scaling_play as csplay
 
 RESULTS = "dpt_grid_ideal"
 ENV = "darkroom-hard"
-SIZE = 17
-EPISODE_STEPS = 20
+SIZE = IN_CONTEXT[ENV].kwargs["size"]
 LABELS = ("x-first", "any-shortest")
 
 
@@ -104,6 +104,8 @@ def play(goals: list[int], table: np.ndarray, *, window: int, episodes: int,
     episodes]`` and, per episode, the mean number of distinct cells visited."""
     rng = np.random.default_rng(seed)
     n, cells = len(goals), SIZE * SIZE
+    steps = cs.episode_steps(ENV)
+    xy = np.array([gw.cell_xy(c, SIZE) for c in range(cells)])
     goal = np.asarray(goals)
     start = gw.cell_id(*gw.centre(SIZE), SIZE)
     prior = np.ones((n, cells))
@@ -113,7 +115,8 @@ def play(goals: list[int], table: np.ndarray, *, window: int, episodes: int,
     seen = np.zeros((n, cells), np.int64)  # context episodes that visited each cell
     known = np.zeros(n, np.int64)  # context episodes with the goal's reward
     returns = np.zeros((n, episodes))
-    first, slide = 0, max(1, window // 4)
+    # the trained DPT's evaluation slide (context_scaling's _evaluation), in episodes
+    first, slide = 0, max(1, int(window * cs.main_config(ENV).slide_fraction))
     rows = np.arange(n)
 
     def visit(e: int, where: np.ndarray, at: np.ndarray) -> None:
@@ -129,15 +132,15 @@ def play(goals: list[int], table: np.ndarray, *, window: int, episodes: int,
         pos = np.full(n, start)
         reached = np.zeros(n, bool)
         visit(e, rows, pos)
-        for _ in range(EPISODE_STEPS):
+        for _ in range(steps):
             weights = np.where(seen > 0, 0.0, prior)
             has = known > 0  # the reward in context: the goal is that cell
             weights[has] = 0.0
             weights[has, goal[has]] = 1.0
             p = action_probs(table, pos, weights)
             a = (p.cumsum(axis=1) > rng.random((n, 1))).argmax(axis=1)
-            pos = np.array([gw.cell_id(*gw.move(gw.cell_xy(c, SIZE), int(m), SIZE), SIZE)
-                            for c, m in zip(pos, a, strict=True)])
+            x, y = np.clip(xy[pos] + gw.MOVES[a], 0, SIZE - 1).T  # walls stop (gw.move)
+            pos = y * SIZE + x  # gw.cell_id
             arrive = (pos == goal) & ~reached
             returns[arrive, e] = 1.0
             rewarded[e, arrive] = True

@@ -160,6 +160,10 @@ def trained_runs(folders: tuple[str, ...]) -> list[dict[str, Any]]:
 
 
 def run(args: Args) -> dict[str, Any]:
+    for name, values in (("--windows", args.windows), ("--episodes", (args.episodes,)),
+                         ("--seeds", (args.seeds,))):
+        if not values or min(values) < 1:
+            raise ValueError(f"{name} {' '.join(map(str, values))}: expected integers >= 1")
     goals = cs.heldout_tasks(cs.main_config(ENV))
     configs = []
     for labels in args.labels:

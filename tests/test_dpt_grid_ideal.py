@@ -81,3 +81,8 @@ def test_main_writes_results_and_keeps_them(tmp_path, capsys):
     assert ideal.main(argv) == 2  # results exist
     assert "--overwrite" in capsys.readouterr().err
     assert ideal.main([*argv, "--overwrite", "--folders", str(tmp_path / "none")]) == 2
+    capsys.readouterr()
+    assert ideal.main([*argv, "--overwrite", "--windows", "0"]) == 2
+    assert "--windows 0: expected integers >= 1" in capsys.readouterr().err
+    assert ideal.main([*argv, "--overwrite", "--labels", "diagonal"]) == 2
+    assert "--labels 'diagonal'" in capsys.readouterr().err

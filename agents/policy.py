@@ -43,8 +43,10 @@ from rl_ring.models.decode import (
     cache_shardings,
     decode,
     init_cache,
-    prefill,
+    prefill_rows,
+    refill_bucket,
 )
+from rl_ring.sharding import batch_shards
 
 
 @nnx.jit
@@ -508,6 +510,7 @@ def functional_policy(
     temperature: float = 1.0,
     mesh=None,
     options: DecodeOptions | None = None,
+    refill_rows: int = 8,
 ):
     """:class:`CachedPolicy` of a one-token-per-step layout (AD) as two pure, jittable
     functions ``(init, step)`` for :func:`rl_ring.eval.jax_rollout.make_rollout`.
@@ -517,8 +520,9 @@ def functional_policy(
     :class:`CachedPolicy`'s: each step appends the row's STEP token (observation, previous
     action, previous reward, new-episode flag) and decodes it against the cache; a full row
     drops its oldest ``slide_steps`` steps and is refilled by one forward pass over what
-    remains (in a ``lax.while_loop`` of 0 or 1 trips, so steps without a slide pay nothing
-    for it). Sampled actions (``greedy=False``) draw ``jax.random.categorical`` from
+    remains, run over the rows that slid alone, ``refill_rows`` of them per trip of a
+    ``lax.while_loop`` (no trip on a step without a slide; a multiple of the mesh's batch
+    shards, at most ``N``). Sampled actions (``greedy=False``) draw ``jax.random.categorical`` from
     ``fold_in(PRNGKey(policy_seed), actions taken by the row)``, so a row's actions depend
     on its own seed alone; :class:`CachedPolicy` samples from numpy instead, so the two agree
     only when greedy. ``temperature`` divides the logits before sampling.
@@ -536,6 +540,8 @@ def functional_policy(
     if context_steps < 1 or not 1 <= slide_steps <= context_steps:
         raise ValueError(f"functional_policy: context_steps={context_steps} must be >= 1 and "
                          f"slide_steps={slide_steps} in [1, context_steps]")
+    if refill_rows < 1:
+        raise ValueError(f"functional_policy: refill_rows must be >= 1, got {refill_rows}")
     cap, slide, feat = int(context_steps), int(slide_steps), layout.feature_dim
     o, a = layout.obs_dim, layout.act_dim
     mean = jnp.asarray(layout.norm.obs_mean, jnp.float32)
@@ -545,6 +551,8 @@ def functional_policy(
     if mesh is not None:
         params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
     slots = jnp.arange(cap, dtype=jnp.int32)
+    shifted = jnp.minimum(slots + slide, cap - 1)
+    keep = (slots < cap - slide)[None, :]
 
     def init(policy_seeds: jax.Array) -> FunctionalState:
         n = policy_seeds.shape[0]
@@ -580,6 +588,7 @@ def functional_policy(
         ts = jnp.asarray(inp.timestep, jnp.int32)
         rows = jnp.arange(n)
         kind = jnp.full((n, cap), int(Kind.STEP), jnp.int32)
+        chunk = refill_bucket(min(refill_rows, n), n, batch_shards(mesh))
 
         def append(values, timesteps):
             """This step's token at slot ``length`` of the acting rows."""
@@ -587,38 +596,40 @@ def functional_policy(
             return (values.at[rows, at].set(tok, mode="drop"),
                     timesteps.at[rows, at].set(ts, mode="drop"))
 
-        def slide_and_refill(params, cache, values, timesteps):
-            # A full row drops its oldest steps so the step about to start fits, and is
-            # re-read whole (the context CachedPolicy's refill reads).
-            shifted = jnp.minimum(slots + slide, cap - 1)
-            keep = (slots < cap - slide)[None, :]
-            values = jnp.where(full[:, None, None],
-                               jnp.where(keep[..., None], values[:, shifted], 0.0), values)
-            timesteps = jnp.where(full[:, None],
-                                  jnp.where(keep, timesteps[:, shifted], 0), timesteps)
-            values, timesteps = append(values, timesteps)
-            tokens = {"kind": kind, "values": values, "timesteps": timesteps,
-                      "positions": jnp.broadcast_to(slots, (n, cap)),
-                      "segment_ids": jnp.zeros((n, cap), jnp.int32),
-                      "valid": slots[None, :] < new_length[:, None]}
-            # Merged inside the branch: an NNX module must not cross a trace level.
+        def refill_some(carry):
+            """One trip: up to ``chunk`` of the rows still to refill slide their oldest steps
+            out (so the step about to start fits), take this step's token, and are re-read
+            whole (the context CachedPolicy's refill reads); the forward pass runs over
+            those rows alone."""
+            pending, params, cache, values, timesteps, pred = carry
+            idx = jnp.nonzero(pending, size=chunk, fill_value=n)[0]  # n: padding, dropped
+            take = jnp.minimum(idx, n - 1)
+            sub = jnp.arange(chunk)
+            v = jnp.where(keep[..., None], values[take][:, shifted], 0.0)
+            t = jnp.where(keep, timesteps[take][:, shifted], 0)
+            v = v.at[sub, length[take]].set(tok[take])
+            t = t.at[sub, length[take]].set(ts[take])
+            fill = new_length[take]
+            tokens = {"kind": kind[:chunk], "values": v, "timesteps": t,
+                      "positions": jnp.broadcast_to(slots, (chunk, cap)),
+                      "segment_ids": jnp.zeros((chunk, cap), jnp.int32),
+                      "valid": slots[None, :] < fill[:, None]}
+            # Merged inside the loop: an NNX module must not cross a trace level.
             model = nnx.merge(graphdef, params)
-            pred, cache = prefill(model, tokens, cache, full, mesh=mesh)
-            last = jnp.maximum(new_length - 1, 0)
-            pred = jnp.take_along_axis(pred, last[:, None, None], axis=1)[:, 0]
-            return pred, cache, values, timesteps
+            p, cache = prefill_rows(model, tokens, cache, idx, mesh=mesh)
+            p = jnp.take_along_axis(p, jnp.maximum(fill - 1, 0)[:, None, None], axis=1)[:, 0]
+            return (pending.at[idx].set(False, mode="drop"), params, cache,
+                    values.at[idx].set(v, mode="drop"), timesteps.at[idx].set(t, mode="drop"),
+                    pred.at[idx].set(p, mode="drop"))
 
-        # A while loop of 0 or 1 trips rather than a cond: a loop's carry is updated in
-        # place, where a cond copied the whole cache (and token buffers) at every step.
-        def body(carry):
-            _, params, cache, values, timesteps, _ = carry
-            pred, cache, values, timesteps = slide_and_refill(params, cache, values, timesteps)
-            return jnp.bool_(False), params, cache, values, timesteps, pred
-
-        start = (full.any(), state.params, state.cache, state.values, state.timesteps,
+        # A while loop (no trip on a step without a slide) rather than a cond: a loop's carry
+        # is updated in place, where a cond copied the whole cache (and token buffers) at
+        # every step. Each trip refills at most `chunk` rows, so the refill's cost follows the
+        # rows that slid, not the batch.
+        start = (full, state.params, state.cache, state.values, state.timesteps,
                  jnp.zeros((n, model.cfg.out_dim), jnp.float32))
         _, _, cache, values, timesteps, pred_full = jax.lax.while_loop(
-            lambda carry: carry[0], body, start)
+            lambda carry: carry[0].any(), refill_some, start)
         # Appending is idempotent: a refilled row already holds this token at `length`.
         values, timesteps = append(values, timesteps)
         dec = {"kind": kind[:, :1], "values": tok[:, None], "timesteps": ts[:, None],

@@ -6,6 +6,7 @@ Every other module refers to mesh axes through the constants here; nothing else 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -121,6 +122,11 @@ def axis_size(mesh: Mesh | None, axis: str) -> int:
     if mesh is None or axis not in mesh.shape:
         return 1
     return int(mesh.shape[axis])
+
+
+def batch_shards(mesh: Mesh | None) -> int:
+    """Devices the batch axes (``data`` x ``fsdp``) split a batch over (1 without a mesh)."""
+    return math.prod(axis_size(mesh, a) for a in BATCH_AXES)
 
 
 def batch_spec(mesh: Mesh, *, seq_sharded: bool = True) -> PartitionSpec:

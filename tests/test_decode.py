@@ -21,7 +21,7 @@ from rl_ring.attention.decode import (
     sharded_write_positions,
 )
 from rl_ring.data.store import EpisodeStore
-from rl_ring.models.decode import Decoder, decode, init_cache, prefill
+from rl_ring.models.decode import Decoder, decode, init_cache, prefill, refill_bucket
 from rl_ring.sharding import make_mesh
 
 FIELDS = ("kind", "values", "positions", "timesteps")
@@ -203,6 +203,47 @@ def test_prefill_then_decode_equals_forward(mesh_spec):
     assert_trees_close(first[1], want[1, :10], what="row 1 before")
     assert_trees_close(rest[0], want[0, 37:96], what="row 0 after prefill")
     assert_trees_close(rest[1], want[1, 10:96], what="row 1 after")
+
+
+@pytest.mark.parametrize("mesh_spec", [None, "data=2,seq=4"])
+def test_refill_of_some_rows_runs_over_those_rows_and_equals_the_forward(mesh_spec):
+    # Four rows (the two sampled ones twice, at different fills) decoded for a while; then
+    # rows 1 and 2 (a bucket of 2) and then row 3 alone (a bucket of 1, or of 2 = the batch
+    # shards of data=2) are refilled: their predictions and caches equal the forward pass
+    # over their contexts, the other rows' caches are untouched, and every row decodes on.
+    model, two = agent_model_and_tokens("at")
+    tokens = {f: np.concatenate([two[f], two[f]]) for f in (*FIELDS, "segment_ids", "valid")}
+    want = forward(model, tokens)
+    b, cap = tokens["kind"].shape
+    mesh = None if mesh_spec is None else make_mesh(mesh_spec)
+    dec = Decoder(model, b, cap, mesh=mesh)
+    feed(dec, {**tokens, "valid": tokens["valid"] & (np.arange(cap) < 12)}, [[3], [2], [1], [3]])
+    fills = np.array([12, 40, 25, 61])
+    prefix = {f: tokens[f] for f in FIELDS}
+    prefix["valid"] = np.arange(cap)[None, :] < fills[:, None]
+    for rows in ([False, True, True, False], [False, False, False, True]):
+        rows = np.array(rows)
+        kept = [np.asarray(a)[:, ~rows] for a in (dec.cache.k, dec.cache.v)]
+        last = np.asarray(dec.prefill(prefix, rows))
+        for i in np.flatnonzero(rows):
+            assert_trees_close(last[i], want[i, fills[i] - 1], what=f"row {i} refilled")
+        np.testing.assert_array_equal(last[~rows], 0.0)
+        for x, a in zip(kept, (dec.cache.k, dec.cache.v), strict=True):
+            np.testing.assert_array_equal(x, np.asarray(a)[:, ~rows])
+    np.testing.assert_array_equal(np.asarray(dec.cache.length), fills)
+    rest = feed(dec, tokens, [[2], [3], [1], [2]], start=fills, m=3)
+    for i in range(b):
+        n = int(tokens["valid"][i].sum())
+        assert_trees_close(rest[i], want[i, fills[i]:n], what=f"row {i} after the refills")
+    # Buckets: 2 rows, then 1 (2 on the data=2 mesh); one compilation per bucket size.
+    assert dec.compilations["prefill"] == (2 if mesh is None else 1)
+
+
+def test_refill_bucket_sizes():
+    assert [refill_bucket(r, 158) for r in (1, 2, 3, 5, 64, 65, 129, 158)] == [
+        1, 2, 4, 8, 64, 128, 158, 158]
+    assert [refill_bucket(r, 8, multiple=4) for r in (1, 3, 5, 8)] == [4, 4, 8, 8]
+    assert len({refill_bucket(r, 158) for r in range(1, 159)}) <= 158 .bit_length() + 1
 
 
 def test_one_compilation_as_the_context_grows_and_the_cache_is_donated():

@@ -165,8 +165,16 @@ def toy_case():
 
 
 def test_toy_env_same_episodes_as_the_python_workers_with_sliding_context():
-    _, py, jx = toy_case()
+    parts, py, jx = toy_case()
     assert episodes(jx) == episodes(py)
+    # Refilling one row per loop trip (rows that slide on the same step take several trips)
+    # and all four in one trip play the same episodes.
+    for refill_rows in (1, 4):
+        again = jax_episodes(TOY, *parts, n=4, trials=4, seed=7, num_steps=20,
+                             refill_rows=refill_rows, **TOY_OPTS)
+        assert episodes(again) == episodes(py), refill_rows
+    with pytest.raises(ValueError, match="refill_rows must be >= 1"):
+        functional_policy(*parts, refill_rows=0, **TOY_OPTS)
     assert all(e.status == OK for e in jx.episodes)
     assert jx.env_steps == py.env_steps
     # The policy matters: the episodes are not all alike (ended by the action or the limit).
@@ -217,6 +225,10 @@ def test_minigrid_same_episodes_as_the_python_workers():
     jx = jax_episodes(fns, model, layout, spec, n=2, trials=3, seed=1, num_steps=18,
                       max_steps=6, **opts)
     assert episodes(jx) == episodes(py)
+    # Both rows slide together (6-step episodes, an 8-step window): one trip of one row each.
+    one = jax_episodes(fns, model, layout, spec, n=2, trials=3, seed=1, num_steps=18,
+                       max_steps=6, refill_rows=1, **opts)
+    assert episodes(one) == episodes(py)
     assert len({e.episode_seed for e in jx.episodes}) == 6
 
 

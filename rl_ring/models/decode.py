@@ -6,7 +6,8 @@ global positions mark the valid part. Two pure functions work on it inside ``jit
 
 - :func:`prefill` runs the ordinary forward pass (the configured attention: reference,
   blockwise or ring) over whole ``[B, capacity]`` contexts and stores their keys/values in
-  the rows it is told to (re)fill;
+  the rows it is told to (re)fill; :func:`prefill_rows` runs it over the refilled rows alone
+  and scatters them into the cache;
 - :func:`decode` embeds ``m`` new tokens per row, writes their keys/values into the next
   free slots and attends them to the cache (``rl_ring.attention.decode``), rows advancing
   independently (``num_new`` real tokens per row, 0 for an idle row).
@@ -43,6 +44,7 @@ from rl_ring.attention.decode import (
 )
 from rl_ring.models.layers import LayerContext, constrain
 from rl_ring.models.transformer import TrajectoryTransformer, check_tokens
+from rl_ring.sharding import batch_shards
 
 DECODE_FIELDS = ("kind", "values", "positions", "timesteps")
 
@@ -188,29 +190,9 @@ def decode(
     return pred, KVCache(ck, cv, cache_pos, new_length)
 
 
-def prefill(
-    model: TrajectoryTransformer,
-    tokens: dict[str, jax.Array],
-    cache: KVCache,
-    rows: jax.Array,
-    *,
-    mesh=None,
-) -> tuple[jax.Array, KVCache]:
-    """Refills the cache rows in ``rows`` from whole contexts with one forward pass.
-
-    Args:
-        model: the trajectory transformer (its configured attention runs the forward).
-        tokens: ``kind``, ``values``, ``positions``, ``timesteps`` and ``valid`` as
-            ``[B, capacity, ...]`` arrays: each row's context in slot order, its real tokens
-            a prefix (``valid`` True) and padding after them.
-        cache: the cache (pass it donated).
-        rows: ``[B]`` bool, the rows to refill; the other rows keep their cache.
-        mesh: the mesh (as in :func:`init_cache`; the forward pass runs sharded on it).
-
-    Returns:
-        ``(pred [B, capacity, out_dim] float32, cache)``: the forward pass's predictions and
-        the cache with the refilled rows' keys, values, positions and lengths.
-    """
+def _forward_kv(model: TrajectoryTransformer, tokens: dict[str, jax.Array], *, mesh=None):
+    """The forward pass over whole contexts: ``(pred [B, T, out_dim], keys [L, B, T, Hk, D],
+    values, positions [B, T], valid [B, T])``."""
     cfg = model.cfg
     check_tokens(tokens, cfg, mesh)
     positions = jnp.asarray(tokens["positions"]).astype(jnp.int32)
@@ -232,7 +214,36 @@ def prefill(
     x, (ks, vs) = nnx.scan(layer, in_axes=(0, nnx.Carry), out_axes=(nnx.Carry, 0))(
         model.blocks, x
     )
-    pred = model.predict(model.final_norm(x))
+    return model.predict(model.final_norm(x)), ks, vs, positions, valid
+
+
+def prefill(
+    model: TrajectoryTransformer,
+    tokens: dict[str, jax.Array],
+    cache: KVCache,
+    rows: jax.Array,
+    *,
+    mesh=None,
+) -> tuple[jax.Array, KVCache]:
+    """Refills the cache rows in ``rows`` from whole contexts with one forward pass.
+
+    The forward pass runs over every row (its cost does not depend on ``rows``); to refill
+    a few rows of a large batch, :func:`prefill_rows` runs it over those rows alone.
+
+    Args:
+        model: the trajectory transformer (its configured attention runs the forward).
+        tokens: ``kind``, ``values``, ``positions``, ``timesteps`` and ``valid`` as
+            ``[B, capacity, ...]`` arrays: each row's context in slot order, its real tokens
+            a prefix (``valid`` True) and padding after them.
+        cache: the cache (pass it donated).
+        rows: ``[B]`` bool, the rows to refill; the other rows keep their cache.
+        mesh: the mesh (as in :func:`init_cache`; the forward pass runs sharded on it).
+
+    Returns:
+        ``(pred [B, capacity, out_dim] float32, cache)``: the forward pass's predictions and
+        the cache with the refilled rows' keys, values, positions and lengths.
+    """
+    pred, ks, vs, positions, valid = _forward_kv(model, tokens, mesh=mesh)
     rows = jnp.asarray(rows).astype(bool)
     sel = rows[None, :, None, None, None]
 
@@ -248,6 +259,52 @@ def prefill(
         store(vs, cache.v),
         jnp.where(rows[:, None], positions, cache.positions),
         jnp.where(rows, valid.sum(-1).astype(jnp.int32), cache.length),
+    )
+    return pred, new_cache
+
+
+def prefill_rows(
+    model: TrajectoryTransformer,
+    tokens: dict[str, jax.Array],
+    cache: KVCache,
+    row_index: jax.Array,
+    *,
+    mesh=None,
+) -> tuple[jax.Array, KVCache]:
+    """Refills the cache rows ``row_index`` from ``b`` whole contexts, the forward pass
+    running over those ``b`` rows only (:func:`prefill` runs it over the whole batch).
+
+    A sliding-window policy refills a handful of its rows at a time (those whose context
+    just slid); over a large batch, a forward pass over every row costs ``batch / b`` times
+    this one for the same cache.
+
+    Args:
+        model: the trajectory transformer.
+        tokens: as :func:`prefill`'s, ``[b, capacity, ...]``: row ``j`` is the context of
+            cache row ``row_index[j]``.
+        cache: the cache of ``B`` rows (pass it donated).
+        row_index: ``[b]`` int32 cache row of each context; entries ``>= B`` are padding
+            (their contexts are computed and nothing is written).
+        mesh: the mesh (as in :func:`prefill`; ``b`` a multiple of its batch shards).
+
+    Returns:
+        ``(pred [b, capacity, out_dim] float32, cache)``.
+    """
+    pred, ks, vs, positions, valid = _forward_kv(model, tokens, mesh=mesh)
+    index = jnp.asarray(row_index, jnp.int32)
+
+    def store(new_lbthd, old):
+        new = jnp.swapaxes(new_lbthd, 2, 3).astype(old.dtype)  # [L, b, Hk, T, D]
+        out = old.at[:, index].set(new, mode="drop")
+        if mesh is not None:
+            out = jax.lax.with_sharding_constraint(out, cache_shardings(mesh).k)
+        return out
+
+    new_cache = KVCache(
+        store(ks, cache.k),
+        store(vs, cache.v),
+        cache.positions.at[index].set(positions, mode="drop"),
+        cache.length.at[index].set(valid.sum(-1).astype(jnp.int32), mode="drop"),
     )
     return pred, new_cache
 
@@ -275,23 +332,32 @@ def _compiled(graphdef, mesh, options):
         return decode(model, tokens, cache, num_new, mesh=mesh, options=options)
 
     @functools.partial(jax.jit, donate_argnums=(1,), **out)
-    def refill(state, cache, tokens, rows):
+    def refill(state, cache, tokens, row_index):
         traces["prefill"] += 1
         model = nnx.merge(graphdef, state)
-        pred, cache = prefill(model, tokens, cache, rows, mesh=mesh)
-        last = jnp.maximum(cache.length - 1, 0)
+        pred, cache = prefill_rows(model, tokens, cache, row_index, mesh=mesh)
+        last = jnp.maximum(jnp.asarray(tokens["valid"]).sum(-1) - 1, 0)
         return jnp.take_along_axis(pred, last[:, None, None], axis=1)[:, 0], cache
 
     return step, refill, traces
+
+
+def refill_bucket(rows: int, batch: int, multiple: int = 1) -> int:
+    """Rows one compiled refill runs for ``rows`` rows to refill out of ``batch``: the next
+    power of two (a multiple of ``multiple``, the mesh's batch shards), at most ``batch``.
+    A decoder therefore compiles its refill at most ``log2(batch) + 2`` times."""
+    b = 1 << max(0, int(rows) - 1).bit_length()
+    b = -(-b // multiple) * multiple
+    return min(b, int(batch))
 
 
 class Decoder:
     """A model's KV cache for ``batch`` rows and its compiled decode and prefill steps.
 
     One compiled decode function per ``(batch, m)`` (``m`` new tokens per call) and one
-    prefill per ``(batch, capacity)``; the cache is donated to both, so it is updated in
-    place. The host keeps each row's fill level, so overflow and shape errors are raised
-    before anything runs.
+    refill per bucket of refilled rows (:func:`refill_bucket`); the cache is donated to
+    both, so it is updated in place. The host keeps each row's fill level, so overflow and
+    shape errors are raised before anything runs.
 
     Args:
         model: the trajectory transformer (its parameters are captured now).
@@ -383,7 +449,18 @@ class Decoder:
                     f"Decoder.prefill: tokens[{f!r}] has shape {args[f].shape}, expected "
                     f"[batch, capacity, ...] = {(self.batch, self.capacity)}"
                 )
-        last, self.cache = self._refill(self._state, self.cache, args, rows)
+        idx = np.flatnonzero(rows)
+        last = np.zeros((self.batch, self.cfg.out_dim), np.float32)
+        if idx.size == 0:
+            return last
+        # The forward pass runs over the refilled rows alone (padded to a bucket size, the
+        # padding rows' index past the batch so nothing is written for them).
+        b = refill_bucket(idx.size, self.batch, batch_shards(self.mesh))
+        take = np.concatenate([idx, np.full(b - idx.size, idx[0])])
+        index = np.concatenate([idx, np.full(b - idx.size, self.batch)]).astype(np.int32)
+        sub = {f: a[take] for f, a in args.items()}
+        out, self.cache = self._refill(self._state, self.cache, sub, index)
+        last[idx] = np.asarray(out)[: idx.size]
         self.lengths[rows] = fill[rows]
         return last
 

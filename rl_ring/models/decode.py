@@ -416,9 +416,11 @@ class Decoder:
         self.lengths += num_new
         return pred
 
-    def prefill(self, tokens: dict[str, np.ndarray], rows: np.ndarray) -> jax.Array:
-        """Refills ``rows`` from whole contexts; returns ``[batch, out_dim]``, the prediction
-        at each row's last real token (meaningless for rows not refilled).
+    def prefill(self, tokens: dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
+        """Refills ``rows`` from whole contexts; returns ``[batch, out_dim]`` float32, the
+        prediction at each refilled row's last real token (0 in the other rows). The forward
+        pass runs over the refilled rows alone (:func:`prefill_rows`, padded to
+        :func:`refill_bucket` rows).
 
         Raises:
             ValueError: wrong shapes, or real tokens that are not a prefix of a row.

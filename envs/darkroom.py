@@ -64,6 +64,15 @@ def optimal_return(
     return float(max(0, on_goal_steps))
 
 
+def label_targets(tasks, observations, *, size: int = 9) -> np.ndarray:
+    """``[N, 2]`` the cell a shortest-path label at each step heads for: the goal of
+    ``tasks[i]``, from observations ``[N, 2]`` (the cells; unused beyond their count)."""
+    tasks = np.asarray(tasks, np.int64)
+    if len(tasks) != len(observations):
+        raise ValueError(f"darkroom: {len(tasks)} tasks for {len(observations)} observations")
+    return np.stack([tasks % size, tasks // size], axis=1)
+
+
 class DarkRoom(InContextEnv):
     """The Dark Room task family as a Gymnasium env (discrete actions, 2 float observations)."""
 
@@ -124,6 +133,11 @@ class DarkRoom(InContextEnv):
         if self.task is None:
             raise ValueError("darkroom: no task set; reset() first")
         return gw.step_towards(_cell(obs, 2, self.family), gw.cell_xy(self.task, self.size))
+
+    def label_targets(self, tasks, observations) -> np.ndarray:
+        """:func:`label_targets` of this room's size: the cell a shortest-path label heads
+        for at each of ``observations`` (row ``i`` on task ``tasks[i]``)."""
+        return label_targets(tasks, observations, size=self.size)
 
     def _obs(self) -> np.ndarray:
         return np.array(self._pos, dtype=np.float32)

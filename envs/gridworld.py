@@ -53,6 +53,30 @@ def step_towards(pos: tuple[int, int], target: tuple[int, int]) -> int:
     return 0
 
 
+def random_shortest_actions(pos, target, rng: np.random.Generator) -> np.ndarray:
+    """``[N]`` int64 actions, each drawn uniformly among the moves from ``pos[i]`` that bring
+    the agent closer to ``target[i]`` (one or two of them); the no-op on the target.
+
+    The "any-shortest" labels: a model trained on them learns the uniform distribution over
+    shortest-path moves, where :func:`step_towards`'s labels (x first) teach one path.
+
+    Args:
+        pos, target: ``[N, 2]`` integer cells ``(x, y)``.
+        rng: draws the choice where two moves are shortest.
+    """
+    pos, target = np.asarray(pos, np.int64), np.asarray(target, np.int64)
+    if pos.shape != target.shape or pos.ndim != 2 or pos.shape[1] != 2:
+        raise ValueError(f"random_shortest_actions: pos {pos.shape} and target {target.shape} "
+                         "must both be [N, 2] cells")
+    dx, dy = target[:, 0] - pos[:, 0], target[:, 1] - pos[:, 1]
+    x_move = np.where(dx > 0, 4, 3)
+    y_move = np.where(dy > 0, 1, 2)
+    pick_y = rng.random(len(pos)) < 0.5
+    both = (dx != 0) & (dy != 0)
+    out = np.where(dx != 0, x_move, np.where(dy != 0, y_move, 0))
+    return np.where(both & pick_y, y_move, out).astype(np.int64)
+
+
 def check_action(action, env_name: str) -> int:
     """Converts an action to int, raising a clear error for anything outside ``[0, 5)``."""
     a = np.asarray(action)

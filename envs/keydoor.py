@@ -59,6 +59,18 @@ def optimal_return(task: int, *, size: int = 9, episode_length: int = 50) -> flo
     return 2.0 if to_key + gw.manhattan(key, door) <= episode_length else 1.0
 
 
+def label_targets(tasks, observations, *, size: int = 9) -> np.ndarray:
+    """``[N, 2]`` the cell a shortest-path label at each step heads for: the key of
+    ``tasks[i]`` while ``observations[i] = (x, y, has_key)`` does not hold it, else the door."""
+    tasks, obs = np.asarray(tasks, np.int64), np.asarray(observations, np.float64)
+    if obs.ndim != 2 or obs.shape[1] != 3 or len(tasks) != len(obs):
+        raise ValueError(f"keydoor: {len(tasks)} tasks and observations of shape {obs.shape}; "
+                         "expected one (x, y, has_key) row per task")
+    key, door = np.divmod(tasks, size * size)
+    cell = np.where(obs[:, 2] > 0.5, door, key)
+    return np.stack([cell % size, cell // size], axis=1)
+
+
 class KeyDoor(InContextEnv):
     """The Key-to-Door task family as a Gymnasium env (discrete actions, 3 float observations)."""
 
@@ -110,6 +122,11 @@ class KeyDoor(InContextEnv):
                              f"{np.shape(obs)}")
         key, door = key_door(self.task, size=self.size)
         return gw.step_towards((int(round(o[0])), int(round(o[1]))), door if o[2] > 0.5 else key)
+
+    def label_targets(self, tasks, observations) -> np.ndarray:
+        """:func:`label_targets` of this room's size: the cell a shortest-path label heads
+        for at each of ``observations`` (row ``i`` on task ``tasks[i]``)."""
+        return label_targets(tasks, observations, size=self.size)
 
     def _obs(self) -> np.ndarray:
         return np.array([self._pos[0], self._pos[1], float(self._has_key)], dtype=np.float32)

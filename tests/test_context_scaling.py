@@ -593,6 +593,44 @@ def test_tiny_grid_dpt_trains_on_histories_and_plays_every_heldout_goal(tmp_path
         cs.tiny_config("darkroom-hard").replace(dpt_source="expert")
 
 
+@pytest.mark.parametrize("env", ["darkroom-hard", "keydoor"])
+def test_dpt_any_shortest_labels_are_shortest_moves_of_both_kinds(env):
+    # The same histories as the x-first data; every label a move that brings the agent
+    # closer to its target (Key-to-Door: the key, then the door), both moves drawn where two
+    # are shortest; its own data and run folder, results name.
+    base = cs.tiny_config(env)
+    cfg = base.replace(dpt_labels="any-shortest")
+    tasks = cs.training_tasks(cfg)
+    plan = cs.AGENT_PLANS["dpt"]()
+    xfirst, anyl = plan.data(base, tasks), plan.data(cfg, tasks)
+    np.testing.assert_array_equal(anyl.observations, xfirst.observations)
+    room = envs.make(env).unwrapped
+    size = room.size
+    lengths = np.diff(anyl.episode_starts)
+    step_tasks = np.repeat(anyl.episode_extras["task_id"], lengths)
+    target = room.label_targets(step_tasks, anyl.observations)
+    pos = np.rint(anyl.observations[:, :2]).astype(int)
+    labels = anyl.extras["optimal_actions"]
+    moved = np.array([envs.gridworld.move(tuple(p), int(a), size)
+                      for p, a in zip(pos, labels, strict=True)])
+    before = np.abs(target - pos).sum(1)
+    after = np.abs(target - moved).sum(1)
+    assert np.all(np.where(before > 0, after == before - 1, labels == 0))
+    two = (pos[:, 0] != target[:, 0]) & (pos[:, 1] != target[:, 1])
+    y_moves = np.isin(labels[two], (1, 2)).mean()
+    assert 0.35 < y_moves < 0.65  # x-first labels would give 0
+    assert np.isin(xfirst.extras["optimal_actions"][two], (1, 2)).sum() == 0
+    assert cs.data_suffix(cfg, "dpt") == "-anyshortest" and cs.data_suffix(cfg, "ad") == ""
+    args = cs.Args(env=env, tiny=True, dpt_labels="any-shortest", workdir="w")
+    name, folder = cs.destinations(cfg, args)
+    assert folder == Path("w") / f"tiny-{env}-anyshortest"
+    assert name == cs.results_name(env) + "_anyshortest"
+    with pytest.raises(ValueError, match="expected one of x-first, any-shortest"):
+        base.replace(dpt_labels="soft")
+    with pytest.raises(ValueError, match="on bandit-hard the label is the best arm"):
+        cs.main_config("bandit-hard").replace(dpt_labels="any-shortest")
+
+
 def test_search_exploitation_split_by_hand():
     returns = np.array([[0, 1, 1, 0], [0, 0, 0, 0], [1, 0, 1, 1]], float)
     got = csplay.split(returns, by=(1, 2, 8))

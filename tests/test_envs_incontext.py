@@ -275,3 +275,34 @@ def test_bad_inputs_name_the_problem():
         b.step(5)
     with pytest.raises(ValueError, match="task split must be one of"):
         envs.task_split("darkroom", "validation")
+
+
+def test_random_shortest_actions_by_hand():
+    from envs.gridworld import random_shortest_actions
+
+    rng = np.random.default_rng(0)
+    pos = np.array([[4, 4], [4, 4], [4, 4], [2, 7], [0, 0]] * 400)
+    target = np.array([[4, 4], [6, 4], [4, 1], [0, 9], [1, 1]] * 400)
+    got = random_shortest_actions(pos, target, rng).reshape(400, 5)
+    # On the target: no-op; one shortest move: always it; two: each about half the time.
+    assert (got[:, 0] == 0).all() and (got[:, 1] == 4).all() and (got[:, 2] == 2).all()
+    assert set(got[:, 3]) == {3, 1} and set(got[:, 4]) == {4, 1}
+    for col, (a, b) in ((3, (3, 1)), (4, (4, 1))):
+        share = np.mean(got[:, col] == a)
+        assert 0.4 < share < 0.6, (col, share)
+        assert np.all((got[:, col] == a) | (got[:, col] == b))
+    with pytest.raises(ValueError, match=r"must both be \[N, 2\] cells"):
+        random_shortest_actions(pos[:, :1], target[:, :1], rng)
+
+
+def test_label_targets_of_the_grids():
+    room = envs.make("darkroom-hard").unwrapped
+    goal = gw.cell_id(3, 12, 17)
+    np.testing.assert_array_equal(room.label_targets([goal, goal], np.zeros((2, 2))),
+                                  [[3, 12], [3, 12]])
+    kd = envs.make("keydoor").unwrapped
+    task = keydoor.task_id((1, 2), (7, 5))
+    obs = np.array([[4, 4, 0], [1, 2, 1], [5, 5, 1]], np.float32)
+    np.testing.assert_array_equal(kd.label_targets([task] * 3, obs), [[1, 2], [7, 5], [7, 5]])
+    with pytest.raises(ValueError, match="one \\(x, y, has_key\\) row per task"):
+        kd.label_targets([task], obs)

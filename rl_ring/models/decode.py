@@ -243,24 +243,12 @@ def prefill(
         ``(pred [B, capacity, out_dim] float32, cache)``: the forward pass's predictions and
         the cache with the refilled rows' keys, values, positions and lengths.
     """
-    pred, ks, vs, positions, valid = _forward_kv(model, tokens, mesh=mesh)
     rows = jnp.asarray(rows).astype(bool)
-    sel = rows[None, :, None, None, None]
-
-    def store(new_lbthd, old):
-        new = jnp.swapaxes(new_lbthd, 2, 3).astype(old.dtype)  # [L, B, Hk, T, D]
-        out = jnp.where(sel, new, old)
-        if mesh is not None:
-            out = jax.lax.with_sharding_constraint(out, cache_shardings(mesh).k)
-        return out
-
-    new_cache = KVCache(
-        store(ks, cache.k),
-        store(vs, cache.v),
-        jnp.where(rows[:, None], positions, cache.positions),
-        jnp.where(rows, valid.sum(-1).astype(jnp.int32), cache.length),
-    )
-    return pred, new_cache
+    batch = rows.shape[0]
+    # Row b's context goes to cache row b where it is refilled, past the batch (nowhere)
+    # elsewhere.
+    index = jnp.where(rows, jnp.arange(batch, dtype=jnp.int32), batch)
+    return prefill_rows(model, tokens, cache, index, mesh=mesh)
 
 
 def prefill_rows(

@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, str] = {
     "train": "training step: ring vs blockwise tokens/s, longest context, paper plan",
     "train_dense": "training step on one device: dense (reference) vs blockwise attention",
     "eval": "evaluation: KV-cached policy vs recompute, batching, decode scaling",
+    "refill": "KV-cache refill over the rows that slid vs the whole batch",
     "eval_workers": "rollout workers: env steps/s in-process vs worker processes",
     "jax_rollout": "JAX-native rollout (one jitted scan) vs Python workers: env steps/s",
     "model_memory": "compiled memory of a training step per rematerialisation policy",
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         from experiments.bench import train_dense as bench
     elif name == "eval":
         from experiments.bench import eval as bench
+    elif name == "refill":
+        from experiments.bench import refill as bench
     elif name == "eval_workers":
         from experiments.bench import eval_workers as bench
     elif name == "jax_rollout":

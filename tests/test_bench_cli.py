@@ -27,6 +27,7 @@ CASES = {
     "train_dense": (lambda d: ["--out", f"{d}/td.json"], "td.png"),
     "eval": (lambda d: ["--tiny", "--out", f"{d}/e.json"], "e.json"),
     "eval_workers": (lambda d: ["--out", str(d)], "bench_eval_workers.png"),
+    "refill": (lambda d: ["--out", f"{d}/r.json"], "r.png"),
     "jax_rollout": (lambda d: ["--quick", "--out", str(d)], "jax_rollout.json"),
     "model_memory": (lambda d: ["--out", f"{d}/m"], "m.json"),
     "xland_reader": (lambda d: ["--out", f"{d}/x.json"], "x.png"),

@@ -124,7 +124,6 @@ def run(cfg: BenchRefillConfig) -> dict[str, Any]:
     model, tokens = build(cfg)
     graphdef, state = nnx.split(model)
 
-    @jax.jit
     def _whole(state, cache, tokens, rows):
         return prefill(nnx.merge(graphdef, state), tokens, cache, rows)
 

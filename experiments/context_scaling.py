@@ -189,6 +189,11 @@ class ScalingConfig:
         if self.dpt_labels != "x-first" and self.env in BANDIT_ENVS:
             raise ValueError(f"--dpt-labels {self.dpt_labels}: the choice is for the grid "
                              f"families; on {self.env} the label is the best arm")
+        if self.histories < 1 or self.history_episodes < 1 or self.eval_tasks < 0:
+            raise ValueError(f"--histories {self.histories} --history-episodes "
+                             f"{self.history_episodes} --eval-tasks {self.eval_tasks}: "
+                             f"expected at least 1 history of at least 1 episode and "
+                             f"held-out tasks >= 0 (0: all)")
         if bool(self.init_from) != (self.init_window > 0):
             raise ValueError(f"--init-from {self.init_from!r} --init-window "
                              f"{self.init_window}: a curriculum step takes both (a run "
@@ -417,8 +422,9 @@ def data_suffix(cfg: ScalingConfig, agent: str) -> str:
 def config_suffix(cfg: ScalingConfig, base: ScalingConfig) -> str:
     """What the command line's changes to the configured experiment ``base`` add to the names
     of the run folder and the results: ``-steps<N>``, ``-batch<N>``, ``-lr<LR>``,
-    ``-warmup<N>``, ``-solved<W>``, ``-dpt<SOURCE>``, ``-anyshortest``, ``-init<W>`` for each
-    that differs ("" as configured). Other trainings are other models: their runs live
+    ``-warmup<N>``, ``-solved<W>``, ``-dpt<SOURCE>``, ``-anyshortest``, ``-init<W>``,
+    ``-hist<N>`` (episodes per history), ``-histories<N>``, ``-eval<N>`` (held-out tasks) for
+    each that differs ("" as configured). Other trainings are other models: their runs live
     apart, so a reduced or longer run never meets the finished runs of another."""
     parts = [f"-steps{cfg.steps}" if cfg.steps != base.steps else "",
              f"-batch{cfg.batch_size}" if cfg.batch_size != base.batch_size else "",
@@ -428,7 +434,11 @@ def config_suffix(cfg: ScalingConfig, base: ScalingConfig) -> str:
              f"-dpt{cfg.dpt_source}" if cfg.dpt_source != base.dpt_source else "",
              f"-{cfg.dpt_labels.replace('-', '')}" if cfg.dpt_labels != base.dpt_labels
              else "",
-             f"-init{cfg.init_window}" if cfg.init_window != base.init_window else ""]
+             f"-init{cfg.init_window}" if cfg.init_window != base.init_window else "",
+             f"-hist{cfg.history_episodes}" if cfg.history_episodes != base.history_episodes
+             else "",
+             f"-histories{cfg.histories}" if cfg.histories != base.histories else "",
+             f"-eval{cfg.eval_tasks}" if cfg.eval_tasks != base.eval_tasks else ""]
     return "".join(parts)
 
 
@@ -1180,6 +1190,16 @@ class Args:
     dpt_labels: Literal["x-first", "any-shortest"] = "x-first"
     """Grids, DPT: the shortest-path labels, along x first or drawn uniformly among the
     shortest moves at each step; likewise ``-anyshortest``."""
+    history_episodes: int = 0
+    """Override the episodes per learning history (0: as configured; grids: Dark Room hard
+    256, Key-to-Door 2,048); likewise ``-hist<N>``. The sources solve a Key-to-Door pair in
+    ~3 episodes, so the shorter the history, the more of it is search."""
+    histories: int = 0
+    """Override the number of learning histories, one per training task (0: as
+    configured); likewise ``-histories<N>``."""
+    eval_tasks: int = -1
+    """Override the held-out tasks played, the first of the fixed shuffle (-1: as
+    configured; 0: all); likewise ``-eval<N>``."""
     finished_only: bool = False
     """Train nothing: summarise the runs of the grid that have finished (a configuration
     keeps the seeds it has; an error when none has)."""
@@ -1218,6 +1238,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.windows:
         cfg = cfg.replace(windows=tuple(args.windows))
     try:
+        if args.history_episodes:
+            cfg = cfg.replace(history_episodes=args.history_episodes)
+        if args.histories:
+            cfg = cfg.replace(histories=args.histories)
+        if args.eval_tasks >= 0:
+            cfg = cfg.replace(eval_tasks=args.eval_tasks)
         from rl_ring.io import check_results, claim_run_dir
 
         init = str(Path(args.init_from).absolute()) if args.init_from else ""

@@ -120,6 +120,17 @@ def test_other_trainings_live_apart_and_finished_runs_are_never_deleted(tmp_path
     assert cs.config_suffix(base.replace(lr=1e-4, warmup_steps=10, init_from="f",
                                          init_window=16), base) == "-lr0.0001-warmup10-init16"
     assert cs.config_suffix(base.replace(windows=(16,), seed=base.seed), base) == ""
+    assert cs.config_suffix(base.replace(history_episodes=128, histories=2000, eval_tasks=9),
+                            base) == "-hist128-histories2000-eval9"
+    for bad in (dict(histories=0), dict(history_episodes=0), dict(eval_tasks=-1)):
+        with pytest.raises(ValueError, match="expected at least 1 history"):
+            base.replace(**bad)
+    args = cs.Args(env="keydoor", history_episodes=64, histories=30, eval_tasks=5,
+                   workdir="w")
+    assert cs.destinations(cs.main_config("keydoor").replace(
+        history_episodes=64, histories=30, eval_tasks=5), args) == (
+        "context_scaling_keydoor_hist64_histories30_eval5",
+        Path("w") / "keydoor-hist64-histories30-eval5")
     # the command line puts a reduced run in a folder (and results) of its own
     cfg = base.replace(steps=5)
     args = cs.Args(env="darkroom-hard", tiny=True, steps=5, workdir=str(tmp_path))

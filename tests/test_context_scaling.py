@@ -125,6 +125,9 @@ def test_other_trainings_live_apart_and_finished_runs_are_never_deleted(tmp_path
     for bad in (dict(histories=0), dict(history_episodes=0), dict(eval_tasks=-1)):
         with pytest.raises(ValueError, match="expected at least 1 history"):
             base.replace(**bad)
+    assert cs.main(["--tiny", "--env", "keydoor", "--history-episodes", "-3", "--workdir",
+                    str(tmp_path / "bad"), "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
     args = cs.Args(env="keydoor", history_episodes=64, histories=30, eval_tasks=5,
                    workdir="w")
     assert cs.destinations(cs.main_config("keydoor").replace(

@@ -1,0 +1,80 @@
+"""Episode 1 of grid AD models, their sources and random actions
+(experiments/grid_first_episode.py)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from envs import gridworld as gw
+from experiments import context_scaling as cs
+from experiments import grid_first_episode as gfe
+
+
+def test_episode_stats_by_hand():
+    # right (moves), right (into the wall: stays), no-op, left (back to the start)
+    before = [(7, 4), (8, 4), (8, 4), (8, 4)]
+    after = [(8, 4), (8, 4), (8, 4), (7, 4)]
+    s = gfe.episode_stats(np.array([7, 4]), before, [4, 4, 0, 3], after, 1.0, optimal=2.0)
+    assert s["cells"] == 2  # (7, 4) and (8, 4)
+    assert s["wall_moves"] == pytest.approx(1 / 3)  # 1 of the 3 moves
+    assert s["noops"] == pytest.approx(1 / 4)
+    assert (s["return"], s["found"], s["solved"]) == (1.0, 1.0, 0.0)
+    assert s["actions"].tolist() == [1, 0, 0, 1, 2]
+    done = gfe.episode_stats(np.array([4, 4]), [(4, 4)], [1], [(4, 5)], 2.0, optimal=2.0)
+    assert (done["solved"], done["wall_moves"], done["cells"]) == (1.0, 0.0, 2.0)
+    summary = gfe.summarize([s, done])
+    assert summary["cells"] == 2.0 and summary["solved"] == 0.5 and summary["episodes"] == 2
+    assert summary["actions"]["right"] == pytest.approx(2 / 5)
+    with pytest.raises(ValueError, match="expected one of each per step"):
+        gfe.episode_stats(np.array([4, 4]), [(4, 4)], [1, 2], [(4, 5)], 0.0, optimal=1.0)
+
+
+@pytest.mark.parametrize("env", cs.GRID_ENVS)
+def test_sources_never_walk_into_a_wall_and_random_actions_do(env):
+    from envs.registry import task_subset
+
+    tasks = task_subset(env, "test", 12)
+    cfg = cs.main_config(env)
+    for i, learner in enumerate(cfg.learners):
+        s = gfe.summarize(gfe.source_first_episodes(cfg, learner, tasks, seed=5 + i))
+        assert s["episodes"] == 12 and s["wall_moves"] == 0.0 and s["cells"] > 10
+    import gymnasium as gym
+
+    from rl_ring.eval import RandomPolicy
+
+    space = gym.spaces.Discrete(gw.NUM_ACTIONS)
+    random = gfe.play_first_episode(RandomPolicy(space), env, tasks, seed=0)
+    again = gfe.play_first_episode(RandomPolicy(space), env, tasks, seed=0)
+    assert [e["return"] for e in random] == [e["return"] for e in again]
+    assert [e["cells"] for e in random] == [e["cells"] for e in again]
+    s = gfe.summarize(random)
+    assert 0 < s["noops"] < 0.4 and 0 <= s["wall_moves"] < 0.5
+    assert sum(s["actions"].values()) == pytest.approx(1.0)
+
+
+def test_tiny_keydoor_run_plays_its_first_episode(tmp_path, capsys):
+    out, work = tmp_path / "results", tmp_path / "runs"
+    argv = ["--tiny", "--env", "keydoor", "--seeds", "1", "--agents", "ad", "--windows", "2",
+            "--eval-tasks", "3", "--out", str(out), "--workdir", str(work)]
+    assert cs.main(argv) == 0
+    folder = work / "tiny-keydoor-eval3"
+    assert json.loads((out / "context_scaling_keydoor_eval3.json").read_text())[
+        "eval_tasks"] == 3
+    assert gfe.main(["--env", "keydoor", "--tasks", "4", "--folders", str(folder),
+                     "--out", str(out)]) == 0
+    summary = json.loads((out / "grid_first_episode_keydoor.json").read_text())
+    assert (out / "grid_first_episode_keydoor.png").stat().st_size > 10_000
+    names = [p["name"] for p in summary["players"]]
+    assert names == ["posterior", "optimistic", "random", "tiny-keydoor-eval3"]
+    run = summary["players"][-1]
+    assert [r["run"] for r in run["runs"]] == ["ad-w2-seed0"]
+    assert run["episodes"] == 4 and 1 <= run["cells"] <= 51
+    # the results are not overwritten, and a folder without a finished run is an error
+    assert gfe.main(["--env", "keydoor", "--tasks", "4", "--out", str(out)]) == 2
+    assert "exist" in capsys.readouterr().err
+    assert gfe.main(["--env", "keydoor", "--tasks", "4", "--folders", str(tmp_path),
+                     "--out", str(tmp_path / "o2")]) == 2
+    assert "no finished AD run" in capsys.readouterr().err
+    assert gfe.main(["--env", "bandit-hard", "--out", str(tmp_path / "o3")]) == 2
+    assert "expected a grid family" in capsys.readouterr().err

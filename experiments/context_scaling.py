@@ -155,6 +155,10 @@ class ScalingConfig:
     so the model learns the uniform distribution over shortest paths. A perfectly trained
     DPT finds 24% of Dark Room hard's held-out goals with the first, 44-51% with the second
     (``experiments.dpt_grid_ideal``)."""
+    source_noise: float = 0.0
+    """Grids: probability of a uniformly random action at every step of the sources'
+    histories (constant over a history; 0: the sources as they are, which never walk into a
+    wall, so their histories show no recovery from one)."""
     memory_batch: int = 16
     """Batch of the training step compiled for the memory table."""
     memory_windows: tuple[int, ...] | None = None
@@ -194,6 +198,12 @@ class ScalingConfig:
                              f"{self.history_episodes} --eval-tasks {self.eval_tasks}: "
                              f"expected at least 1 history of at least 1 episode and "
                              f"held-out tasks >= 0 (0: all)")
+        if not 0.0 <= self.source_noise <= 1.0:
+            raise ValueError(f"--source-noise {self.source_noise}: expected a probability "
+                             f"in [0, 1]")
+        if self.source_noise and self.env in BANDIT_ENVS:
+            raise ValueError(f"--source-noise {self.source_noise}: the random actions are "
+                             f"for the grid sources; {self.env} takes 0")
         if bool(self.init_from) != (self.init_window > 0):
             raise ValueError(f"--init-from {self.init_from!r} --init-window "
                              f"{self.init_window}: a curriculum step takes both (a run "
@@ -308,11 +318,14 @@ def source_histories(cfg: ScalingConfig, learner: str, tasks: list[int], seed: i
 
         return bandit_histories(cfg.env, family(cfg.env), tasks, learner,
                                 cfg.history_episodes, seed=seed)
+    from envs.learners.grid import NoiseSchedule
     from envs.learners.history import collect_histories
 
+    p = cfg.source_noise
     return collect_histories(cfg.env, learner, tasks=tasks,
                              episodes_per_history=cfg.history_episodes,
-                             histories=len(tasks), seed=seed)
+                             histories=len(tasks), seed=seed,
+                             noise=NoiseSchedule(start=p, end=p) if p else None)
 
 
 def ad_data(cfg: ScalingConfig, tasks: list[int]):
@@ -423,8 +436,8 @@ def config_suffix(cfg: ScalingConfig, base: ScalingConfig) -> str:
     """What the command line's changes to the configured experiment ``base`` add to the names
     of the run folder and the results: ``-steps<N>``, ``-batch<N>``, ``-lr<LR>``,
     ``-warmup<N>``, ``-solved<W>``, ``-dpt<SOURCE>``, ``-anyshortest``, ``-init<W>``,
-    ``-hist<N>`` (episodes per history), ``-histories<N>``, ``-eval<N>`` (held-out tasks) for
-    each that differs ("" as configured). Other trainings are other models: their runs live
+    ``-hist<N>`` (episodes per history), ``-histories<N>``, ``-eval<N>`` (held-out tasks),
+    ``-noise<P>`` (the sources' random actions) for each that differs ("" as configured). Other trainings are other models: their runs live
     apart, so a reduced or longer run never meets the finished runs of another."""
     parts = [f"-steps{cfg.steps}" if cfg.steps != base.steps else "",
              f"-batch{cfg.batch_size}" if cfg.batch_size != base.batch_size else "",
@@ -438,7 +451,8 @@ def config_suffix(cfg: ScalingConfig, base: ScalingConfig) -> str:
              f"-hist{cfg.history_episodes}" if cfg.history_episodes != base.history_episodes
              else "",
              f"-histories{cfg.histories}" if cfg.histories != base.histories else "",
-             f"-eval{cfg.eval_tasks}" if cfg.eval_tasks != base.eval_tasks else ""]
+             f"-eval{cfg.eval_tasks}" if cfg.eval_tasks != base.eval_tasks else "",
+             f"-noise{cfg.source_noise:g}" if cfg.source_noise != base.source_noise else ""]
     return "".join(parts)
 
 
@@ -1200,6 +1214,9 @@ class Args:
     eval_tasks: int = -1
     """Override the held-out tasks played, the first of the fixed shuffle (-1: as
     configured; 0: all); likewise ``-eval<N>``."""
+    source_noise: float = 0.0
+    """Grids: the sources take a uniformly random action with this probability at every
+    step (0: never, as configured); likewise ``-noise<P>``."""
     finished_only: bool = False
     """Train nothing: summarise the runs of the grid that have finished (a configuration
     keeps the seeds it has; an error when none has)."""
@@ -1244,6 +1261,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = cfg.replace(histories=args.histories)
         if args.eval_tasks >= 0:
             cfg = cfg.replace(eval_tasks=args.eval_tasks)
+        if args.source_noise:
+            cfg = cfg.replace(source_noise=args.source_noise)
         from rl_ring.io import check_results, claim_run_dir
 
         init = str(Path(args.init_from).absolute()) if args.init_from else ""

@@ -125,6 +125,13 @@ def test_other_trainings_live_apart_and_finished_runs_are_never_deleted(tmp_path
     for bad in (dict(histories=0), dict(history_episodes=0), dict(eval_tasks=-1)):
         with pytest.raises(ValueError, match="expected at least 1 history"):
             base.replace(**bad)
+    assert cs.config_suffix(base.replace(source_noise=0.1), base) == "-noise0.1"
+    for bad, match in ((dict(source_noise=1.5), "expected a probability"),
+                       (dict(source_noise=-0.1), "expected a probability")):
+        with pytest.raises(ValueError, match=match):
+            base.replace(**bad)
+    with pytest.raises(ValueError, match="bandit-hard takes 0"):
+        cs.main_config("bandit-hard").replace(source_noise=0.1)
     assert cs.main(["--tiny", "--env", "keydoor", "--history-episodes", "-3", "--workdir",
                     str(tmp_path / "bad"), "--out", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()
@@ -713,4 +720,27 @@ def test_solved_weight_marks_the_search_and_keeps_finished_runs():
     old["config"].pop("solved_weight")
     assert cs.same_run(old, key)
     assert not cs.same_run(old, {"config": dataclasses.asdict(cfg), "agent": "ad"})
+
+
+def test_source_noise_gives_the_sources_random_actions():
+    from envs.registry import task_subset
+    from experiments import grid_first_episode as gfe
+
+    cfg = cs.main_config("keydoor").replace(history_episodes=2)
+    tasks = task_subset("keydoor", "train", 6)
+    clean = cs.source_histories(cfg, "posterior", tasks, seed=0)
+    noisy = cs.source_histories(cfg.replace(source_noise=0.5), "posterior", tasks, seed=0)
+    assert np.all(clean.episode_extras["policy_noise"] == 0)
+    assert np.all(noisy.episode_extras["policy_noise"] == 0.5)
+
+    def wall_moves(store):
+        pos = np.rint(store.observations[:, :2])
+        nxt = np.rint(store.extras["next_observations"][:, :2])
+        moved = np.asarray(store.actions).reshape(-1) != 0
+        return int((moved & np.all(pos == nxt, axis=1)).sum()), float((~moved).mean())
+
+    assert wall_moves(clean) == (0, 0.0)  # the sources never hit a wall, never wait
+    bumps, noops = wall_moves(noisy)
+    assert noops > 0.03  # half the steps random: ~1/10 of them no-ops
+    assert gfe.summarize(gfe.source_first_episodes(cfg, "posterior", tasks, 0))["cells"] > 10
 

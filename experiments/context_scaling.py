@@ -437,8 +437,9 @@ def config_suffix(cfg: ScalingConfig, base: ScalingConfig) -> str:
     of the run folder and the results: ``-steps<N>``, ``-batch<N>``, ``-lr<LR>``,
     ``-warmup<N>``, ``-solved<W>``, ``-dpt<SOURCE>``, ``-anyshortest``, ``-init<W>``,
     ``-hist<N>`` (episodes per history), ``-histories<N>``, ``-eval<N>`` (held-out tasks),
-    ``-noise<P>`` (the sources' random actions) for each that differs ("" as configured). Other trainings are other models: their runs live
-    apart, so a reduced or longer run never meets the finished runs of another."""
+    ``-noise<P>`` (the sources' random actions) for each that differs ("" as configured).
+    Other trainings are other models: their runs live apart, so a reduced or longer run
+    never meets the finished runs of another."""
     parts = [f"-steps{cfg.steps}" if cfg.steps != base.steps else "",
              f"-batch{cfg.batch_size}" if cfg.batch_size != base.batch_size else "",
              f"-lr{cfg.lr:g}" if cfg.lr != base.lr else "",

@@ -21,7 +21,7 @@ counts per episode:
     python -m experiments.grid_first_episode --env keydoor --folders \\
         runs/context_scaling/keydoor runs/context_scaling/keydoor-hist128-histories2000-eval158
 
-Writes ``results/grid_first_episode_<env>.json`` + ``.png`` (runs: mean ± std over the
+Writes ``results/grid_first_episode_<env>.json`` + ``.png`` (each window of a folder: mean ± std over the
 training seeds of a folder; every number is over ``--tasks`` episodes).
 """
 
@@ -152,12 +152,18 @@ def source_first_episodes(cfg: cs.ScalingConfig, learner: str, tasks: list[int],
 
 
 def ad_runs(folder: Path) -> list[Path]:
-    """The finished AD runs of a run folder (``ad-w<W>-seed<S>`` with ``trained.json``)."""
+    """The finished AD runs of a run folder (``ad-w<W>-seed<S>`` with ``trained.json``);
+    the runs of one window are one player (mean ± std over their seeds)."""
     runs = sorted(p for p in folder.glob("ad-w*-seed*") if (p / cs.TRAINED_FILE).exists())
     if not runs:
         raise ValueError(f"--folders {folder}: no finished AD run (ad-w<W>-seed<S>/"
                          f"{cs.TRAINED_FILE}) in it")
     return runs
+
+
+def run_window(rdir: Path) -> int:
+    """The window (episodes) of a run folder named ``ad-w<W>-seed<S>``."""
+    return int(rdir.name.split("-")[1][1:])
 
 
 def run(args: Args) -> dict[str, Any]:
@@ -185,17 +191,19 @@ def run(args: Args) -> dict[str, Any]:
                     **summarize(play_first_episode(RandomPolicy(space), args.env, tasks,
                                                    args.seed))})
     for folder in map(Path, args.folders):
-        per_run = []
+        by_window: dict[int, list[dict[str, Any]]] = {}
         for rdir in ad_runs(folder):
             policy = agents.eval_policy_from_checkpoint(rdir / "train", action_space=space)
             s = summarize(play_first_episode(policy, args.env, tasks, args.seed))
-            per_run.append({"run": rdir.name, **s})
+            by_window.setdefault(run_window(rdir), []).append({"run": rdir.name, **s})
             cs.log(f"{folder.name}/{rdir.name}: return {s['return']:.3f}, cells "
                    f"{s['cells']:.1f}, wall moves {s['wall_moves']:.3f}")
-        players.append({"name": folder.name, "kind": "ad", "folder": str(folder),
-                        "episodes": len(tasks), "runs": per_run,
-                        **{k: float(np.mean([r[k] for r in per_run])) for k in STATS},
-                        "std": {k: float(np.std([r[k] for r in per_run])) for k in STATS}})
+        for w, per_run in sorted(by_window.items()):
+            players.append({"name": f"{folder.name} w{w}", "kind": "ad", "window": w,
+                            "folder": str(folder), "episodes": len(tasks), "runs": per_run,
+                            **{k: float(np.mean([r[k] for r in per_run])) for k in STATS},
+                            "std": {k: float(np.std([r[k] for r in per_run]))
+                                    for k in STATS}})
     for p in players:
         cs.log(f"{p['name']}: return {p['return']:.3f}, found {p['found']:.2f}, solved "
                f"{p['solved']:.2f}, cells {p['cells']:.1f}, wall moves "

@@ -66,9 +66,9 @@ def test_tiny_keydoor_run_plays_its_first_episode(tmp_path, capsys):
     summary = json.loads((out / "grid_first_episode_keydoor.json").read_text())
     assert (out / "grid_first_episode_keydoor.png").stat().st_size > 10_000
     names = [p["name"] for p in summary["players"]]
-    assert names == ["posterior", "optimistic", "random", "tiny-keydoor-eval3"]
+    assert names == ["posterior", "optimistic", "random", "tiny-keydoor-eval3 w2"]
     run = summary["players"][-1]
-    assert [r["run"] for r in run["runs"]] == ["ad-w2-seed0"]
+    assert [r["run"] for r in run["runs"]] == ["ad-w2-seed0"] and run["window"] == 2
     assert run["episodes"] == 4 and 1 <= run["cells"] <= 51
     # the results are not overwritten, and a folder without a finished run is an error
     assert gfe.main(["--env", "keydoor", "--tasks", "4", "--out", str(out)]) == 2

@@ -21,8 +21,8 @@ counts per episode:
     python -m experiments.grid_first_episode --env keydoor --folders \\
         runs/context_scaling/keydoor runs/context_scaling/keydoor-hist128-histories2000-eval158
 
-Writes ``results/grid_first_episode_<env>.json`` + ``.png`` (each window of a folder: mean ± std over the
-training seeds of a folder; every number is over ``--tasks`` episodes).
+Writes ``results/grid_first_episode_<env>.json`` + ``.png`` (each window of a folder: mean ±
+std over its training seeds; every number is over ``--tasks`` episodes).
 """
 
 from __future__ import annotations

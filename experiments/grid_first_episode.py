@@ -14,7 +14,12 @@ counts per episode:
 * ``cells``: distinct cells visited (the start included);
 * ``wall_moves``: the fraction of moves (actions other than the no-op) that leave the agent
   where it was, i.e. walked into a wall; ``noops``: the fraction of no-op actions;
-* ``actions``: the frequency of each of the five actions.
+* ``actions``: the frequency of each of the five actions;
+* ``teacher_forced`` (each run): the same model fed its sources' own steps instead of its
+  own (the first window of ``--teacher-forced`` training histories): the probability it
+  puts on a move into the wall where the source stands at one, and its argmax accuracy.
+  Small there and large when it plays is the signature of compounding errors: the model
+  knows the walls in the sources' contexts and loses them in its own.
 
 ::
 
@@ -52,6 +57,10 @@ class Args:
     """context_scaling run folders whose finished AD runs (``ad-w<W>-seed<S>``) are played."""
     tasks: int = 64
     """Held-out tasks, the first of the fixed shuffle (one episode each per player)."""
+    teacher_forced: int = 64
+    """Also score each run teacher-forced on the first window of this many of its training
+    histories (0: not): its probability of a move into the wall where the source stands at
+    one (:func:`teacher_forced`)."""
     seed: int = 0
     """Seed of the episodes (the env and policy streams of ``rl_ring.eval.env_spec``) and of
     the sources' histories."""
@@ -161,6 +170,71 @@ def ad_runs(folder: Path) -> list[Path]:
     return runs
 
 
+def wall_actions(pos: np.ndarray, size: int) -> np.ndarray:
+    """``[N, 5]`` True where the action at cell ``pos[i]`` would walk into a wall."""
+    x, y = pos[:, 0], pos[:, 1]
+    return np.stack([np.zeros_like(x, bool), y == size - 1, y == 0, x == 0, x == size - 1],
+                    axis=1)
+
+
+def teacher_forced(run_dir: Path, env: str, histories: int, batch: int = 8) -> dict[str, Any]:
+    """The run's action distribution teacher-forced on its own training data: the first
+    window of each of the first ``histories`` learning histories long enough for one (so
+    its first episode starts from an empty context, as in evaluation), no dropout. Returns,
+    over the steps where the source stands on a wall cell, the mean probability the model
+    puts on the moves into that wall (``wall_mass``; the sources' own: 0), and its argmax
+    accuracy on every step."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    import envs
+    from agents import registry
+    from agents.run import load_checkpoint
+    from rl_ring.data.store import EpisodeStore
+
+    model, tcfg, norm, _ = load_checkpoint(run_dir / "train", attn_impl="blockwise")
+    if tcfg.agent != "ad":
+        raise ValueError(f"{run_dir}: agent {tcfg.agent!r}; the teacher-forced count is AD's")
+    store = EpisodeStore.load(tcfg.data)
+    acfg = tcfg.agent_config
+    sampler = registry.get("ad").make_sampler(store, acfg, batch_size=batch, seed=0,
+                                              norm=norm)
+    w = acfg.window_steps
+    hists = np.flatnonzero(sampler.hist_steps >= w)[:histories]
+    probe = envs.make(env, task=envs.task_split(env, "test")[0])
+    size = int(probe.unwrapped.size)
+    probe.close()
+    graph, state = nnx.split(model)
+
+    @jax.jit
+    def forward(state, tok):
+        logits = nnx.merge(graph, state)(tok, deterministic=True)
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+    mass, on_wall, correct, steps = 0.0, 0, 0, 0
+    for i in range(0, len(hists), batch):
+        chunk = hists[i:i + batch]
+        padded = np.concatenate([chunk, np.repeat(chunk[:1], batch - len(chunk))])
+        tokens = sampler.batch_of({"history": padded,
+                                   "start": sampler.hist_start[padded]}).tokens()
+        probs = np.asarray(forward(state, {k: jnp.asarray(v) for k, v in tokens.items()}))
+        for r, h in enumerate(chunk):
+            sel = np.asarray(tokens["loss_mask"][r]).astype(bool)
+            rows = sampler.stream[sampler.hist_start[h]:sampler.hist_start[h] + w]
+            p = probs[r][sel]
+            pos = np.rint(store.observations[rows, :2]).astype(np.int64)
+            walls = wall_actions(pos, size)
+            at_wall = walls.any(axis=1)
+            mass += float((p * walls).sum(axis=1)[at_wall].sum())
+            on_wall += int(at_wall.sum())
+            acts = np.asarray(store.actions).reshape(-1)[rows]
+            correct += int((p.argmax(axis=1) == acts).sum())
+            steps += len(rows)
+    return {"histories": len(hists), "window_steps": w, "wall_steps": on_wall,
+            "wall_mass": mass / max(1, on_wall), "accuracy": correct / max(1, steps)}
+
+
 def run_window(rdir: Path) -> int:
     """The window (episodes) of a run folder named ``ad-w<W>-seed<S>``."""
     return int(rdir.name.split("-")[1][1:])
@@ -195,6 +269,9 @@ def run(args: Args) -> dict[str, Any]:
         for rdir in ad_runs(folder):
             policy = agents.eval_policy_from_checkpoint(rdir / "train", action_space=space)
             s = summarize(play_first_episode(policy, args.env, tasks, args.seed))
+            if args.teacher_forced:
+                s["teacher_forced"] = teacher_forced(rdir, args.env, args.teacher_forced)
+                cs.log(f"{rdir.name}: teacher-forced {s['teacher_forced']}")
             by_window.setdefault(run_window(rdir), []).append({"run": rdir.name, **s})
             cs.log(f"{folder.name}/{rdir.name}: return {s['return']:.3f}, cells "
                    f"{s['cells']:.1f}, wall moves {s['wall_moves']:.3f}")

@@ -30,6 +30,17 @@ def test_episode_stats_by_hand():
         gfe.episode_stats(np.array([4, 4]), [(4, 4)], [1, 2], [(4, 5)], 0.0, optimal=1.0)
 
 
+def test_wall_actions_by_hand():
+    pos = np.array([[0, 0], [4, 4], [8, 3], [2, 8]])
+    walls = gfe.wall_actions(pos, 9)  # noop, up (y+1), down (y-1), left (x-1), right (x+1)
+    assert walls.tolist() == [[False, False, True, True, False],
+                              [False, False, False, False, False],
+                              [False, False, False, False, True],
+                              [False, True, False, False, False]]
+    for (x, y), row in zip(pos, walls, strict=True):  # the grid's own moves agree
+        assert [gw.move((x, y), a, 9) == (x, y) and a != 0 for a in range(5)] == row.tolist()
+
+
 @pytest.mark.parametrize("env", cs.GRID_ENVS)
 def test_sources_never_walk_into_a_wall_and_random_actions_do(env):
     from envs.registry import task_subset
@@ -70,6 +81,9 @@ def test_tiny_keydoor_run_plays_its_first_episode(tmp_path, capsys):
     run = summary["players"][-1]
     assert [r["run"] for r in run["runs"]] == ["ad-w2-seed0"] and run["window"] == 2
     assert run["episodes"] == 4 and 1 <= run["cells"] <= 51
+    tf = run["runs"][0]["teacher_forced"]
+    assert tf["histories"] >= 1 and tf["wall_steps"] > 0 and 0 <= tf["wall_mass"] <= 1
+    assert 0 <= tf["accuracy"] <= 1
     # the results are not overwritten, and a folder without a finished run is an error
     assert gfe.main(["--env", "keydoor", "--tasks", "4", "--out", str(out)]) == 2
     assert "exist" in capsys.readouterr().err

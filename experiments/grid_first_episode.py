@@ -15,6 +15,7 @@ counts per episode:
 * ``wall_moves``: the fraction of moves (actions other than the no-op) that leave the agent
   where it was, i.e. walked into a wall; ``noops``: the fraction of no-op actions;
 * ``actions``: the frequency of each of the five actions;
+* ``greedy`` (each run, ``--greedy``): the same counts with the argmax action;
 * ``teacher_forced`` (each run): the same model fed its sources' own steps instead of its
   own (the first window of ``--teacher-forced`` training histories): the probability it
   puts on a move into the wall where the source stands at one, and its argmax accuracy.
@@ -61,6 +62,8 @@ class Args:
     """Also score each run teacher-forced on the first window of this many of its training
     histories (0: not): its probability of a move into the wall where the source stands at
     one (:func:`teacher_forced`)."""
+    greedy: bool = True
+    """Also play each run with its argmax action (``greedy`` of each run and player)."""
     seed: int = 0
     """Seed of the episodes (the env and policy streams of ``rl_ring.eval.env_spec``) and of
     the sources' histories."""
@@ -272,15 +275,23 @@ def run(args: Args) -> dict[str, Any]:
             if args.teacher_forced:
                 s["teacher_forced"] = teacher_forced(rdir, args.env, args.teacher_forced)
                 cs.log(f"{rdir.name}: teacher-forced {s['teacher_forced']}")
+            if args.greedy:
+                argmax = agents.eval_policy_from_checkpoint(rdir / "train", action_space=space,
+                                                            greedy=True)
+                g = summarize(play_first_episode(argmax, args.env, tasks, args.seed))
+                s["greedy"] = {k: g[k] for k in (*STATS, "actions")}
             by_window.setdefault(run_window(rdir), []).append({"run": rdir.name, **s})
             cs.log(f"{folder.name}/{rdir.name}: return {s['return']:.3f}, cells "
                    f"{s['cells']:.1f}, wall moves {s['wall_moves']:.3f}")
         for w, per_run in sorted(by_window.items()):
-            players.append({"name": f"{folder.name} w{w}", "kind": "ad", "window": w,
-                            "folder": str(folder), "episodes": len(tasks), "runs": per_run,
-                            **{k: float(np.mean([r[k] for r in per_run])) for k in STATS},
-                            "std": {k: float(np.std([r[k] for r in per_run]))
-                                    for k in STATS}})
+            entry = {"name": f"{folder.name} w{w}", "kind": "ad", "window": w,
+                     "folder": str(folder), "episodes": len(tasks), "runs": per_run,
+                     **{k: float(np.mean([r[k] for r in per_run])) for k in STATS},
+                     "std": {k: float(np.std([r[k] for r in per_run])) for k in STATS}}
+            if args.greedy:
+                entry["greedy"] = {k: float(np.mean([r["greedy"][k] for r in per_run]))
+                                   for k in STATS}
+            players.append(entry)
     for p in players:
         cs.log(f"{p['name']}: return {p['return']:.3f}, found {p['found']:.2f}, solved "
                f"{p['solved']:.2f}, cells {p['cells']:.1f}, wall moves "

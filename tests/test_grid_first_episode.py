@@ -81,6 +81,7 @@ def test_tiny_keydoor_run_plays_its_first_episode(tmp_path, capsys):
     run = summary["players"][-1]
     assert [r["run"] for r in run["runs"]] == ["ad-w2-seed0"] and run["window"] == 2
     assert run["episodes"] == 4 and 1 <= run["cells"] <= 51
+    assert set(run["greedy"]) == set(gfe.STATS) and 1 <= run["greedy"]["cells"] <= 51
     tf = run["runs"][0]["teacher_forced"]
     assert tf["histories"] >= 1 and tf["wall_steps"] > 0 and 0 <= tf["wall_mass"] <= 1
     assert 0 <= tf["accuracy"] <= 1

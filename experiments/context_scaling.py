@@ -1256,14 +1256,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.windows:
         cfg = cfg.replace(windows=tuple(args.windows))
     try:
-        if args.history_episodes:
-            cfg = cfg.replace(history_episodes=args.history_episodes)
-        if args.histories:
-            cfg = cfg.replace(histories=args.histories)
-        if args.eval_tasks >= 0:
-            cfg = cfg.replace(eval_tasks=args.eval_tasks)
-        if args.source_noise:
-            cfg = cfg.replace(source_noise=args.source_noise)
+        data = {"history_episodes": args.history_episodes or None,
+                "histories": args.histories or None,
+                "eval_tasks": args.eval_tasks if args.eval_tasks >= 0 else None,
+                "source_noise": args.source_noise or None}  # None: as configured
+        cfg = cfg.replace(**{k: v for k, v in data.items() if v is not None})
         from rl_ring.io import check_results, claim_run_dir
 
         init = str(Path(args.init_from).absolute()) if args.init_from else ""

@@ -33,6 +33,7 @@ std over its training seeds; every number is over ``--tasks`` episodes).
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from dataclasses import dataclass
@@ -180,6 +181,14 @@ def wall_actions(pos: np.ndarray, size: int) -> np.ndarray:
                     axis=1)
 
 
+@functools.cache
+def _training_store(path: str):
+    """A run's training data, loaded once for every seed that shares it."""
+    from rl_ring.data.store import EpisodeStore
+
+    return EpisodeStore.load(path)
+
+
 def teacher_forced(run_dir: Path, env: str, histories: int, batch: int = 8) -> dict[str, Any]:
     """The run's action distribution teacher-forced on its own training data: the first
     window of each of the first ``histories`` learning histories long enough for one (so
@@ -194,12 +203,11 @@ def teacher_forced(run_dir: Path, env: str, histories: int, batch: int = 8) -> d
     import envs
     from agents import registry
     from agents.run import load_checkpoint
-    from rl_ring.data.store import EpisodeStore
 
     model, tcfg, norm, _ = load_checkpoint(run_dir / "train", attn_impl="blockwise")
     if tcfg.agent != "ad":
         raise ValueError(f"{run_dir}: agent {tcfg.agent!r}; the teacher-forced count is AD's")
-    store = EpisodeStore.load(tcfg.data)
+    store = _training_store(tcfg.data)
     acfg = tcfg.agent_config
     sampler = registry.get("ad").make_sampler(store, acfg, batch_size=batch, seed=0,
                                               norm=norm)

@@ -75,6 +75,8 @@ DPT_SOURCES = ("histories", "random")
 """Grids: what DPT's in-context data are (:attr:`ScalingConfig.dpt_source`)."""
 DPT_LABELS = ("x-first", "any-shortest")
 """Grids: DPT's optimal-action labels (:attr:`ScalingConfig.dpt_labels`)."""
+SOURCE_LABELS = ("taken", "intended")
+"""Grids: AD's targets (:attr:`ScalingConfig.source_labels`)."""
 RANDOM_EPISODES = 16
 """Grids: episodes per held-out task of the random baseline (stationary: no context)."""
 
@@ -159,6 +161,11 @@ class ScalingConfig:
     """Grids: probability of a uniformly random action at every step of the sources'
     histories (constant over a history; 0: the sources as they are, which never walk into a
     wall, so their histories show no recovery from one)."""
+    source_labels: str = "taken"
+    """Grids, AD: its targets. "taken": the actions in the histories; "intended": the action
+    each source chose before its noise replaced it (``intended_actions``), so the model sees
+    the states the noise led to and how the source went on from them, without learning to
+    take random actions (needs ``source_noise`` > 0)."""
     memory_batch: int = 16
     """Batch of the training step compiled for the memory table."""
     memory_windows: tuple[int, ...] | None = None
@@ -204,6 +211,12 @@ class ScalingConfig:
         if self.source_noise and self.env in BANDIT_ENVS:
             raise ValueError(f"--source-noise {self.source_noise}: the random actions are "
                              f"for the grid sources; {self.env} takes 0")
+        if self.source_labels not in SOURCE_LABELS:
+            raise ValueError(f"--source-labels {self.source_labels!r}: expected one of "
+                             f"{', '.join(SOURCE_LABELS)}")
+        if self.source_labels == "intended" and not self.source_noise:
+            raise ValueError("--source-labels intended: without --source-noise every action "
+                             "the sources take is the one they intended; give a noise > 0")
         if bool(self.init_from) != (self.init_window > 0):
             raise ValueError(f"--init-from {self.init_from!r} --init-window "
                              f"{self.init_window}: a curriculum step takes both (a run "
@@ -437,7 +450,8 @@ def config_suffix(cfg: ScalingConfig, base: ScalingConfig) -> str:
     of the run folder and the results: ``-steps<N>``, ``-batch<N>``, ``-lr<LR>``,
     ``-warmup<N>``, ``-solved<W>``, ``-dpt<SOURCE>``, ``-anyshortest``, ``-init<W>``,
     ``-hist<N>`` (episodes per history), ``-histories<N>``, ``-eval<N>`` (held-out tasks),
-    ``-noise<P>`` (the sources' random actions) for each that differs ("" as configured).
+    ``-noise<P>`` (the sources' random actions), ``-intended`` (AD's targets the sources'
+    intended actions) for each that differs ("" as configured).
     Other trainings are other models: their runs live apart, so a reduced or longer run
     never meets the finished runs of another."""
     parts = [f"-steps{cfg.steps}" if cfg.steps != base.steps else "",
@@ -453,7 +467,8 @@ def config_suffix(cfg: ScalingConfig, base: ScalingConfig) -> str:
              else "",
              f"-histories{cfg.histories}" if cfg.histories != base.histories else "",
              f"-eval{cfg.eval_tasks}" if cfg.eval_tasks != base.eval_tasks else "",
-             f"-noise{cfg.source_noise:g}" if cfg.source_noise != base.source_noise else ""]
+             f"-noise{cfg.source_noise:g}" if cfg.source_noise != base.source_noise else "",
+             f"-{cfg.source_labels}" if cfg.source_labels != base.source_labels else ""]
     return "".join(parts)
 
 
@@ -461,9 +476,10 @@ def ad_config(cfg: ScalingConfig, window: int):
     import agents
 
     weight = {} if cfg.solved_weight == 1 else {"weight_key": "loss_weight"}
+    labels = {} if cfg.source_labels == "taken" else {"label_key": "intended_actions"}
     return agents.get("ad").Config(window_steps=cfg.window_steps(window), align="step",
                                    model=_model(cfg), evaluation=_evaluation(cfg, window),
-                                   **weight)
+                                   **weight, **labels)
 
 
 def _dpt_plan() -> AgentPlan:
@@ -1218,6 +1234,9 @@ class Args:
     source_noise: float = 0.0
     """Grids: the sources take a uniformly random action with this probability at every
     step (0: never, as configured); likewise ``-noise<P>``."""
+    source_labels: Literal["taken", "intended"] = "taken"
+    """Grids, AD: train on the actions the noisy sources took, or on those they intended
+    before their noise (with --source-noise); likewise ``-intended``."""
     finished_only: bool = False
     """Train nothing: summarise the runs of the grid that have finished (a configuration
     keeps the seeds it has; an error when none has)."""
@@ -1266,7 +1285,7 @@ def main(argv: list[str] | None = None) -> int:
         init = str(Path(args.init_from).absolute()) if args.init_from else ""
         cfg = cfg.replace(solved_weight=args.solved_weight, init_from=init,
                           init_window=args.init_window, dpt_source=args.dpt_source,
-                          dpt_labels=args.dpt_labels)
+                          dpt_labels=args.dpt_labels, source_labels=args.source_labels)
         name, workdir = destinations(cfg, args)
 
         path = Path(args.out) / name

@@ -169,7 +169,7 @@ def model_nll(run_dir: Path, store, pulls: int, batch: int = 8) -> dict[str, np.
 
     from agents import registry
     from agents.run import load_checkpoint
-    from rl_ring.data.samplers.dpt import label_array
+    from rl_ring.data.samplers import label_array
 
     model, tcfg, norm, _ = load_checkpoint(run_dir, attn_impl="blockwise")
     module = registry.get(tcfg.agent)

@@ -132,6 +132,16 @@ def test_other_trainings_live_apart_and_finished_runs_are_never_deleted(tmp_path
             base.replace(**bad)
     with pytest.raises(ValueError, match="bandit-hard takes 0"):
         cs.main_config("bandit-hard").replace(source_noise=0.1)
+    meant = base.replace(source_noise=0.1, source_labels="intended")
+    assert cs.config_suffix(meant, base) == "-noise0.1-intended"
+    assert cs.ad_config(meant, 4).label_key == "intended_actions"
+    assert cs.ad_config(base, 4).label_key == ""
+    with pytest.raises(ValueError, match="without --source-noise"):
+        base.replace(source_labels="intended")
+    with pytest.raises(ValueError, match="--source-labels 'chosen': expected one of"):
+        base.replace(source_labels="chosen")
+    assert cs.main(["--tiny", "--env", "keydoor", "--source-labels", "intended", "--workdir",
+                    str(tmp_path / "bad"), "--out", str(tmp_path / "bad")]) == 2
     assert cs.main(["--tiny", "--env", "keydoor", "--history-episodes", "-3", "--workdir",
                     str(tmp_path / "bad"), "--out", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()
@@ -740,6 +750,8 @@ def test_source_noise_gives_the_sources_random_actions():
         return int((moved & np.all(pos == nxt, axis=1)).sum()), float((~moved).mean())
 
     assert wall_moves(clean) == (0, 0.0)  # the sources never hit a wall, never wait
+    np.testing.assert_array_equal(clean.extras["intended_actions"], clean.actions)
+    assert (noisy.extras["intended_actions"] != noisy.actions).mean() > 0.2
     bumps, noops = wall_moves(noisy)
     assert noops > 0.03  # half the steps random: ~1/10 of them no-ops
     assert gfe.summarize(gfe.source_first_episodes(cfg, "posterior", tasks, 0))["cells"] > 10

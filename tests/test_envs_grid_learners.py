@@ -71,6 +71,31 @@ def test_noisy_oracle_histories_follow_the_schedule():
     assert ret[:, 0].max() < 12
 
 
+@pytest.mark.parametrize("learner", ["noisy_oracle", "posterior", "optimistic"])
+def test_grid_sources_record_what_they_meant_before_their_noise(learner):
+    # Key-to-Door task 5: from every cell the intended move walks towards the key, then the
+    # door (oracle), or towards a cell not ruled out (posterior): never into a wall.
+    noisy = collect_histories("keydoor", learner, tasks=[5, 11], episodes_per_history=4,
+                              histories=2, noise=NoiseSchedule(start=0.4, end=0.4), seed=2)
+    clean = collect_histories("keydoor", learner, tasks=[5, 11], episodes_per_history=4,
+                              histories=2, noise=NoiseSchedule(start=0.0, end=0.0), seed=2)
+    np.testing.assert_array_equal(clean.extras["intended_actions"], clean.actions)
+    meant, took = noisy.extras["intended_actions"], np.asarray(noisy.actions)
+    assert meant.dtype == np.int64 and meant.shape == took.shape
+    # 40% random steps, a random step equal to the intended one a fifth of the time
+    assert 0.2 < (meant != took).mean() < 0.45
+    pos = np.rint(noisy.observations[:, :2]).astype(int)
+    step = {0: (0, 0), 1: (0, 1), 2: (0, -1), 3: (-1, 0), 4: (1, 0)}
+    after = pos + np.array([step[int(a)] for a in meant])
+    assert np.all((after >= 0) & (after < 9))  # no intended move into the wall
+    if learner == "noisy_oracle":  # the oracle's intention is a shortest-path move
+        env = envs.make("keydoor").unwrapped
+        tasks = np.repeat(noisy.episode_extras["task_id"], noisy.episode_lengths)
+        target = env.label_targets(tasks, np.asarray(noisy.observations))
+        before = np.abs(target - pos).sum(1)
+        np.testing.assert_array_equal(np.abs(target - after).sum(1), np.maximum(before - 1, 0))
+
+
 def _darkroom_history(goal: int, seed: int, episodes: int, nearest: bool = False):
     env = envs.make("darkroom")
     learner = PosteriorSampling("darkroom", 5, episodes, seed, nearest=nearest)

@@ -9,6 +9,7 @@ import pytest
 from envs import gridworld as gw
 from experiments import context_scaling as cs
 from experiments import grid_first_episode as gfe
+from rl_ring.data import EpisodeStore
 
 
 def test_episode_stats_by_hand():
@@ -67,17 +68,24 @@ def test_sources_never_walk_into_a_wall_and_random_actions_do(env):
 def test_tiny_keydoor_run_plays_its_first_episode(tmp_path, capsys):
     out, work = tmp_path / "results", tmp_path / "runs"
     argv = ["--tiny", "--env", "keydoor", "--seeds", "1", "--agents", "ad", "--windows", "2",
-            "--eval-tasks", "3", "--out", str(out), "--workdir", str(work)]
+            "--eval-tasks", "3", "--source-noise", "0.2", "--source-labels", "intended",
+            "--out", str(out), "--workdir", str(work)]
     assert cs.main(argv) == 0
-    folder = work / "tiny-keydoor-eval3"
-    assert json.loads((out / "context_scaling_keydoor_eval3.json").read_text())[
-        "eval_tasks"] == 3
+    folder = work / "tiny-keydoor-eval3-noise0.2-intended"
+    assert json.loads((out / "context_scaling_keydoor_eval3_noise0.2_intended.json")
+                      .read_text())["eval_tasks"] == 3
+    # trained on what the noisy sources meant, not on what they took
+    store = EpisodeStore.load(folder / "data-ad")
+    assert (store.extras["intended_actions"] != store.actions).mean() > 0.1
+    trained = json.loads((folder / "ad-w2-seed0" / "train" / "config.json").read_text())
+    assert '"label_key": "intended_actions"' in json.dumps(trained)
     assert gfe.main(["--env", "keydoor", "--tasks", "4", "--folders", str(folder),
                      "--out", str(out)]) == 0
     summary = json.loads((out / "grid_first_episode_keydoor.json").read_text())
     assert (out / "grid_first_episode_keydoor.png").stat().st_size > 10_000
     names = [p["name"] for p in summary["players"]]
-    assert names == ["posterior", "optimistic", "random", "tiny-keydoor-eval3 w2"]
+    assert names == ["posterior", "optimistic", "random",
+                     "tiny-keydoor-eval3-noise0.2-intended w2"]
     run = summary["players"][-1]
     assert [r["run"] for r in run["runs"]] == ["ad-w2-seed0"] and run["window"] == 2
     assert run["episodes"] == 4 and 1 <= run["cells"] <= 51

@@ -429,6 +429,38 @@ def test_history_loss_weights_follow_their_episodes(discrete):
         HistorySampler(store, dataclasses.replace(cfg, weight_key="nope"), norm=ID)
 
 
+@pytest.mark.parametrize("discrete", [True, False])
+def test_history_label_key_changes_the_targets_only(discrete):
+    store, hist, order = history_store()
+    if not discrete:
+        store = make_store(store.episode_lengths, histories=hist, order=order)
+    rng = np.random.default_rng(3)
+    labels = (rng.integers(0, store.act_dim, store.num_steps) if discrete
+              else rng.normal(size=(store.num_steps, store.act_dim)).astype(np.float32))
+    store.extras["chosen"] = labels
+    cfg = HistoryConfig(batch_size=4, window_steps=9, label_key="chosen", pad_multiple=4)
+    sampler = HistorySampler(store, cfg, norm=ID)
+    plain = HistorySampler(store, dataclasses.replace(cfg, label_key=""), norm=ID)
+    for step in range(5):
+        batch, same = sampler.batch_at(step), plain.batch_at(step)
+        # the same windows and tokens (the actions taken), the labels as targets
+        for f in ("values", "kind", "timesteps", "loss_mask", "valid"):
+            np.testing.assert_array_equal(getattr(batch, f), getattr(same, f), err_msg=f)
+        for r in range(4):
+            ep, t, _ = steps_of_row(batch, r, sampler.layout)
+            rows = store.episode_starts[ep] + t
+            if discrete:
+                np.testing.assert_array_equal(batch.target_ids[r, :9], labels[rows])
+                assert (batch.target_ids[r, :9] != same.target_ids[r, :9]).any()
+            else:
+                np.testing.assert_array_equal(batch.target[r, :9], labels[rows])
+    store.extras["chosen"] = labels[:-1]
+    with pytest.raises(ValueError, match=r"extras\['chosen'\]"):
+        HistorySampler(store, cfg, norm=ID)
+    with pytest.raises(ValueError, match=r"no extras\['nope'\]: label_key names"):
+        HistorySampler(store, dataclasses.replace(cfg, label_key="nope"), norm=ID)
+
+
 def test_history_errors():
     store, hist, order = history_store()
     with pytest.raises(ValueError, match=r"no episode_extras\['history_id'\]"):

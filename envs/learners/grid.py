@@ -20,7 +20,9 @@ Q-learner of :mod:`envs.learners.qlearning`:
   (R-max with the room's dynamics known) would: a systematic sweep instead of random targets.
 
 Both follow the learner protocol of :mod:`envs.learners.history` (``act``, ``update``,
-``end_episode``, ``epsilon``).
+``end_episode``, ``epsilon``), and after each ``act`` say in ``intended`` which action they
+chose before their noise replaced it (the action itself on a step without noise), which
+:func:`envs.learners.history.collect_histories` records as ``intended_actions``.
 """
 
 from __future__ import annotations
@@ -80,6 +82,11 @@ class _Noisy:
         self.noise = noise
         self.episode = 0
         self.rng = np.random.default_rng(seed)
+        # The intended move of a noisy step is drawn from its own stream, so recording it
+        # leaves the actions (drawn from ``rng``) as they were without it.
+        self.label_rng = np.random.default_rng([seed, 1])
+        self.intended = -1
+        """The action the last :meth:`act` chose before its noise (its action when none)."""
 
     @property
     def epsilon(self) -> float:
@@ -125,10 +132,13 @@ class NoisyOracle(_Noisy):
             self.targets = keydoor.key_door(int(task))
 
     def act(self, obs: np.ndarray) -> int:
-        if self._explore():
-            return int(self.rng.integers(self.num_actions))
         target = self.targets[int(len(obs) > 2 and obs[2] > 0.5)]
-        return step_towards((int(obs[0]), int(obs[1])), target, self.rng)
+        pos = (int(obs[0]), int(obs[1]))
+        if self._explore():
+            self.intended = step_towards(pos, target, self.label_rng)
+            return int(self.rng.integers(self.num_actions))
+        self.intended = step_towards(pos, target, self.rng)
+        return self.intended
 
     def update(self, obs, action, reward, next_obs, terminated, truncated) -> None:
         del obs, action, reward, next_obs, terminated, truncated
@@ -201,8 +211,13 @@ class PosteriorSampling(_Noisy):
         ):
             self.target = self._draw(stage, pos)
         if self._explore() or self.target is None:
-            return int(self.rng.integers(self.num_actions))
-        return step_towards(pos, self.target, self.rng)
+            action = int(self.rng.integers(self.num_actions))
+            # With nothing left to look for it wanders, and means to.
+            self.intended = (action if self.target is None
+                             else step_towards(pos, self.target, self.label_rng))
+            return action
+        self.intended = step_towards(pos, self.target, self.rng)
+        return self.intended
 
     def update(self, obs, action, reward, next_obs, terminated, truncated) -> None:
         del action, truncated

@@ -109,7 +109,9 @@ def collect_histories(
 
     Returns:
         The episodes of all histories, history after history, with per-episode extras
-        ``history_id``, ``task_id``, ``episode_in_history``, ``policy_noise``.
+        ``history_id``, ``task_id``, ``episode_in_history``, ``policy_noise``; the grid
+        learners (which know which action they chose before their noise) add the per-step
+        extra ``intended_actions``, equal to ``actions`` on the steps without noise.
     """
     task_ids = task_split(env_id, tasks) if isinstance(tasks, str) else [int(t) for t in tasks]
     if not task_ids:
@@ -137,13 +139,22 @@ def collect_histories(
             )
             for e in range(episodes_per_history):
                 eps = float(agent.epsilon)
+                intended: list[int] = []
+                act = agent.act
+                if hasattr(agent, "intended"):
+                    def act(obs, agent=agent, intended=intended):
+                        action = agent.act(obs)
+                        intended.append(agent.intended)
+                        return action
                 ep = run_episode(
                     env,
-                    agent.act,
+                    act,
                     seed=episode_seed(seed, h * episodes_per_history + e),
                     options={"task": task},
                     learn=agent.update,
                 )
+                if hasattr(agent, "intended"):
+                    ep["intended_actions"] = np.asarray(intended, np.int64)
                 agent.end_episode()
                 episodes.append(ep)
                 for key, value in (

@@ -18,9 +18,16 @@ inherited by the agent's Config) plus the stream's ``batch_size``, ``pad_multipl
 
 from __future__ import annotations
 
-from rl_ring.data.samplers.base import Prefetcher, Sampler, StepPlan, ranges, sampler_factory
+from rl_ring.data.samplers.base import (
+    Prefetcher,
+    Sampler,
+    StepPlan,
+    label_array,
+    ranges,
+    sampler_factory,
+)
 from rl_ring.data.samplers.chain import ChainConfig, ChainOptions, ChainSampler
-from rl_ring.data.samplers.dpt import DPTOptions, DPTSampler, DPTSamplerConfig, label_array
+from rl_ring.data.samplers.dpt import DPTOptions, DPTSampler, DPTSamplerConfig
 from rl_ring.data.samplers.histories import HistoryConfig, HistoryOptions, HistorySampler
 from rl_ring.data.samplers.windows import (
     BCSampler,

@@ -105,9 +105,12 @@ class Sampler:
         batch_size: rows of the global batch.
         rows_per_host: rows this host materialises.
         step: number of the next batch :meth:`next_batch` returns.
+        target_actions: per store row, the action that row's target is (None: the logged
+            action); set by a subclass that trains on labels other than the actions taken.
     """
 
     name = "sampler"
+    target_actions: np.ndarray | None = None
 
     def __init__(
         self,
@@ -299,13 +302,14 @@ class Sampler:
         view(segment_ids)[...] = grid(plan.segment)[..., None]
         loss_mask = np.zeros((rows, t_len), np.float32)
         view(loss_mask)[..., pi] = loss
+        targets = actions if self.target_actions is None else self.target_actions[idx]
         target_ids = np.zeros((rows, t_len), np.int32)
         if layout.discrete_actions:
             target = np.zeros((rows, t_len, 0), np.float32)
-            view(target_ids)[..., pi] = np.where(loss > 0, actions, 0)
+            view(target_ids)[..., pi] = np.where(loss > 0, targets, 0)
         else:
             target = np.zeros((rows, t_len, layout.act_dim), np.float32)
-            view(target)[..., pi, :] = np.where(loss[..., None] > 0, actions, 0.0)
+            view(target)[..., pi, :] = np.where(loss[..., None] > 0, targets, 0.0)
         valid = np.zeros((rows, t_len), bool)
         view(valid)[...] = step_valid[..., None]
         if not full:
@@ -409,3 +413,41 @@ def _build_sampler(sampler_cls, config_cls, options, store, norm, *, batch_size:
                    host_id: int = 0, num_hosts: int = 1, pad_multiple: int = 1):
     cfg = config_cls(**options, batch_size=batch_size, seed=seed, pad_multiple=pad_multiple)
     return sampler_cls(store, cfg, norm=norm, host_id=host_id, num_hosts=num_hosts)
+
+
+#: Why a store lacks the optimal-action labels, by default (the DPT agent's).
+DPT_LABELS_HINT = ("the Decision-Pretrained Transformer trains on optimal-action labels, which "
+                   "`rl-ring collect` records for envs that know them (bandit, darkroom, "
+                   "darkroom-hard, keydoor)")
+
+
+def label_array(store: EpisodeStore, key: str = "optimal_actions",
+                hint: str = DPT_LABELS_HINT) -> np.ndarray:
+    """Per-step action labels ``store.extras[key]``, checked against the store's actions:
+    ``[N]`` int64 ids in ``[0, act_dim)`` (discrete) or ``[N, act_dim]`` float32.
+
+    Args:
+        store: the dataset.
+        key: the per-step extra (DPT: ``optimal_actions``; AD's ``label_key``).
+        hint: what the error for a missing extra says about where such labels come from.
+
+    Raises:
+        ValueError: no such extra (with ``hint``), or a wrong shape or range.
+    """
+    if key not in store.extras:
+        raise ValueError(f"the store has no extras[{key!r}]: {hint}; the store's extras are "
+                         f"{sorted(store.extras)}")
+    labels = np.asarray(store.extras[key])
+    n = store.num_steps
+    if store.discrete_actions:
+        if labels.shape != (n,) or labels.dtype.kind not in "iu":
+            raise ValueError(f"extras[{key!r}] is {labels.dtype}{list(labels.shape)}, expected "
+                             f"[{n}] integer action ids")
+        if n and (labels.min() < 0 or labels.max() >= store.act_dim):
+            raise ValueError(f"extras[{key!r}] spans [{labels.min()}, {labels.max()}], expected "
+                             f"action ids in [0, {store.act_dim})")
+        return labels.astype(np.int64)
+    if labels.shape != (n, store.act_dim):
+        raise ValueError(f"extras[{key!r}] has shape {list(labels.shape)}, expected "
+                         f"[{n}, {store.act_dim}] like the actions")
+    return labels.astype(np.float32)

@@ -39,7 +39,13 @@ import numpy as np
 
 from rl_ring.data.batch import TokenBatch
 from rl_ring.data.normalize import Normalization
-from rl_ring.data.samplers.base import Sampler, check_choice, check_positive, ranges
+from rl_ring.data.samplers.base import (
+    Sampler,
+    check_choice,
+    check_positive,
+    label_array,
+    ranges,
+)
 from rl_ring.data.store import EpisodeStore
 from rl_ring.data.tokens import TokenLayout, dpt_layout
 
@@ -246,33 +252,3 @@ def assemble_dpt(layout: TokenLayout, seq_len: int, plan: DPTPlan, *, observatio
         tokens_per_step=tps,
         discrete_actions=layout.discrete_actions,
     )
-
-
-def label_array(store: EpisodeStore, key: str = "optimal_actions") -> np.ndarray:
-    """The optimal-action labels ``store.extras[key]``, checked against the store's actions:
-    ``[N]`` int64 ids in ``[0, act_dim)`` (discrete) or ``[N, act_dim]`` float32.
-
-    Raises:
-        ValueError: no such extra (naming how to collect one), or a wrong shape or range.
-    """
-    if key not in store.extras:
-        raise ValueError(
-            f"the store has no extras[{key!r}]: the Decision-Pretrained Transformer trains on "
-            "optimal-action labels, which `rl-ring collect` records for envs that know them "
-            f"(bandit, darkroom, darkroom-hard, keydoor); the store's extras are "
-            f"{sorted(store.extras)}"
-        )
-    labels = np.asarray(store.extras[key])
-    n = store.num_steps
-    if store.discrete_actions:
-        if labels.shape != (n,) or labels.dtype.kind not in "iu":
-            raise ValueError(f"extras[{key!r}] is {labels.dtype}{list(labels.shape)}, expected "
-                             f"[{n}] integer action ids")
-        if n and (labels.min() < 0 or labels.max() >= store.act_dim):
-            raise ValueError(f"extras[{key!r}] spans [{labels.min()}, {labels.max()}], expected "
-                             f"action ids in [0, {store.act_dim})")
-        return labels.astype(np.int64)
-    if labels.shape != (n, store.act_dim):
-        raise ValueError(f"extras[{key!r}] has shape {list(labels.shape)}, expected "
-                         f"[{n}, {store.act_dim}] like the actions")
-    return labels.astype(np.float32)

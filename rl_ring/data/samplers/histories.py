@@ -25,6 +25,12 @@ Loss weights (``weight_key``): a per-episode extra of non-negative weights multi
 loss of every step of its episode (the loss is the weighted mean over a batch's targets).
 A learning history's phases need not weigh what their lengths say: a source that finds a
 grid's goal in 10 of 256 episodes gives the search under 5% of the targets of any window.
+
+Target labels (``label_key``): a per-step extra of actions replaces the logged actions as
+the targets, the tokens unchanged. A source that takes a random action now and then records
+beside it the action it had chosen (``intended_actions``); trained on those, the model sees
+the states the noise led to and learns how its source went on from them, without learning
+to take the random actions (noise injected into the demonstrator, as in DART).
 """
 
 from __future__ import annotations
@@ -34,7 +40,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from rl_ring.data.normalize import Normalization
-from rl_ring.data.samplers.base import Sampler, StepPlan, check_choice, check_positive, ranges
+from rl_ring.data.samplers.base import (
+    Sampler,
+    StepPlan,
+    check_choice,
+    check_positive,
+    label_array,
+    ranges,
+)
 from rl_ring.data.store import EpisodeStore
 from rl_ring.data.tokens import ad_layout
 
@@ -56,6 +69,10 @@ class HistoryOptions:
     weight_key: str = ""
     """Per-episode extra of loss weights (finite, >= 0) for every step of the episode
     ('' = every target weighs 1)."""
+    label_key: str = ""
+    """Per-step extra whose actions are the targets ('' = the actions taken). The tokens
+    still carry the actions taken: a source whose noise replaced its chosen action is
+    imitated in what it chose, in the states its noise led to."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +115,11 @@ class HistorySampler(Sampler):
         self._step_weight = None
         if cfg.weight_key:
             self._step_weight = step_weights(store, cfg.weight_key)
+        if cfg.label_key:
+            self.target_actions = label_array(
+                store, cfg.label_key,
+                hint="label_key names a per-step extra of target actions, such as the "
+                     "'intended_actions' the grid sources record beside their noisy actions")
         hist = np.asarray(store.episode_extras[cfg.history_key]).reshape(-1)
         order = np.asarray(store.episode_extras[cfg.order_key]).reshape(-1)
         sorted_eps = np.lexsort((order, hist))

@@ -16,6 +16,7 @@ from envs.registry import (
     optimal_return,
     space_dict,
     task_split,
+    task_subset,
 )
 from envs.scripted import make_policy, scripted_envs
 
@@ -51,4 +52,5 @@ __all__ = [
     "source_learning_curve",
     "space_dict",
     "task_split",
+    "task_subset",
 ]

@@ -7,7 +7,7 @@
 
     cfg = EvalConfig(env="darkroom", out="runs/eval", policy="scripted")
     report = evaluate(cfg, make_env=env_factory(cfg.env),
-                      tasks=eval_tasks(cfg.env, cfg.task_split),
+                      tasks=eval_tasks(cfg.env, cfg.task_split, cfg.num_tasks),
                       policy=baseline_policy(cfg.policy, cfg.env, noise=cfg.policy_noise))
 
 (``rl-ring eval`` does exactly this, plus trained checkpoints from ``agents``.)
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.registry import UnknownEnvError, _parse, make, task_split
+from envs.registry import UnknownEnvError, _parse, make, task_split, task_subset
 from envs.scripted import make_policy
 from rl_ring.eval.policy import Policy, RandomPolicy, action_template
 
@@ -59,7 +59,7 @@ def episode_steps(env_id: str) -> int | None:
     return env_info(env_id).max_episode_steps
 
 
-def eval_tasks(env_id: str, split: str | None) -> list[Any]:
+def eval_tasks(env_id: str, split: str | None, num_tasks: int = 0) -> list[Any]:
     """The tasks evaluation rows cycle through: ``task_split(env_id, split)`` for an in-context
     family, ``[None]`` for a single-task env, an id the registry does not know, or no split.
 
@@ -67,17 +67,34 @@ def eval_tasks(env_id: str, split: str | None) -> list[Any]:
         env_id: the environment id.
         split: ``"train"``, ``"test"``, or ``None`` / ``"none"`` (no task: single-task envs),
             as ``EvalConfig.task_split`` holds it.
+        num_tasks: only the first ``num_tasks`` tasks of the split's fixed shuffle, sorted
+            (:func:`envs.registry.task_subset`, the subset the experiments' ``--eval-tasks``
+            plays); 0: the whole split in its order.
+
+    Raises:
+        ValueError: a bad split, or ``num_tasks`` < 0, larger than the split, or given for
+            an env without tasks.
     """
+    if num_tasks < 0:
+        raise ValueError(f"--num-tasks {num_tasks}: expected >= 0 (0: every task of the split)")
     if split is None or split == "none":
+        if num_tasks:
+            raise ValueError(f"--num-tasks {num_tasks} with --task-split none: a subset of "
+                             f"tasks needs a split (train or test)")
         return [None]
     if split not in ("train", "test"):
         raise ValueError(f"task split must be 'train', 'test' or None, got {split!r}")
     try:
         family, _ = _parse(env_id)
     except (UnknownEnvError, TypeError):
-        return [None]
+        family = None
     if family != "in-context":
+        if num_tasks:
+            raise ValueError(f"--num-tasks {num_tasks}: {env_id} has no tasks to choose from "
+                             f"(only the in-context families have)")
         return [None]
+    if num_tasks:
+        return task_subset(env_id, split, num_tasks)
     return list(task_split(env_id, split)) or [None]
 
 

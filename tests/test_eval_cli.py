@@ -63,6 +63,28 @@ def test_cli_bad_input_names_the_argument(tmp_path, capsys, argv, message):
     assert not (tmp_path / "x" / "report.json").exists()
 
 
+def test_num_tasks_plays_the_experiments_subset(tmp_path, capsys):
+    from envs.registry import task_split, task_subset
+
+    out = tmp_path / "eval"
+    assert main(["--env", "keydoor", "--policy", "random", "--num-tasks", "5", "--envs", "5",
+                 "--seeds", "1", "--trials", "1", "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    played = [e["task"] for e in report["episodes"]]
+    # the fixed shuffle's first 5, not the split's first 5
+    assert played == task_subset("keydoor", "test", 5) != task_split("keydoor", "test")[:5]
+    assert report["config"]["num_tasks"] == 5
+    for argv, message in ((["--num-tasks", "-1"], "--num-tasks -1: expected >= 0"),
+                          (["--num-tasks", "99999"], "num_tasks=99999: keydoor has"),
+                          (["--num-tasks", "2", "--task-split", "none"], "needs a split"),
+                          (["--num-tasks", "2", "--env", "CartPole-v1"], "has no tasks")):
+        args = {"--env": "keydoor", "--out": str(tmp_path / "x"), **dict(zip(
+            argv[::2], argv[1::2], strict=True))}
+        assert main([a for kv in args.items() for a in kv] + ["--no-progress"]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "x").exists()
+
+
 def test_killed_worker_results_saved_and_failure_reported(tmp_path):
     n = 4
     workers = SubprocessWorkers(n, 2, timeout_s=60)

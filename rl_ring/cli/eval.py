@@ -53,7 +53,8 @@ def checkpoint_policy(checkpoint: str, *, recompute: bool = False,
 
 def wiring(cfg: EvalConfig) -> dict[str, Any]:
     """``make_env=``, ``tasks=`` and ``policy=`` for ``evaluate(cfg, **wiring(cfg))``: the env
-    registry's factory and ``cfg.task_split`` tasks, the checkpoint's or baseline policy.
+    registry's factory and ``cfg.task_split`` tasks (``cfg.num_tasks`` of them, if given), the
+    checkpoint's or baseline policy.
 
     Raises:
         ValueError: an unknown env id or policy name, a checkpoint with another policy.
@@ -72,7 +73,8 @@ def wiring(cfg: EvalConfig) -> dict[str, Any]:
         policy = baseline_policy(cfg.policy, cfg.env, noise=cfg.policy_noise)
     # a user's --env-factory is loaded by evaluate itself (through rl_ring.plugins)
     make_env = None if cfg.env_factory is not None else env_factory(cfg.env)
-    return {"make_env": make_env, "tasks": eval_tasks(cfg.env, cfg.task_split), "policy": policy}
+    tasks = eval_tasks(cfg.env, cfg.task_split, cfg.num_tasks)
+    return {"make_env": make_env, "tasks": tasks, "policy": policy}
 
 
 def main(argv: list[str]) -> int:

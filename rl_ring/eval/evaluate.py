@@ -58,6 +58,10 @@ class EvalConfig:
     """Seeds are first_seed .. first_seed + seeds - 1."""
     task_split: Literal["train", "test", "none"] = "test"
     """Tasks of multi-task envs to evaluate on ('none' for single-task envs)."""
+    num_tasks: int = 0
+    """Evaluate only this many tasks of the split: the first of a fixed shuffle, sorted, the
+    same subset as the experiments' --eval-tasks (0: every task, in the split's order).
+    Rows cycle through the tasks; --envs N --seeds 1 plays N tasks once each."""
     mode: Literal["inprocess", "subprocess"] = "inprocess"
     """Where environments run: in this process, or in worker processes."""
     workers: int = 0

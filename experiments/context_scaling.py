@@ -166,6 +166,18 @@ class ScalingConfig:
     each source chose before its noise replaced it (``intended_actions``), so the model sees
     the states the noise led to and how the source went on from them, without learning to
     take random actions (needs ``source_noise`` > 0)."""
+    dagger_from: str = ""
+    """Grids, AD: a run folder of this experiment whose finished AD run at ``dagger_window``
+    (seed 0) is played on training tasks, its states labelled by shadow sources
+    (:func:`envs.learners.dagger.labelled_rollouts`); those histories join the sources'
+    and the targets are the sources' actions (``intended_actions``): one DAgger step.
+    "" (default): the sources' histories only."""
+    dagger_window: int = 0
+    """The window (episodes) of the ``dagger_from`` run; 0 with ``dagger_from`` unset."""
+    dagger_histories: int = 1000
+    """Histories the ``dagger_from`` model plays, one per training task (the first ones)."""
+    dagger_episodes: int = 32
+    """Episodes of each of those histories, in one context."""
     memory_batch: int = 16
     """Batch of the training step compiled for the memory table."""
     memory_windows: tuple[int, ...] | None = None
@@ -217,6 +229,16 @@ class ScalingConfig:
         if self.source_labels == "intended" and not self.source_noise:
             raise ValueError("--source-labels intended: without --source-noise every action "
                              "the sources take is the one they intended; give a noise > 0")
+        if bool(self.dagger_from) != (self.dagger_window > 0):
+            raise ValueError(f"--dagger-from {self.dagger_from!r} --dagger-window "
+                             f"{self.dagger_window}: a DAgger step takes both (a run folder "
+                             f"and a window > 0 of its runs), a plain run neither")
+        if self.dagger_from and self.env in BANDIT_ENVS:
+            raise ValueError(f"--dagger-from: the shadow sources label grid states; "
+                             f"{self.env} is a bandit family")
+        if self.dagger_histories < 1 or self.dagger_episodes < 1:
+            raise ValueError(f"--dagger-histories {self.dagger_histories} --dagger-episodes "
+                             f"{self.dagger_episodes}: expected >= 1")
         if bool(self.init_from) != (self.init_window > 0):
             raise ValueError(f"--init-from {self.init_from!r} --init-window "
                              f"{self.init_window}: a curriculum step takes both (a run "
@@ -350,12 +372,47 @@ def ad_data(cfg: ScalingConfig, tasks: list[int]):
     for i, learner in enumerate(cfg.learners):
         rows = [tasks[h % len(tasks)] for h in range(i * per, min(cfg.histories, (i + 1) * per))]
         stores.append(source_histories(cfg, learner, rows, seed=cfg.seed + 101 * i))
+    if cfg.dagger_from:
+        stores.append(dagger_rollouts(cfg, tasks))
     store = stores[0] if len(stores) == 1 else concat_stores(stores)
     if cfg.solved_weight != 1:
         x = store.episode_extras
         search = search_episodes(store.episode_returns, x["history_id"],
                                  x["episode_in_history"])
         x["loss_weight"] = np.where(search, 1.0, cfg.solved_weight).astype(np.float32)
+    return store
+
+
+def dagger_run(cfg: ScalingConfig) -> Path:
+    """The finished AD run whose model a DAgger step plays (seed 0 at ``dagger_window``)."""
+    src = Path(cfg.dagger_from) / run_name("ad", cfg.dagger_window, 0)
+    if not (src / "record.json").exists():
+        raise ValueError(f"--dagger-from {cfg.dagger_from}: no finished run {src.name} there "
+                         f"(record.json) for --dagger-window {cfg.dagger_window}")
+    return src
+
+
+def dagger_rollouts(cfg: ScalingConfig, tasks: list[int]):
+    """The ``dagger_from`` model's histories on the first ``dagger_histories`` training
+    tasks, ``dagger_episodes`` episodes each, played as it is evaluated (its checkpoint's
+    defaults), every state labelled by a shadow source (the sources in turn)."""
+    import gymnasium as gym
+
+    from agents import eval_policy_from_checkpoint
+    from envs.learners.dagger import labelled_rollouts
+
+    t0 = time.perf_counter()
+    src = dagger_run(cfg)
+    policy = eval_policy_from_checkpoint(src / "train", action_space=gym.spaces.Discrete(5),
+                                         episode_steps=cfg.episode_steps)
+    rows = tasks[:cfg.dagger_histories]
+    store = labelled_rollouts(policy, cfg.env, rows, cfg.learners,
+                              episodes=cfg.dagger_episodes, seed=cfg.seed + 31)
+    meant = store.extras["intended_actions"] != np.asarray(store.actions)
+    log(f"dagger: {src.name} played {len(rows)} histories of {cfg.dagger_episodes} episodes "
+        f"({store.num_steps} steps, mean return {store.episode_returns.mean():.3f}; the "
+        f"sources would have acted otherwise at {meant.mean():.1%} of the steps) in "
+        f"{time.perf_counter() - t0:.0f} s")
     return store
 
 
@@ -451,7 +508,9 @@ def config_suffix(cfg: ScalingConfig, base: ScalingConfig) -> str:
     ``-warmup<N>``, ``-solved<W>``, ``-dpt<SOURCE>``, ``-anyshortest``, ``-init<W>``,
     ``-hist<N>`` (episodes per history), ``-histories<N>``, ``-eval<N>`` (held-out tasks),
     ``-noise<P>`` (the sources' random actions), ``-intended`` (AD's targets the sources'
-    intended actions) for each that differs ("" as configured).
+    intended actions), ``-dagger<W>`` (a DAgger step from that window's model) and
+    ``-dh<H>x<E>`` (its rollouts, if not as configured) for each that differs ("" as
+    configured).
     Other trainings are other models: their runs live apart, so a reduced or longer run
     never meets the finished runs of another."""
     parts = [f"-steps{cfg.steps}" if cfg.steps != base.steps else "",
@@ -468,7 +527,11 @@ def config_suffix(cfg: ScalingConfig, base: ScalingConfig) -> str:
              f"-histories{cfg.histories}" if cfg.histories != base.histories else "",
              f"-eval{cfg.eval_tasks}" if cfg.eval_tasks != base.eval_tasks else "",
              f"-noise{cfg.source_noise:g}" if cfg.source_noise != base.source_noise else "",
-             f"-{cfg.source_labels}" if cfg.source_labels != base.source_labels else ""]
+             f"-{cfg.source_labels}" if cfg.source_labels != base.source_labels else "",
+             f"-dagger{cfg.dagger_window}" if cfg.dagger_window != base.dagger_window else "",
+             f"-dh{cfg.dagger_histories}x{cfg.dagger_episodes}"
+             if cfg.dagger_window and (cfg.dagger_histories, cfg.dagger_episodes)
+             != (base.dagger_histories, base.dagger_episodes) else ""]
     return "".join(parts)
 
 
@@ -476,7 +539,8 @@ def ad_config(cfg: ScalingConfig, window: int):
     import agents
 
     weight = {} if cfg.solved_weight == 1 else {"weight_key": "loss_weight"}
-    labels = {} if cfg.source_labels == "taken" else {"label_key": "intended_actions"}
+    labels = ({"label_key": "intended_actions"}
+              if cfg.source_labels == "intended" or cfg.dagger_from else {})
     return agents.get("ad").Config(window_steps=cfg.window_steps(window), align="step",
                                    model=_model(cfg), evaluation=_evaluation(cfg, window),
                                    **weight, **labels)
@@ -1133,6 +1197,8 @@ def run(cfg: ScalingConfig, agents_: list[str], seeds: int, workdir: Path, out: 
         for agent in agents_:
             for s in range(seeds):
                 init_run(cfg, agent, s)
+    if cfg.dagger_from and "ad" in agents_ and not finished_only:
+        dagger_run(cfg)
     recipe = report.recipe_plan(cfg, agents_, agent_shape)
     for agent in agents_:
         plan = AGENT_PLANS[agent]()
@@ -1237,6 +1303,18 @@ class Args:
     source_labels: Literal["taken", "intended"] = "taken"
     """Grids, AD: train on the actions the noisy sources took, or on those they intended
     before their noise (with --source-noise); likewise ``-intended``."""
+    dagger_from: str = ""
+    """Grids, AD: one DAgger step. The finished AD run at --dagger-window (seed 0) in this
+    run folder plays --dagger-histories training tasks for --dagger-episodes episodes each,
+    shadow sources label every state it reaches, and the new runs train on the sources'
+    histories plus those, with the sources' actions as targets; runs go to
+    <workdir>/<env>...-dagger<W>."""
+    dagger_window: int = 0
+    """The window (episodes) of the --dagger-from run."""
+    dagger_histories: int = 1000
+    """Histories the --dagger-from model plays (likewise ``-dh<H>x<E>`` if not 1000 x 32)."""
+    dagger_episodes: int = 32
+    """Episodes of each of those histories."""
     finished_only: bool = False
     """Train nothing: summarise the runs of the grid that have finished (a configuration
     keeps the seeds it has; an error when none has)."""
@@ -1285,7 +1363,12 @@ def main(argv: list[str] | None = None) -> int:
         init = str(Path(args.init_from).absolute()) if args.init_from else ""
         cfg = cfg.replace(solved_weight=args.solved_weight, init_from=init,
                           init_window=args.init_window, dpt_source=args.dpt_source,
-                          dpt_labels=args.dpt_labels, source_labels=args.source_labels)
+                          dpt_labels=args.dpt_labels, source_labels=args.source_labels,
+                          dagger_from=(str(Path(args.dagger_from).absolute())
+                                       if args.dagger_from else ""),
+                          dagger_window=args.dagger_window,
+                          dagger_histories=args.dagger_histories,
+                          dagger_episodes=args.dagger_episodes)
         name, workdir = destinations(cfg, args)
 
         path = Path(args.out) / name

@@ -1,0 +1,148 @@
+"""A trained in-context policy's own histories, each step labelled by a source learner.
+
+Imitation from a source's histories trains a model on the states the source visits; played,
+the model visits its own, and its errors compound where the data never went (measured on
+Key-to-Door: the sources never walk into a wall, the models' sampled play does in 38-88% of
+its moves). DAgger's remedy (Ross et al., 2011) is to play the model, ask the expert what
+it would have done in every state the model reached, and train on those labels too.
+
+The grid sources of :mod:`envs.learners.grid` can label any history: their state is a
+function of the transitions they have observed (the cells ruled out, the key and goal once
+found, the target they walk to). :func:`labelled_rollouts` plays ``policy`` for a whole
+history of episodes on each task, one row per task, and feeds every transition the policy
+makes to a *shadow* learner of that row: the learner observes the policy's steps instead of
+its own, and at each state records the action it would take (``intended_actions``). The
+tokens of a training window are the policy's own (its actions and rewards), the targets the
+shadow's actions (``HistoryOptions.label_key="intended_actions"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from envs.learners.history import make_learner
+from envs.recording import episode_seed
+from envs.registry import make, space_dict
+from rl_ring.data import EpisodeStore
+from rl_ring.eval.env_spec import env_seed, policy_seed
+from rl_ring.eval.env_spec import episode_seed as eval_episode_seed
+from rl_ring.eval.policy import Policy
+
+
+def labelled_rollouts(
+    policy: Policy,
+    env_id: str,
+    tasks: Sequence[int],
+    learners: Sequence[str],
+    *,
+    episodes: int,
+    seed: int = 0,
+    rows: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> EpisodeStore:
+    """``policy``'s learning histories on ``tasks``, labelled by shadow source learners.
+
+    Args:
+        policy: a batched in-context policy (``rl_ring.eval`` ``Policy`` protocol), which
+            keeps its context across the episodes of a history.
+        env_id: a grid family ("darkroom", "darkroom-hard", "keydoor").
+        tasks: one history per entry.
+        learners: the shadow learners' names (:data:`envs.learners.history.LEARNERS`);
+            history ``h`` is labelled by ``learners[h % len(learners)]``.
+        episodes: episodes per history.
+        seed: seeds the envs and policy streams as an evaluation seeded ``seed`` does, and
+            the shadow learners.
+        rows: histories played side by side.
+        progress: called with the number of episodes just finished.
+
+    Returns:
+        An EpisodeStore of the policy's episodes, history after history, with the per-step
+        extra ``intended_actions`` (the shadow learner's action at every state) and the
+        per-episode extras ``history_id``, ``task_id``, ``episode_in_history`` and
+        ``policy_noise`` (0: the policy's own sampling is its exploration).
+
+    Raises:
+        ValueError: no tasks, no learners, fewer than one episode or row.
+    """
+    tasks = [int(t) for t in tasks]
+    if not tasks or not learners or episodes < 1 or rows < 1:
+        raise ValueError(f"labelled_rollouts: expected tasks, learners, episodes >= 1 and "
+                         f"rows >= 1; got {len(tasks)} tasks, learners {list(learners)}, "
+                         f"episodes={episodes}, rows={rows}")
+    histories: list[list[dict[str, np.ndarray]]] = []
+    for lo in range(0, len(tasks), rows):
+        histories += _play(policy, env_id, tasks, range(lo, min(len(tasks), lo + rows)),
+                           learners, episodes, seed, progress)
+    eps = [ep for hist in histories for ep in hist]
+    n = len(tasks)
+    env = make(env_id)
+    try:
+        meta = {"env_id": env_id, "policy": "rollouts+" + "+".join(learners), "seed": seed,
+                "action_space": space_dict(env.action_space),
+                "observation_space": space_dict(env.observation_space),
+                "episodes_per_history": episodes, "histories": n}
+    finally:
+        env.close()
+    return EpisodeStore.from_episodes(eps, episode_extras={
+        "history_id": np.repeat(np.arange(n, dtype=np.int64), episodes),
+        "task_id": np.repeat(np.asarray(tasks, np.int64), episodes),
+        "episode_in_history": np.tile(np.arange(episodes, dtype=np.int64), n),
+        "policy_noise": np.zeros(n * episodes, np.float32)}, metadata=meta)
+
+
+def _play(policy: Policy, env_id: str, tasks: list[int], hs: range, learners: Sequence[str],
+          episodes: int, seed: int, progress) -> list[list[dict[str, np.ndarray]]]:
+    """Histories ``hs`` side by side: one row each, ``episodes`` episodes in one context."""
+    envs = [make(env_id, task=tasks[h], seed=env_seed(seed, h)) for h in hs]
+    n = len(envs)
+    num_actions = int(envs[0].action_space.n)
+    shadows = [make_learner(learners[h % len(learners)], num_actions, episodes,
+                            episode_seed(seed, h, tag=2), env_id=env_id, task=tasks[h])
+               for h in hs]
+    policy.reset(n, seeds=[policy_seed(seed, h) for h in hs])
+    out: list[list[dict[str, np.ndarray]]] = [[] for _ in range(n)]
+    try:
+        for e in range(episodes):
+            obs = np.stack([env.reset(seed=eval_episode_seed(seed, h, e))[0]
+                            for env, h in zip(envs, hs, strict=True)]).astype(np.float32)
+            active = np.ones(n, bool)
+            rec = [{k: [] for k in ("observations", "actions", "rewards", "terminals",
+                                    "timeouts", "next_observations", "intended_actions")}
+                   for _ in range(n)]
+            policy.begin_trial(active.copy())
+            while active.any():
+                actions = np.asarray(policy.act(obs, active.copy()))
+                reward, term, trunc = np.zeros(n), np.zeros(n, bool), np.zeros(n, bool)
+                for i in np.flatnonzero(active):
+                    shadow, a = shadows[i], int(actions[i])
+                    shadow.act(obs[i])  # the source's choice in the policy's state
+                    o, r, te, tr, _ = envs[i].step(a)
+                    shadow.update(obs[i], a, float(r), o, bool(te), bool(tr))
+                    for k, v in (("observations", obs[i].copy()), ("actions", a),
+                                 ("rewards", float(r)), ("terminals", bool(te)),
+                                 ("timeouts", bool(tr and not te)),
+                                 ("next_observations", np.asarray(o, np.float32)),
+                                 ("intended_actions", shadow.intended)):
+                        rec[i][k].append(v)
+                    obs[i], reward[i], term[i], trunc[i] = o, r, te, tr
+                policy.observe(reward, term, trunc, active.copy())
+                active &= ~(term | trunc)
+            for i in range(n):
+                shadows[i].end_episode()
+                ep = {k: np.asarray(v) for k, v in rec[i].items()}
+                ep["observations"] = ep["observations"].astype(np.float32)
+                ep["actions"] = ep["actions"].astype(np.int64)
+                ep["rewards"] = ep["rewards"].astype(np.float32)
+                ep["intended_actions"] = ep["intended_actions"].astype(np.int64)
+                out[i].append(ep)
+            if progress is not None:
+                progress(n)
+    finally:
+        for env in envs:
+            env.close()
+    return out
+
+
+__all__ = ["labelled_rollouts"]

@@ -1,0 +1,100 @@
+"""DAgger-style data: a policy's own histories labelled by shadow source learners.
+
+Oracles: every recorded transition replayed in a fresh env, and every label recomputed by
+a fresh learner of the same name and seed fed the recorded transitions one by one; a tiny
+trained AD model played and relabelled end to end through ``context_scaling``.
+"""
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import envs
+from envs.learners.dagger import labelled_rollouts
+from envs.learners.history import make_learner
+from envs.recording import episode_seed
+from experiments import context_scaling as cs
+from rl_ring.data import EpisodeStore
+from rl_ring.data.samplers import HistoryConfig, HistorySampler
+from rl_ring.eval import RandomPolicy
+
+STEP = {0: (0, 0), 1: (0, 1), 2: (0, -1), 3: (-1, 0), 4: (1, 0)}
+
+
+@pytest.mark.parametrize("env_id", ["keydoor", "darkroom-hard"])
+def test_labels_are_the_sources_actions_on_the_policys_transitions(env_id):
+    tasks = envs.task_split(env_id, "train")[:5]
+    learners = ("posterior", "optimistic")
+    store = labelled_rollouts(RandomPolicy(gym.spaces.Discrete(5)), env_id, tasks, learners,
+                              episodes=3, seed=4, rows=2)  # 3 batches of rows
+    x = store.episode_extras
+    assert store.num_episodes == 15 and store.metadata["histories"] == 5
+    np.testing.assert_array_equal(x["history_id"], np.repeat(np.arange(5), 3))
+    np.testing.assert_array_equal(x["task_id"], np.repeat(tasks, 3))
+    np.testing.assert_array_equal(x["episode_in_history"], np.tile(np.arange(3), 5))
+    meant, took = store.extras["intended_actions"], np.asarray(store.actions)
+    assert 0.5 < (meant != took).mean() < 0.95  # random moves, the sources' own are not
+    for h, task in enumerate(tasks):
+        learner = make_learner(learners[h % 2], 5, 3, episode_seed(4, h, tag=2),
+                               env_id=env_id, task=task)
+        env = envs.make(env_id, task=task, seed=0)
+        for e in range(3):
+            ep = store.episode(3 * h + e)
+            obs, _ = env.reset(seed=e)
+            for t in range(len(ep["actions"])):
+                np.testing.assert_allclose(ep["observations"][t], obs)
+                learner.act(obs)
+                assert ep["intended_actions"][t] == learner.intended
+                o, r, te, tr, _ = env.step(int(ep["actions"][t]))
+                assert (r, te, tr and not te) == (ep["rewards"][t], ep["terminals"][t],
+                                                  ep["timeouts"][t])
+                learner.update(obs, int(ep["actions"][t]), float(r), o, te, tr)
+                obs = o
+            learner.end_episode()
+    # no label walks into a wall; the sampler trains on them
+    size = 9 if env_id == "keydoor" else 17
+    after = np.rint(store.observations[:, :2]).astype(int) + np.array([STEP[a] for a in meant])
+    assert np.all((after >= 0) & (after < size))
+    sampler = HistorySampler(store, HistoryConfig(batch_size=2, window_steps=40,
+                                                  label_key="intended_actions"))
+    assert sampler.batch_at(0).loss_mask.sum() == 80
+    with pytest.raises(ValueError, match="expected tasks, learners"):
+        labelled_rollouts(RandomPolicy(gym.spaces.Discrete(5)), env_id, [], learners,
+                          episodes=3)
+
+
+def test_dagger_step_end_to_end(tmp_path, capsys):
+    out, work = tmp_path / "results", tmp_path / "runs"
+    base = ["--tiny", "--env", "keydoor", "--seeds", "1", "--agents", "ad", "--windows", "2",
+            "--eval-tasks", "2", "--out", str(out), "--workdir", str(work)]
+    assert cs.main(base) == 0
+    first = work / "tiny-keydoor-eval2"
+    argv = base + ["--dagger-from", str(first), "--dagger-window", "2",
+                   "--dagger-histories", "6", "--dagger-episodes", "3"]
+    assert cs.main(argv) == 0
+    folder = work / "tiny-keydoor-eval2-dagger2-dh6x3"
+    assert "dagger: ad-w2-seed0 played 6 histories of 3 episodes" in capsys.readouterr().out
+    store = EpisodeStore.load(folder / "data-ad")
+    sources = EpisodeStore.load(first / "data-ad")
+    assert store.num_episodes == sources.num_episodes + 18
+    # the sources' part keeps its actions as labels; the model's part has the sources' own
+    n = sources.num_steps
+    np.testing.assert_array_equal(store.extras["intended_actions"][:n], sources.actions)
+    assert (store.extras["intended_actions"][n:] != store.actions[n:]).any()
+    trained = json.loads((folder / "ad-w2-seed0" / "train" / "config.json").read_text())
+    assert '"label_key": "intended_actions"' in json.dumps(trained)
+    assert (out / "context_scaling_keydoor_eval2_dagger2_dh6x3.json").exists()
+    # a folder without that run is refused before anything is written
+    bad = base + ["--dagger-from", str(tmp_path), "--dagger-window", "2",
+                  "--out", str(tmp_path / "o2")]
+    assert cs.main(bad) == 2
+    assert "no finished run ad-w2-seed0" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
+    for extra, match in ((["--dagger-window", "2"], "a DAgger step takes both"),
+                         (["--dagger-from", str(first), "--dagger-window", "2",
+                           "--dagger-episodes", "0"], "expected >= 1")):
+        assert cs.main(base[:-4] + extra + ["--out", str(tmp_path / "o3"), "--workdir",
+                                            str(tmp_path / "w3")]) == 2
+        assert match in capsys.readouterr().err

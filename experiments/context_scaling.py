@@ -50,6 +50,7 @@ if __name__ == "__main__":
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -368,10 +369,16 @@ def ad_data(cfg: ScalingConfig, tasks: list[int]):
     ``cfg.solved_weight`` != 1 the episode extra ``loss_weight``: 1 on search episodes
     (:func:`search_episodes`), ``cfg.solved_weight`` on the episodes after them."""
     stores = []
-    per = -(-cfg.histories // len(cfg.learners))
-    for i, learner in enumerate(cfg.learners):
-        rows = [tasks[h % len(tasks)] for h in range(i * per, min(cfg.histories, (i + 1) * per))]
-        stores.append(source_histories(cfg, learner, rows, seed=cfg.seed + 101 * i))
+    if dagger_round(cfg) > 1:  # DAgger aggregates: the earlier round's data, sources included
+        from rl_ring.data import EpisodeStore
+
+        stores.append(EpisodeStore.load(Path(cfg.dagger_from) / "data-ad"))
+    else:
+        per = -(-cfg.histories // len(cfg.learners))
+        for i, learner in enumerate(cfg.learners):
+            rows = [tasks[h % len(tasks)]
+                    for h in range(i * per, min(cfg.histories, (i + 1) * per))]
+            stores.append(source_histories(cfg, learner, rows, seed=cfg.seed + 101 * i))
     if cfg.dagger_from:
         stores.append(dagger_rollouts(cfg, tasks))
     store = stores[0] if len(stores) == 1 else concat_stores(stores)
@@ -381,6 +388,17 @@ def ad_data(cfg: ScalingConfig, tasks: list[int]):
                                  x["episode_in_history"])
         x["loss_weight"] = np.where(search, 1.0, cfg.solved_weight).astype(np.float32)
     return store
+
+
+def dagger_round(cfg: ScalingConfig) -> int:
+    """0 without a DAgger step; 1 when ``dagger_from`` trained on the sources alone; k + 1
+    when it is itself the k-th DAgger round (its name ends ``-dagger<W>`` or
+    ``-dagger<W>r<k>``), whose data (sources and every earlier round's rollouts) the next
+    round extends."""
+    if not cfg.dagger_from:
+        return 0
+    m = re.search(r"-dagger\d+(?:r(\d+))?", Path(cfg.dagger_from).name)
+    return 1 if m is None else int(m.group(1) or 1) + 1
 
 
 def dagger_run(cfg: ScalingConfig) -> Path:
@@ -407,7 +425,8 @@ def dagger_rollouts(cfg: ScalingConfig, tasks: list[int]):
                                          episode_steps=cfg.episode_steps)
     rows = tasks[:cfg.dagger_histories]
     store = labelled_rollouts(policy, cfg.env, rows, cfg.learners,
-                              episodes=cfg.dagger_episodes, seed=cfg.seed + 31)
+                              episodes=cfg.dagger_episodes,
+                              seed=cfg.seed + 31 * dagger_round(cfg))
     meant = store.extras["intended_actions"] != np.asarray(store.actions)
     log(f"dagger: {src.name} played {len(rows)} histories of {cfg.dagger_episodes} episodes "
         f"({store.num_steps} steps, mean return {store.episode_returns.mean():.3f}; the "
@@ -508,7 +527,7 @@ def config_suffix(cfg: ScalingConfig, base: ScalingConfig) -> str:
     ``-warmup<N>``, ``-solved<W>``, ``-dpt<SOURCE>``, ``-anyshortest``, ``-init<W>``,
     ``-hist<N>`` (episodes per history), ``-histories<N>``, ``-eval<N>`` (held-out tasks),
     ``-noise<P>`` (the sources' random actions), ``-intended`` (AD's targets the sources'
-    intended actions), ``-dagger<W>`` (a DAgger step from that window's model) and
+    intended actions), ``-dagger<W>[r<K>]`` (DAgger round K from that window's model) and
     ``-dh<H>x<E>`` (its rollouts, if not as configured) for each that differs ("" as
     configured).
     Other trainings are other models: their runs live apart, so a reduced or longer run
@@ -528,7 +547,9 @@ def config_suffix(cfg: ScalingConfig, base: ScalingConfig) -> str:
              f"-eval{cfg.eval_tasks}" if cfg.eval_tasks != base.eval_tasks else "",
              f"-noise{cfg.source_noise:g}" if cfg.source_noise != base.source_noise else "",
              f"-{cfg.source_labels}" if cfg.source_labels != base.source_labels else "",
-             f"-dagger{cfg.dagger_window}" if cfg.dagger_window != base.dagger_window else "",
+             (f"-dagger{cfg.dagger_window}" + (f"r{dagger_round(cfg)}" if dagger_round(cfg) > 1
+                                                else ""))
+             if cfg.dagger_window != base.dagger_window else "",
              f"-dh{cfg.dagger_histories}x{cfg.dagger_episodes}"
              if cfg.dagger_window and (cfg.dagger_histories, cfg.dagger_episodes)
              != (base.dagger_histories, base.dagger_episodes) else ""]
@@ -1308,7 +1329,8 @@ class Args:
     run folder plays --dagger-histories training tasks for --dagger-episodes episodes each,
     shadow sources label every state it reaches, and the new runs train on the sources'
     histories plus those, with the sources' actions as targets; runs go to
-    <workdir>/<env>...-dagger<W>."""
+    <workdir>/<env>...-dagger<W>. From such a folder, the next round: its data (sources and
+    rollouts) plus the new model's rollouts, to <workdir>/<env>...-dagger<W>r2, and so on."""
     dagger_window: int = 0
     """The window (episodes) of the --dagger-from run."""
     dagger_histories: int = 1000

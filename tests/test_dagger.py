@@ -86,6 +86,15 @@ def test_dagger_step_end_to_end(tmp_path, capsys):
     trained = json.loads((folder / "ad-w2-seed0" / "train" / "config.json").read_text())
     assert '"label_key": "intended_actions"' in json.dumps(trained)
     assert (out / "context_scaling_keydoor_eval2_dagger2_dh6x3.json").exists()
+    # round 2 from round 1: its data (sources and round 1's rollouts) and new rollouts
+    again = base + ["--dagger-from", str(folder), "--dagger-window", "2",
+                    "--dagger-histories", "4", "--dagger-episodes", "2"]
+    assert cs.main(again) == 0
+    second = EpisodeStore.load(work / "tiny-keydoor-eval2-dagger2r2-dh4x2" / "data-ad")
+    assert second.num_episodes == store.num_episodes + 8
+    np.testing.assert_array_equal(second.actions[:store.num_steps], store.actions)
+    assert cs.dagger_round(cs.tiny_config("keydoor").replace(
+        dagger_from="w/keydoor-dagger16r2", dagger_window=16)) == 3
     # a folder without that run is refused before anything is written
     bad = base + ["--dagger-from", str(tmp_path), "--dagger-window", "2",
                   "--out", str(tmp_path / "o2")]

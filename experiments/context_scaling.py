@@ -414,14 +414,16 @@ def dagger_rollouts(cfg: ScalingConfig, tasks: list[int]):
     """The ``dagger_from`` model's histories on the first ``dagger_histories`` training
     tasks, ``dagger_episodes`` episodes each, played as it is evaluated (its checkpoint's
     defaults), every state labelled by a shadow source (the sources in turn)."""
-    import gymnasium as gym
-
     from agents import eval_policy_from_checkpoint
+    from envs import make
     from envs.learners.dagger import labelled_rollouts
 
     t0 = time.perf_counter()
     src = dagger_run(cfg)
-    policy = eval_policy_from_checkpoint(src / "train", action_space=gym.spaces.Discrete(5),
+    env = make(cfg.env)
+    space = env.action_space
+    env.close()
+    policy = eval_policy_from_checkpoint(src / "train", action_space=space,
                                          episode_steps=cfg.episode_steps)
     rows = tasks[:cfg.dagger_histories]
     store = labelled_rollouts(policy, cfg.env, rows, cfg.learners,

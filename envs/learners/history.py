@@ -137,11 +137,12 @@ def collect_histories(
                 task=task,
                 noise=noise,
             )
+            records_intent = hasattr(agent, "intended")  # the grid learners
             for e in range(episodes_per_history):
                 eps = float(agent.epsilon)
                 intended: list[int] = []
                 act = agent.act
-                if hasattr(agent, "intended"):
+                if records_intent:
                     def act(obs, agent=agent, intended=intended):
                         action = agent.act(obs)
                         intended.append(agent.intended)
@@ -153,7 +154,7 @@ def collect_histories(
                     options={"task": task},
                     learn=agent.update,
                 )
-                if hasattr(agent, "intended"):
+                if records_intent:
                     ep["intended_actions"] = np.asarray(intended, np.int64)
                 agent.end_episode()
                 episodes.append(ep)

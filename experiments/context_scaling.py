@@ -78,6 +78,9 @@ DPT_LABELS = ("x-first", "any-shortest")
 """Grids: DPT's optimal-action labels (:attr:`ScalingConfig.dpt_labels`)."""
 SOURCE_LABELS = ("taken", "intended")
 """Grids: AD's targets (:attr:`ScalingConfig.source_labels`)."""
+SHADOW_LEARNERS = ("posterior", "optimistic", "noisy_oracle")
+"""Grids: the sources that can label a DAgger step's rollouts
+(:attr:`ScalingConfig.dagger_learners`)."""
 RANDOM_EPISODES = 16
 """Grids: episodes per held-out task of the random baseline (stationary: no context)."""
 
@@ -179,6 +182,10 @@ class ScalingConfig:
     """Histories the ``dagger_from`` model plays, one per training task (the first ones)."""
     dagger_episodes: int = 32
     """Episodes of each of those histories, in one context."""
+    dagger_learners: tuple[str, ...] = ()
+    """The shadow sources that label the rollouts, history ``h`` by the ``h % n``-th (empty:
+    ``learners``, the sources of the data). The model's tokens do not say which shadow
+    labels a history, so with several its targets are their mixture."""
     memory_batch: int = 16
     """Batch of the training step compiled for the memory table."""
     memory_windows: tuple[int, ...] | None = None
@@ -240,6 +247,13 @@ class ScalingConfig:
         if self.dagger_histories < 1 or self.dagger_episodes < 1:
             raise ValueError(f"--dagger-histories {self.dagger_histories} --dagger-episodes "
                              f"{self.dagger_episodes}: expected >= 1")
+        if self.dagger_learners and not self.dagger_from:
+            raise ValueError(f"--dagger-learners {' '.join(self.dagger_learners)}: the shadow "
+                             f"sources label a DAgger step's rollouts; give --dagger-from")
+        bad = [x for x in self.dagger_learners if x not in SHADOW_LEARNERS]
+        if bad:
+            raise ValueError(f"--dagger-learners {' '.join(bad)}: expected grid sources, one "
+                             f"or more of {', '.join(SHADOW_LEARNERS)}")
         if bool(self.init_from) != (self.init_window > 0):
             raise ValueError(f"--init-from {self.init_from!r} --init-window "
                              f"{self.init_window}: a curriculum step takes both (a run "
@@ -426,13 +440,15 @@ def dagger_rollouts(cfg: ScalingConfig, tasks: list[int]):
     policy = eval_policy_from_checkpoint(src / "train", action_space=space,
                                          episode_steps=cfg.episode_steps)
     rows = tasks[:cfg.dagger_histories]
-    store = labelled_rollouts(policy, cfg.env, rows, cfg.learners,
+    shadows = cfg.dagger_learners or cfg.learners
+    store = labelled_rollouts(policy, cfg.env, rows, shadows,
                               episodes=cfg.dagger_episodes,
                               seed=cfg.seed + 31 * dagger_round(cfg))
     meant = store.extras["intended_actions"] != np.asarray(store.actions)
     log(f"dagger: {src.name} played {len(rows)} histories of {cfg.dagger_episodes} episodes "
         f"({store.num_steps} steps, mean return {store.episode_returns.mean():.3f}; the "
-        f"sources would have acted otherwise at {meant.mean():.1%} of the steps) in "
+        f"shadows ({'+'.join(shadows)}) would have acted otherwise at {meant.mean():.1%} of "
+        f"the steps) in "
         f"{time.perf_counter() - t0:.0f} s")
     return store
 
@@ -530,8 +546,8 @@ def config_suffix(cfg: ScalingConfig, base: ScalingConfig) -> str:
     ``-hist<N>`` (episodes per history), ``-histories<N>``, ``-eval<N>`` (held-out tasks),
     ``-noise<P>`` (the sources' random actions), ``-intended`` (AD's targets the sources'
     intended actions), ``-dagger<W>[r<K>]`` (DAgger round K from that window's model) and
-    ``-dh<H>x<E>`` (its rollouts, if not as configured) for each that differs ("" as
-    configured).
+    ``-dh<H>x<E>`` (its rollouts, if not as configured) and ``-dl<L>[+<L>]`` (its shadow
+    sources, if not the data's) for each that differs ("" as configured).
     Other trainings are other models: their runs live apart, so a reduced or longer run
     never meets the finished runs of another."""
     parts = [f"-steps{cfg.steps}" if cfg.steps != base.steps else "",
@@ -554,7 +570,9 @@ def config_suffix(cfg: ScalingConfig, base: ScalingConfig) -> str:
              if cfg.dagger_window != base.dagger_window else "",
              f"-dh{cfg.dagger_histories}x{cfg.dagger_episodes}"
              if cfg.dagger_window and (cfg.dagger_histories, cfg.dagger_episodes)
-             != (base.dagger_histories, base.dagger_episodes) else ""]
+             != (base.dagger_histories, base.dagger_episodes) else "",
+             "-dl" + "+".join(cfg.dagger_learners)
+             if cfg.dagger_learners and cfg.dagger_learners != cfg.learners else ""]
     return "".join(parts)
 
 
@@ -1339,6 +1357,10 @@ class Args:
     """Histories the --dagger-from model plays (likewise ``-dh<H>x<E>`` if not 1000 x 32)."""
     dagger_episodes: int = 32
     """Episodes of each of those histories."""
+    dagger_learners: tuple[str, ...] = ()
+    """The shadow sources labelling a DAgger step's rollouts, in turn (default: the data's
+    sources); likewise ``-dl<L>[+<L>]``. One shadow makes the targets a function of the
+    tokens; several, a mixture the model cannot tell apart."""
     finished_only: bool = False
     """Train nothing: summarise the runs of the grid that have finished (a configuration
     keeps the seeds it has; an error when none has)."""
@@ -1392,7 +1414,8 @@ def main(argv: list[str] | None = None) -> int:
                                        if args.dagger_from else ""),
                           dagger_window=args.dagger_window,
                           dagger_histories=args.dagger_histories,
-                          dagger_episodes=args.dagger_episodes)
+                          dagger_episodes=args.dagger_episodes,
+                          dagger_learners=tuple(args.dagger_learners))
         name, workdir = destinations(cfg, args)
 
         path = Path(args.out) / name

@@ -87,10 +87,14 @@ def test_dagger_step_end_to_end(tmp_path, capsys):
     assert '"label_key": "intended_actions"' in json.dumps(trained)
     assert (out / "context_scaling_keydoor_eval2_dagger2_dh6x3.json").exists()
     # round 2 from round 1: its data (sources and round 1's rollouts) and new rollouts
+    # (labelled by one shadow source instead of the sources in turn)
     again = base + ["--dagger-from", str(folder), "--dagger-window", "2",
-                    "--dagger-histories", "4", "--dagger-episodes", "2"]
+                    "--dagger-histories", "4", "--dagger-episodes", "2",
+                    "--dagger-learners", "optimistic"]
     assert cs.main(again) == 0
-    second = EpisodeStore.load(work / "tiny-keydoor-eval2-dagger2r2-dh4x2" / "data-ad")
+    assert "the shadows (optimistic) would have" in capsys.readouterr().out
+    second = EpisodeStore.load(work / "tiny-keydoor-eval2-dagger2r2-dh4x2-dloptimistic"
+                               / "data-ad")
     assert second.num_episodes == store.num_episodes + 8
     np.testing.assert_array_equal(second.actions[:store.num_steps], store.actions)
     assert cs.dagger_round(cs.tiny_config("keydoor").replace(
@@ -103,7 +107,10 @@ def test_dagger_step_end_to_end(tmp_path, capsys):
     assert not (tmp_path / "o2").exists()
     for extra, match in ((["--dagger-window", "2"], "a DAgger step takes both"),
                          (["--dagger-from", str(first), "--dagger-window", "2",
-                           "--dagger-episodes", "0"], "expected >= 1")):
+                           "--dagger-episodes", "0"], "expected >= 1"),
+                         (["--dagger-learners", "optimistic"], "give --dagger-from"),
+                         (["--dagger-from", str(first), "--dagger-window", "2",
+                           "--dagger-learners", "ucb"], "--dagger-learners ucb: expected")):
         assert cs.main(base[:-4] + extra + ["--out", str(tmp_path / "o3"), "--workdir",
                                             str(tmp_path / "w3")]) == 2
         assert match in capsys.readouterr().err

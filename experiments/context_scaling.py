@@ -78,6 +78,10 @@ DPT_LABELS = ("x-first", "any-shortest")
 """Grids: DPT's optimal-action labels (:attr:`ScalingConfig.dpt_labels`)."""
 SOURCE_LABELS = ("taken", "intended")
 """Grids: AD's targets (:attr:`ScalingConfig.source_labels`)."""
+DAGGER_DATA_FIELDS = ("env", "learners", "histories", "history_episodes", "source_noise",
+                      "seed")
+"""What the sources' histories of a DAgger round's data depend on, which the next round
+must share (:func:`dagger_run`)."""
 SHADOW_LEARNERS = ("posterior", "optimistic", "noisy_oracle")
 """Grids: the sources that can label a DAgger step's rollouts
 (:attr:`ScalingConfig.dagger_learners`)."""
@@ -416,11 +420,27 @@ def dagger_round(cfg: ScalingConfig) -> int:
 
 
 def dagger_run(cfg: ScalingConfig) -> Path:
-    """The finished AD run whose model a DAgger step plays (seed 0 at ``dagger_window``)."""
+    """The finished AD run whose model a DAgger step plays (seed 0 at ``dagger_window``).
+
+    Its record must agree with this step: a DAgger round (``-dagger`` in the folder's name)
+    exactly when it was trained on DAgger data, whose sources (:data:`DAGGER_DATA_FIELDS`)
+    are this configuration's, since the next round extends those data."""
     src = Path(cfg.dagger_from) / run_name("ad", cfg.dagger_window, 0)
     if not (src / "record.json").exists():
         raise ValueError(f"--dagger-from {cfg.dagger_from}: no finished run {src.name} there "
                          f"(record.json) for --dagger-window {cfg.dagger_window}")
+    was = record_config(json.loads((src / "record.json").read_text()))
+    if bool(was.dagger_from) != (dagger_round(cfg) > 1):
+        raise ValueError(f"--dagger-from {cfg.dagger_from}: its run {src.name} was "
+                         f"{'a DAgger round' if was.dagger_from else 'trained on the sources'}"
+                         f" but the folder's name says "
+                         f"{'a DAgger round' if dagger_round(cfg) > 1 else 'otherwise'} "
+                         f"(-dagger<W>[r<K>]): a renamed folder?")
+    differ = [f"{f} {getattr(was, f)!r} (here {getattr(cfg, f)!r})"
+              for f in DAGGER_DATA_FIELDS if getattr(was, f) != getattr(cfg, f)]
+    if dagger_round(cfg) > 1 and differ:
+        raise ValueError(f"--dagger-from {cfg.dagger_from}: the next round extends its data, "
+                         f"collected with other sources: {', '.join(differ)}")
     return src
 
 
@@ -1222,6 +1242,20 @@ def _grid_targets(long_runs, short_runs, base) -> dict[str, Any]:
             "longest_reaches_70pct_optimal": bool(frac is not None and frac >= 0.7)}
 
 
+def check_sources(cfg: ScalingConfig, agents_: list[str], seeds: int,
+                  finished_only: bool) -> None:
+    """Every run a curriculum or DAgger step starts from is there and fits, before any work
+    (raises ValueError naming the folder)."""
+    if finished_only:
+        return
+    if cfg.init_from:
+        for agent in agents_:
+            for s in range(seeds):
+                init_run(cfg, agent, s)
+    if cfg.dagger_from and "ad" in agents_:
+        dagger_run(cfg)
+
+
 def run(cfg: ScalingConfig, agents_: list[str], seeds: int, workdir: Path, out: Path, *,
         watch: bool, name: str, finished_only: bool = False) -> dict[str, Any]:
     """Every agent x window x seed, the baselines and the memory tables; writes the results."""
@@ -1234,12 +1268,7 @@ def run(cfg: ScalingConfig, agents_: list[str], seeds: int, workdir: Path, out: 
     for agent in agents_:
         if agent not in AGENT_PLANS:
             raise ValueError(f"agent {agent!r}: known agents are {', '.join(AGENT_PLANS)}")
-    if cfg.init_from and not finished_only:  # every source run there, before any work
-        for agent in agents_:
-            for s in range(seeds):
-                init_run(cfg, agent, s)
-    if cfg.dagger_from and "ad" in agents_ and not finished_only:
-        dagger_run(cfg)
+    check_sources(cfg, agents_, seeds, finished_only)
     recipe = report.recipe_plan(cfg, agents_, agent_shape)
     for agent in agents_:
         plan = AGENT_PLANS[agent]()
@@ -1422,9 +1451,10 @@ def main(argv: list[str] | None = None) -> int:
         check_results([path.with_suffix(".json"), path.with_suffix(".png")],
                       workdir=args.workdir, overwrite=args.overwrite,
                       what="context_scaling's results")
+        agents_ = list(args.agents) or default_agents()
+        check_sources(cfg, agents_, args.seeds, args.finished_only)
         claim_run_dir(args.workdir, kind="context_scaling", overwrite=args.overwrite)
         workdir.mkdir(parents=True, exist_ok=True)
-        agents_ = list(args.agents) or default_agents()
         run(cfg, agents_, args.seeds, workdir, Path(args.out),
             watch=args.watch and not args.tiny, name=name, finished_only=args.finished_only)
     except (ValueError, OSError) as err:

@@ -571,7 +571,7 @@ def test_tiny_grid_end_to_end(tmp_path):
     (run / "train" / "checkpoints" / "2").rename(run / "last")
     assert cs.finished_training(tcfg, run) is None
     assert cs.main([*step[:-1], "64"]) == 2  # no 64-episode run to start from
-    assert not any((work / "tiny-darkroom-hard-steps2-init64").iterdir())
+    assert not (work / "tiny-darkroom-hard-steps2-init64").exists()  # no folder made
     for bad in ({"lr": -1.0}, {"lr": float("inf")}, {"warmup_steps": -2}):
         with pytest.raises(ValueError, match="expected a finite learning rate"):
             cfg.replace(**bad)

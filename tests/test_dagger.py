@@ -6,6 +6,7 @@ trained AD model played and relabelled end to end through ``context_scaling``.
 """
 
 import json
+import shutil
 
 import gymnasium as gym
 import numpy as np
@@ -99,12 +100,18 @@ def test_dagger_step_end_to_end(tmp_path, capsys):
     np.testing.assert_array_equal(second.actions[:store.num_steps], store.actions)
     assert cs.dagger_round(cs.tiny_config("keydoor").replace(
         dagger_from="w/keydoor-dagger16r2", dagger_window=16)) == 3
-    # a folder without that run is refused before anything is written
-    bad = base + ["--dagger-from", str(tmp_path), "--dagger-window", "2",
-                  "--out", str(tmp_path / "o2")]
-    assert cs.main(bad) == 2
-    assert "no finished run ad-w2-seed0" in capsys.readouterr().err
-    assert not (tmp_path / "o2").exists()
+    # a folder without that run, a renamed round, other sources' data: refused before
+    # anything is written
+    renamed = tmp_path / "renamed"
+    shutil.copytree(folder, renamed)
+    for src, extra, match in ((tmp_path, [], "no finished run ad-w2-seed0"),
+                              (renamed, [], "a renamed folder?"),
+                              (folder, ["--histories", "5"], "histories 8 (here 5)")):
+        bad = base[:-4] + ["--dagger-from", str(src), "--dagger-window", "2", *extra,
+                           "--out", str(tmp_path / "o2"), "--workdir", str(tmp_path / "w2")]
+        assert cs.main(bad) == 2
+        assert match in capsys.readouterr().err
+        assert not (tmp_path / "o2").exists() and not (tmp_path / "w2").exists()
     for extra, match in ((["--dagger-window", "2"], "a DAgger step takes both"),
                          (["--dagger-from", str(first), "--dagger-window", "2",
                            "--dagger-episodes", "0"], "expected >= 1"),

@@ -430,15 +430,16 @@ def dagger_run(cfg: ScalingConfig) -> Path:
         raise ValueError(f"--dagger-from {cfg.dagger_from}: no finished run {src.name} there "
                          f"(record.json) for --dagger-window {cfg.dagger_window}")
     was = record_config(json.loads((src / "record.json").read_text()))
-    if bool(was.dagger_from) != (dagger_round(cfg) > 1):
+    extends = dagger_round(cfg) > 1
+    if bool(was.dagger_from) != extends:
         raise ValueError(f"--dagger-from {cfg.dagger_from}: its run {src.name} was "
                          f"{'a DAgger round' if was.dagger_from else 'trained on the sources'}"
                          f" but the folder's name says "
-                         f"{'a DAgger round' if dagger_round(cfg) > 1 else 'otherwise'} "
+                         f"{'a DAgger round' if extends else 'otherwise'} "
                          f"(-dagger<W>[r<K>]): a renamed folder?")
     differ = [f"{f} {getattr(was, f)!r} (here {getattr(cfg, f)!r})"
               for f in DAGGER_DATA_FIELDS if getattr(was, f) != getattr(cfg, f)]
-    if dagger_round(cfg) > 1 and differ:
+    if extends and differ:
         raise ValueError(f"--dagger-from {cfg.dagger_from}: the next round extends its data, "
                          f"collected with other sources: {', '.join(differ)}")
     return src
@@ -1268,7 +1269,6 @@ def run(cfg: ScalingConfig, agents_: list[str], seeds: int, workdir: Path, out: 
     for agent in agents_:
         if agent not in AGENT_PLANS:
             raise ValueError(f"agent {agent!r}: known agents are {', '.join(AGENT_PLANS)}")
-    check_sources(cfg, agents_, seeds, finished_only)
     recipe = report.recipe_plan(cfg, agents_, agent_shape)
     for agent in agents_:
         plan = AGENT_PLANS[agent]()

@@ -61,7 +61,7 @@ def make_layout(
     """One STEP token per step, normalised for a dataset."""
     spec, norm = base.spec_and_norm(data, norm)
     return ad_layout(spec.obs_dim, spec.act_dim, spec.discrete_actions, norm,
-                     new_episode_flag=cfg.new_episode_flag)
+                     new_episode_flag=cfg.new_episode_flag, step_prev_obs=cfg.step_prev_obs)
 
 
 make_sampler, make_model, sampler_factory, resolved_model = base.agent_functions(

@@ -358,7 +358,10 @@ class OnlineEncoder:
 
     def before_action(self, obs: np.ndarray, mask: np.ndarray) -> TokenChunk:
         """Tokens of the current step up to the predict token, for observations ``obs``."""
-        obs = np.asarray(obs, np.float32).reshape(self.num_envs, -1)
+        # A copy: callers reuse their observation buffer (``run_seed`` writes the next
+        # step's observations into it before ``after_action``), and this step's observation
+        # becomes the next token's previous observation.
+        obs = np.array(obs, np.float32).reshape(self.num_envs, -1)
         self._obs = obs
         fields = dict(
             obs=obs,

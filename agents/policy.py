@@ -491,6 +491,9 @@ class FunctionalState(NamedTuple):
     """The KV cache of the same contexts."""
     prev_action: jax.Array
     """``[N]`` int32 last action of each row (-1 before its first)."""
+    prev_obs: jax.Array
+    """``[N, obs_dim]`` float32 observation of each row's last step (zeros before its first;
+    read by layouts with ``step_prev_obs``)."""
     acts: jax.Array
     """``[N]`` int32 actions taken by each row (folded into its sampling key)."""
     keys: jax.Array
@@ -518,7 +521,7 @@ def functional_policy(
     ``init(policy_seeds [N]) -> state`` and ``step(state, inp) -> (actions [N], state)``,
     ``inp`` an :class:`rl_ring.eval.jax_rollout.StepInput`. The contexts and actions are
     :class:`CachedPolicy`'s: each step appends the row's STEP token (observation, previous
-    action, previous reward, new-episode flag) and decodes it against the cache; a full row
+    action, previous reward, new-episode flag[, previous observation]) and decodes it against the cache; a full row
     drops its oldest ``slide_steps`` steps and is refilled by one forward pass over what
     remains, run over the rows that slid alone, ``refill_rows`` of them per trip of a
     ``lax.while_loop`` (no trip on a step without a slide; a multiple of the mesh's batch
@@ -562,12 +565,13 @@ def functional_policy(
             length=jnp.zeros((n,), jnp.int32),
             cache=init_cache(model.cfg, n, cap, mesh=mesh),
             prev_action=jnp.full((n,), -1, jnp.int32),
+            prev_obs=jnp.zeros((n, o), jnp.float32),
             acts=jnp.zeros((n,), jnp.int32),
             keys=jax.vmap(jax.random.PRNGKey)(policy_seeds),
             params=params,
         )
 
-    def token(inp, prev_action: jax.Array) -> jax.Array:
+    def token(inp, prev_action: jax.Array, prev_obs: jax.Array) -> jax.Array:
         """``[N, F]`` STEP payloads, as :meth:`TokenLayout.encode_token` computes them."""
         n = inp.active.shape[0]
         obs = (jnp.asarray(inp.obs, jnp.float32).reshape(n, o) - mean) * inv_std
@@ -575,6 +579,9 @@ def functional_policy(
         parts = [obs, prev, (inp.prev_reward / reward_scale)[:, None].astype(jnp.float32)]
         if layout.new_episode_flag:
             parts.append(inp.new_episode.astype(jnp.float32)[:, None])
+        if layout.step_prev_obs:  # zero before a row's first step (no previous action)
+            has_prev = (prev_action >= 0).astype(jnp.float32)[:, None]
+            parts.append((prev_obs - mean) * inv_std * has_prev)
         out = jnp.concatenate(parts, axis=1)
         return jnp.pad(out, ((0, 0), (0, feat - out.shape[1])))
 
@@ -584,7 +591,7 @@ def functional_policy(
         full = act & (state.length + 1 > cap)
         length = state.length - slide * full.astype(jnp.int32)
         new_length = length + act.astype(jnp.int32)
-        tok = token(inp, state.prev_action)
+        tok = token(inp, state.prev_action, state.prev_obs)
         ts = jnp.asarray(inp.timestep, jnp.int32)
         rows = jnp.arange(n)
         kind = jnp.full((n, cap), int(Kind.STEP), jnp.int32)
@@ -648,6 +655,9 @@ def functional_policy(
         new_state = FunctionalState(
             values=values, timesteps=timesteps, length=new_length, cache=cache,
             prev_action=jnp.where(act, action, state.prev_action),
+            prev_obs=jnp.where(act[:, None],
+                               jnp.asarray(inp.obs, jnp.float32).reshape(n, o),
+                               state.prev_obs),
             acts=state.acts + act.astype(jnp.int32), keys=state.keys, params=state.params)
         return action, new_state
 

@@ -102,10 +102,11 @@ class FunctionalGymEnv:
 
 
 # ------------------------------------------------------------------ a tiny AD policy
-def tiny_ad(obs_dim: int, num_actions: int):
+def tiny_ad(obs_dim: int, num_actions: int, **options):
     agent = agents.get("ad")
     cfg = agent.Config.tiny()
-    cfg = cfg.__class__(**{**cfg.__dict__, "model": cfg.model.replace(init_std=0.2)})
+    cfg = cfg.__class__(**{**cfg.__dict__, "model": cfg.model.replace(init_std=0.2),
+                           **options})
     spec = base.DataSpec(obs_dim=obs_dim, act_dim=num_actions, discrete_actions=True)
     rng = np.random.default_rng(0)
     norm = Normalization(rng.normal(size=obs_dim).astype(np.float32),
@@ -183,6 +184,17 @@ def test_toy_env_same_episodes_as_the_python_workers_with_sliding_context():
     # The report code consumes it unchanged.
     report = build_report([jx], config={"env_id": "toy"}, num_envs=4, trials=4)
     validate_report(report)
+
+
+def test_previous_observation_tokens_same_episodes_as_the_python_workers():
+    """``step_prev_obs``: the functional policy's STEP tokens carry the previous
+    observation as the OnlineEncoder's do (the contexts slide across trials)."""
+    parts = tiny_ad(3, NUM_ACTIONS, step_prev_obs=True)
+    assert parts[1].step_prev_obs
+    py = python_episodes(TOY, *parts, n=4, trials=4, seed=7, **TOY_OPTS)
+    jx = jax_episodes(TOY, *parts, n=4, trials=4, seed=7, num_steps=20, **TOY_OPTS)
+    assert episodes(jx) == episodes(py)
+    assert len({e.episode_return for e in jx.episodes}) > 2
 
 
 class SameKeyPolicy(CachedPolicy):

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from agents.base import OnlineEncoder
 from rl_ring.data import normalize as normalize_mod
 from rl_ring.data.batch import Kind
 from rl_ring.data.normalize import Normalization
@@ -164,6 +165,41 @@ def test_encode_token_hand_computed():
         at.encode_token(Kind.STATE, obs=np.zeros((1, 4)))
 
 
+def test_step_prev_obs_hand_computed_and_validated():
+    n = _norm()
+    ad = ad_layout(3, 4, True, n, step_prev_obs=True)
+    assert ad.feature_dim == 3 + 4 + 1 + 1 + 3
+    assert ad.required_fields() == ("obs", "prev_action", "prev_reward", "new_episode",
+                                    "prev_obs", "has_prev")
+    step = ad.encode_token(
+        Kind.STEP,
+        obs=np.array([[1.0, 2.0, 3.0], [3.0, 2.0, 3.0]]),
+        prev_action=np.array([-1, 3]),
+        prev_reward=np.array([0.0, 1.0]),
+        new_episode=np.array([1.0, 0.0]),
+        prev_obs=np.array([[9.0, 9.0, 9.0], [3.0, 6.0, 3.5]]),
+        has_prev=np.array([0.0, 1.0]),
+    )
+    np.testing.assert_allclose(step, [[0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0],
+                                      [1, 0, 0, 0, 0, 0, 1, 0.5, 0, 1, 1, 1]])
+    # Without the new-episode flag the previous observation follows the reward.
+    flagless = ad_layout(3, 4, True, n, new_episode_flag=False, step_prev_obs=True)
+    np.testing.assert_allclose(
+        flagless.encode_token(Kind.STEP, obs=np.array([1.0, 2.0, 3.0]), prev_action=np.array(0),
+                              prev_reward=np.array(0.0), prev_obs=np.array([3.0, 6.0, 3.5]),
+                              has_prev=np.array(1.0)),
+        [0, 0, 0, 1, 0, 0, 0, 0, 1, 1, 1])
+    with pytest.raises(ValueError, match="a STEP token needs 'prev_obs'"):
+        ad.encode_token(Kind.STEP, obs=np.zeros(3), prev_action=np.array(0),
+                        prev_reward=np.array(0.0), new_episode=np.array(0.0))
+    with pytest.raises(ValueError, match="step_prev_obs adds a feature to STEP tokens"):
+        TokenLayout((Kind.STATE,), 3, 4, True, n, step_prev_obs=True)
+    again = TokenLayout.from_dict(json.loads(json.dumps(ad.to_dict())))
+    assert again == ad and again.step_prev_obs
+    old = {k: v for k, v in ad_layout(3, 4, True, n).to_dict().items() if k != "step_prev_obs"}
+    assert not TokenLayout.from_dict(old).step_prev_obs  # layouts saved before the option
+
+
 def test_layout_dict_roundtrip():
     lay = ad_layout(3, 4, True, _norm(), new_episode_flag=False)
     again = TokenLayout.from_dict(json.loads(json.dumps(lay.to_dict())))
@@ -261,3 +297,58 @@ def test_online_encoder_matches_history_sampler():
     for r in range(4):
         s = int(specs["start"][r])
         np.testing.assert_allclose(batch.values[r, :9], stream_tokens[s : s + 9], atol=1e-6)
+
+
+def test_online_encoder_matches_history_sampler_with_previous_observations():
+    """``step_prev_obs``: the sampler's windows are the tokens an evaluation's OnlineEncoder
+    builds walking the history, previous observation included (carried across episodes,
+    zero before the history's first step)."""
+    store = _store(lengths=(4, 3, 5, 2, 4), discrete=True)
+    sampler = HistorySampler(store, HistoryConfig(batch_size=4, window_steps=9,
+                                                  step_prev_obs=True))
+    layout = sampler.layout
+    assert layout.step_prev_obs and layout.feature_dim == 2 * store.obs_dim + store.act_dim + 2
+    batch, specs = sampler.batch_at(2), sampler.specs_at(2)
+    enc = OnlineEncoder(layout, 1)
+    mask = np.ones(1, bool)
+    stream_tokens = []
+    for ep in range(store.num_episodes):
+        e = store.episode(ep)
+        enc.begin_trial(mask)
+        for t in range(len(e["rewards"])):
+            chunk = enc.before_action(e["observations"][t][None], mask)
+            stream_tokens.append(chunk.values[0, 0])
+            enc.after_action(np.array([e["actions"][t]]), np.array([e["rewards"][t]]),
+                             np.array([t == len(e["rewards"]) - 1]), mask)
+    stream_tokens = np.array(stream_tokens)
+    o = store.obs_dim
+    np.testing.assert_array_equal(stream_tokens[0, -o:], 0.0)  # no previous step
+    obs = np.concatenate([store.episode(i)["observations"] for i in range(store.num_episodes)])
+    np.testing.assert_allclose(stream_tokens[1:, -o:], layout.norm.normalize_obs(obs[:-1]),
+                               rtol=1e-5, atol=1e-6)
+    starts = {int(s) for s in specs["start"]}
+    assert any(s > 0 for s in starts)
+    for r in range(4):
+        s = int(specs["start"][r])
+        np.testing.assert_allclose(batch.values[r, :9], stream_tokens[s : s + 9], atol=1e-6)
+
+
+def test_online_encoder_keeps_its_observation_when_the_caller_reuses_the_buffer():
+    """``run_seed`` writes the next observations into the array it passed to ``act``
+    before the step's ``after_action``: the previous observation of the next token (STEP
+    with ``step_prev_obs``, DPT's TRANSITION) must still be the one acted on."""
+    n = _norm()
+    for layout in (ad_layout(3, 4, True, n, step_prev_obs=True),
+                   TokenLayout((Kind.TRANSITION, Kind.STATE), 3, 4, True, n)):
+        enc = OnlineEncoder(layout, 1)
+        mask = np.ones(1, bool)
+        buf = np.array([[3.0, 6.0, 3.5]], np.float32)
+        enc.begin_trial(mask)
+        enc.before_action(buf, mask)
+        buf[:] = [[1.0, 2.0, 3.0]]  # the next observation, written in place
+        enc.after_action(np.array([1]), np.array([0.0]), np.array([False]), mask)
+        np.testing.assert_allclose(enc.prev_obs, [[3.0, 6.0, 3.5]])
+        tok = enc.before_action(buf, mask).values[0, 0]
+        o = 3
+        prev = tok[-o:] if layout.kinds == (Kind.STEP,) else tok[:o]
+        np.testing.assert_allclose(prev, [1.0, 1.0, 1.0])  # (3, 6, 3.5) normalised

@@ -15,7 +15,8 @@ Payload of each kind (columns from 0; the rest of the ``feature_dim`` row is zer
     REWARD  [reward / reward_scale, d]  (d, the completion flag, only when there is no DONE)
     DONE    [d]
     STEP    [(obs - mean) / std, prev action (one-hot or vector), prev reward / reward_scale,
-             new-episode flag (optional)]
+             new-episode flag (optional), (prev_obs - mean) / std (optional; zero when
+             has_prev is 0)]
     TRANSITION  [(prev_obs - mean) / std, prev action, prev reward / reward_scale,
              (prev_next_obs - mean) / std (zero when prev_ended), prev_ended], all zero when
              has_prev is 0 (no transition before the stream's first step)
@@ -65,7 +66,11 @@ class TokenLayout:
         act_dim: action vector size, or the number of discrete actions.
         discrete_actions: actions are integer ids (one-hot inputs, ``target_ids`` targets).
         norm: observation / return / reward scaling applied to every payload.
-        new_episode_flag: STEP tokens carry a last feature that is 1 on an episode's first step.
+        new_episode_flag: STEP tokens carry a feature that is 1 on an episode's first step.
+        step_prev_obs: STEP tokens also carry the previous step's observation (zero before a
+            stream's first step), so that a whole transition sits in one token: where an
+            episode ends on arriving at a cell (Key-to-Door's door), the cell it left and the
+            move it made (the next token's previous action) name that cell in one token.
     """
 
     kinds: tuple[Kind, ...]
@@ -74,6 +79,7 @@ class TokenLayout:
     discrete_actions: bool
     norm: Normalization
     new_episode_flag: bool = True
+    step_prev_obs: bool = False
 
     def __post_init__(self) -> None:
         kinds = tuple(Kind(k) for k in self.kinds)
@@ -84,6 +90,9 @@ class TokenLayout:
             raise ValueError(f"TokenLayout: kinds {_names(kinds)} repeat a kind")
         if Kind.STEP in kinds and len(kinds) != 1:
             raise ValueError(f"TokenLayout: STEP is a layout of its own, got kinds {_names(kinds)}")
+        if self.step_prev_obs and Kind.STEP not in kinds:
+            raise ValueError(f"TokenLayout: step_prev_obs adds a feature to STEP tokens; kinds "
+                             f"{_names(kinds)} have none")
         if Kind.STEP not in kinds:
             if Kind.STATE not in kinds:
                 raise ValueError(
@@ -145,7 +154,8 @@ class TokenLayout:
             return 2 if self.completion == "reward_feature" else 1
         if kind == Kind.TRANSITION:
             return 2 * self.obs_dim + self.act_dim + 2
-        return self.obs_dim + self.act_dim + 1 + int(self.new_episode_flag)
+        return (self.obs_dim + self.act_dim + 1 + int(self.new_episode_flag)
+                + self.obs_dim * int(self.step_prev_obs))
 
     @property
     def widths(self) -> dict[Kind, int]:
@@ -177,6 +187,8 @@ class TokenLayout:
             needs = (*needs, "done")
         if kind == Kind.STEP and self.new_episode_flag:
             needs = (*needs, "new_episode")
+        if kind == Kind.STEP and self.step_prev_obs:
+            needs = (*needs, "prev_obs", "has_prev")
         return needs
 
     # ------------------------------------------------------------------ encoders
@@ -283,6 +295,10 @@ class TokenLayout:
             out[..., o + a] = np.asarray(f["prev_reward"], np.float64) / norm.reward_scale
             if self.new_episode_flag:
                 out[..., o + a + 1] = f["new_episode"]
+            if self.step_prev_obs:
+                lo = o + a + 1 + int(self.new_episode_flag)
+                self._fill_obs(out[..., lo : lo + o], f["prev_obs"])
+                out[..., lo : lo + o] *= np.asarray(f["has_prev"], np.float32)[..., None]
 
     def _fill_obs(self, out: np.ndarray, obs: Any) -> None:
         obs = np.asarray(obs)
@@ -330,6 +346,7 @@ class TokenLayout:
             "act_dim": self.act_dim,
             "discrete_actions": self.discrete_actions,
             "new_episode_flag": self.new_episode_flag,
+            "step_prev_obs": self.step_prev_obs,
             "norm": self.norm.to_dict(),
         }
 
@@ -350,6 +367,7 @@ class TokenLayout:
             discrete_actions=bool(d["discrete_actions"]),
             norm=Normalization.from_dict(d["norm"]),
             new_episode_flag=bool(d.get("new_episode_flag", True)),
+            step_prev_obs=bool(d.get("step_prev_obs", False)),
         )
 
     def __eq__(self, other: object) -> bool:
@@ -420,10 +438,13 @@ def ad_layout(
     norm: Normalization,
     *,
     new_episode_flag: bool = True,
+    step_prev_obs: bool = False,
 ) -> TokenLayout:
-    """Algorithm Distillation: one STEP token (obs, prev action, prev reward[, new episode])."""
+    """Algorithm Distillation: one STEP token (obs, prev action, prev reward[, new episode]
+    [, prev obs])."""
     return TokenLayout(
-        (Kind.STEP,), obs_dim, act_dim, discrete_actions, norm, new_episode_flag=new_episode_flag
+        (Kind.STEP,), obs_dim, act_dim, discrete_actions, norm,
+        new_episode_flag=new_episode_flag, step_prev_obs=step_prev_obs,
     )
 
 

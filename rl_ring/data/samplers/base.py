@@ -285,6 +285,11 @@ class Sampler:
                 prev_action = prev_action * has_prev[..., None]
             fields["prev_action"] = prev_action
             fields["prev_reward"] = np.where(has_prev, store.rewards[prev], 0.0)
+            if "prev_obs" in need:  # row 0 where there is none; has_prev zeroes it
+                prev_obs = np.asarray(store.observations[np.maximum(prev, 0).reshape(-1)],
+                                      np.float32)
+                fields["prev_obs"] = prev_obs.reshape(rows, s_grid, -1)
+                fields["has_prev"] = has_prev.astype(np.float32)
 
         def view(arr: np.ndarray) -> np.ndarray:
             """``[rows, s_grid, k, ...]`` view of the first ``s_grid * k`` tokens of a row."""

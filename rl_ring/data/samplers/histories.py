@@ -62,6 +62,11 @@ class HistoryOptions:
     """Window starts at any "step" or only at an "episode" start."""
     new_episode_flag: bool = True
     """STEP tokens carry a feature that is 1 on the first step of an episode."""
+    step_prev_obs: bool = False
+    """STEP tokens also carry the previous step's observation, so that a transition
+    (s, a, r, s') sits in one token (``TokenLayout.step_prev_obs``). Where an episode ends
+    on arrival (Key-to-Door's door), the cell arrived at is no token's observation; this
+    puts the cell left and the move made into the next episode's first token."""
     history_key: str = "history_id"
     """Per-episode extra naming the learning history an episode belongs to."""
     order_key: str = "episode_in_history"
@@ -166,6 +171,7 @@ class HistorySampler(Sampler):
             store.discrete_actions,
             norm,
             new_episode_flag=cfg.new_episode_flag,
+            step_prev_obs=cfg.step_prev_obs,
         )
         super().__init__(store, cfg, layout, raw_steps=w, host_id=host_id, num_hosts=num_hosts)
 

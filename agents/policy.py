@@ -521,12 +521,12 @@ def functional_policy(
     ``init(policy_seeds [N]) -> state`` and ``step(state, inp) -> (actions [N], state)``,
     ``inp`` an :class:`rl_ring.eval.jax_rollout.StepInput`. The contexts and actions are
     :class:`CachedPolicy`'s: each step appends the row's STEP token (observation, previous
-    action, previous reward, new-episode flag[, previous observation]) and decodes it
-    against the cache; a full row drops its oldest ``slide_steps`` steps and is refilled by
-    one forward pass over what remains, run over the rows that slid alone, ``refill_rows``
-    of them per trip of a ``lax.while_loop`` (no trip on a step without a slide; a multiple of the mesh's batch
-    shards, at most ``N``). Sampled actions (``greedy=False``) draw ``jax.random.categorical`` from
-    ``fold_in(PRNGKey(policy_seed), actions taken by the row)``, so a row's actions depend
+    action, previous reward, new-episode flag[, previous observation]) and decodes it against
+    the cache; a full row drops its oldest ``slide_steps`` steps and is refilled by one forward
+    pass over what remains, run over the rows that slid alone, ``refill_rows`` of them per trip
+    of a ``lax.while_loop`` (no trip on a step without a slide; a multiple of the mesh's batch
+    shards, at most ``N``). Sampled actions (``greedy=False``) draw ``jax.random.categorical``
+    from ``fold_in(PRNGKey(policy_seed), actions taken by the row)``, so a row's actions depend
     on its own seed alone; :class:`CachedPolicy` samples from numpy instead, so the two agree
     only when greedy. ``temperature`` divides the logits before sampling.
 

@@ -174,6 +174,11 @@ class ScalingConfig:
     each source chose before its noise replaced it (``intended_actions``), so the model sees
     the states the noise led to and how the source went on from them, without learning to
     take random actions (needs ``source_noise`` > 0)."""
+    step_prev_obs: bool = False
+    """AD: each STEP token also carries the previous step's observation
+    (``HistoryOptions.step_prev_obs``). Key-to-Door's episode ends on arriving at the door,
+    so the door's cell is no token's observation; with this the next episode's first token
+    holds the cell the agent left and the move it made. The data are unchanged."""
     dagger_from: str = ""
     """Grids, AD: a run folder of this experiment whose finished AD run at ``dagger_window``
     (seed 0) is played on training tasks, its states labelled by shadow sources
@@ -566,7 +571,8 @@ def config_suffix(cfg: ScalingConfig, base: ScalingConfig) -> str:
     ``-warmup<N>``, ``-solved<W>``, ``-dpt<SOURCE>``, ``-anyshortest``, ``-init<W>``,
     ``-hist<N>`` (episodes per history), ``-histories<N>``, ``-eval<N>`` (held-out tasks),
     ``-noise<P>`` (the sources' random actions), ``-intended`` (AD's targets the sources'
-    intended actions), ``-dagger<W>[r<K>]`` (DAgger round K from that window's model) and
+    intended actions), ``-prevobs`` (AD's STEP tokens with the previous observation),
+    ``-dagger<W>[r<K>]`` (DAgger round K from that window's model) and
     ``-dh<H>x<E>`` (its rollouts, if not as configured) and ``-dl<L>[+<L>]`` (its shadow
     sources, if not the data's) for each that differs ("" as configured).
     Other trainings are other models: their runs live apart, so a reduced or longer run
@@ -586,6 +592,7 @@ def config_suffix(cfg: ScalingConfig, base: ScalingConfig) -> str:
              f"-eval{cfg.eval_tasks}" if cfg.eval_tasks != base.eval_tasks else "",
              f"-noise{cfg.source_noise:g}" if cfg.source_noise != base.source_noise else "",
              f"-{cfg.source_labels}" if cfg.source_labels != base.source_labels else "",
+             "-prevobs" if cfg.step_prev_obs else "",
              (f"-dagger{cfg.dagger_window}" + (f"r{dagger_round(cfg)}" if dagger_round(cfg) > 1
                                                 else ""))
              if cfg.dagger_window != base.dagger_window else "",
@@ -605,7 +612,7 @@ def ad_config(cfg: ScalingConfig, window: int):
               if cfg.source_labels == "intended" or cfg.dagger_from else {})
     return agents.get("ad").Config(window_steps=cfg.window_steps(window), align="step",
                                    model=_model(cfg), evaluation=_evaluation(cfg, window),
-                                   **weight, **labels)
+                                   step_prev_obs=cfg.step_prev_obs, **weight, **labels)
 
 
 def _dpt_plan() -> AgentPlan:
@@ -1373,6 +1380,10 @@ class Args:
     source_labels: Literal["taken", "intended"] = "taken"
     """Grids, AD: train on the actions the noisy sources took, or on those they intended
     before their noise (with --source-noise); likewise ``-intended``."""
+    step_prev_obs: bool = False
+    """AD: each STEP token also carries the previous step's observation (Key-to-Door's door
+    cell, which ends the episode on arrival, then sits in one token); likewise
+    ``-prevobs``."""
     dagger_from: str = ""
     """Grids, AD: one DAgger step. The finished AD run at --dagger-window (seed 0) in this
     run folder plays --dagger-histories training tasks for --dagger-episodes episodes each,
@@ -1444,7 +1455,8 @@ def main(argv: list[str] | None = None) -> int:
                           dagger_window=args.dagger_window,
                           dagger_histories=args.dagger_histories,
                           dagger_episodes=args.dagger_episodes,
-                          dagger_learners=tuple(args.dagger_learners))
+                          dagger_learners=tuple(args.dagger_learners),
+                          step_prev_obs=args.step_prev_obs)
         name, workdir = destinations(cfg, args)
 
         path = Path(args.out) / name

@@ -1,8 +1,8 @@
-"""What grid AD models carry from one in-context episode to the next: the goal, the key, the door.
+"""What grid in-context models carry from one episode to the next: the goal, the key, the door.
 
 A model that learns in context finds a rewarding cell once and goes back to it in the
 episodes after. This script reads the evaluations ``experiments.context_scaling`` already
-wrote (each finished AD run's ``eval/report.json``: ``T`` episodes per held-out task in one
+wrote (each finished AD or DPT run's ``eval/report.json``: ``T`` episodes per held-out task in one
 context; no model is run) and the random baseline beside them, plays the sources' own
 ``T``-episode histories on the same held-out tasks, and counts per stage (Dark Room hard:
 ``goal``, a return >= 1; Key-to-Door: ``key``, a return >= 1, and ``door``, the key then the
@@ -21,8 +21,8 @@ door: a return of 2), over each task's ``T`` episodes:
     python -m experiments.grid_memory --env keydoor --folders \\
         runs/context_scaling/keydoor-hist128-histories2000-eval158-dagger16r4
 
-Writes ``results/grid_memory_<env>[_<tag>].json`` + ``.png`` (each window of a folder: mean
-± std over its training seeds).
+Writes ``results/grid_memory_<env>[_<tag>].json`` + ``.png`` (each agent and window of a
+folder: mean ± std over its training seeds).
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ class Args:
     env: str = "keydoor"
     """Grid family: darkroom-hard or keydoor."""
     folders: tuple[str, ...] = ()
-    """context_scaling run folders whose finished AD runs' evaluations are counted (and
-    the folder's random baseline, ``baseline_random/report.json``, once)."""
+    """context_scaling run folders whose finished runs' evaluations (``<agent>-w<W>-seed<S>``:
+    AD, DPT) are counted (and the first folder's random baseline,
+    ``baseline_random/report.json``)."""
     sources: bool = True
     """Also play each source (``learners`` of the family's configuration) for the same number
     of episodes on the evaluated held-out tasks."""
@@ -143,11 +144,12 @@ def source_returns(cfg: cs.ScalingConfig, learner: str, tasks: list[int], episod
 
 # ---------------------------------------------------------------------- players
 def _finished_runs(folder: Path) -> list[Path]:
-    runs = sorted(p for p in folder.glob("ad-w*-seed*")
+    runs = sorted(p for p in folder.glob("*-w*-seed*")
                   if (p / cs.TRAINED_FILE).exists() and (p / "eval" / "report.json").exists())
     if not runs:
-        raise ValueError(f"--folders {folder}: no finished AD run with an evaluation "
-                         f"(ad-w<W>-seed<S>/{cs.TRAINED_FILE} and eval/report.json) in it")
+        raise ValueError(f"--folders {folder}: no finished run with an evaluation "
+                         f"(<agent>-w<W>-seed<S>/{cs.TRAINED_FILE} and eval/report.json) "
+                         f"in it")
     return runs
 
 
@@ -165,7 +167,7 @@ def run(args: Args) -> dict[str, Any]:
     tasks: list[int] | None = None
     episodes = None
     for folder in folders:
-        by_window: dict[int, list[dict[str, Any]]] = {}
+        by_window: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for rdir in _finished_runs(folder):
             path = rdir / "eval" / "report.json"
             r = report_returns(path)
@@ -176,11 +178,11 @@ def run(args: Args) -> dict[str, Any]:
                 raise ValueError(f"{path}: {len(t)} tasks x {r.shape[1]} episodes, other "
                                  f"than the first report's {len(tasks)} x {episodes} (or "
                                  f"other tasks); compare evaluations of the same tasks")
-            window = int(rdir.name.split("-")[1][1:])
-            by_window.setdefault(window, []).append(
+            agent, w = rdir.name.split("-")[:2]
+            by_window.setdefault((agent, int(w[1:])), []).append(
                 {"run": rdir.name, **memory_stats(args.env, r)})
-        for w, per_run in sorted(by_window.items()):
-            players.append({"name": f"{folder.name} w{w}", "kind": "ad", "window": w,
+        for (agent, w), per_run in sorted(by_window.items()):
+            players.append({"name": f"{folder.name} {agent}-w{w}", "kind": agent, "window": w,
                             "folder": str(folder), "runs": per_run,
                             **_over_runs(args.env, per_run)})
     random_report = folders[0] / "baseline_random" / "report.json"

@@ -66,7 +66,7 @@ def test_main_reads_reports_plays_the_sources_and_refuses_bad_input(tmp_path):
     summary = json.loads((out / "grid_memory_keydoor.json").read_text())
     assert (out / "grid_memory_keydoor.png").stat().st_size > 0
     names = [p["name"] for p in summary["players"]]
-    assert names == ["a w4", "random", *cs.main_config("keydoor").learners]
+    assert names == ["a ad-w4", "random", *cs.main_config("keydoor").learners]
     ad = summary["players"][0]
     assert ad["key"]["ever"] == 1.0 and ad["key"]["carry"] == 1.0
     assert ad["door"]["carry"] == 1.0 and ad["door"]["first"] == 3.0

@@ -523,6 +523,18 @@ def test_tiny_grid_end_to_end(tmp_path):
         assert r["final"] == pytest.approx(
             next(c for c in summary["configs"] if c["window"] == r["window"])["final"]["mean"]
             if r["eval"] == "eval" else zs["long_final"]["mean"])
+        assert r["stages"]["goal"]["ever"] == pytest.approx(r["found_curve"][-1])
+    # ... with the sources' histories and the random baseline on the same held-out tasks
+    assert csplay.main(["--folders", str(work / "tiny-darkroom-hard"), "--sources",
+                        "--tag", "tiny", "--out", str(tmp_path / "play")]) == 0
+    played = json.loads((tmp_path / "play" / "context_scaling_play_tiny.json").read_text())
+    assert [b["name"] for b in played["baselines"]] == [*cfg.learners, "random"]
+    assert {st for g in played["groups"] for st in g["stages"]} == {"goal"}
+    for b in played["baselines"]:
+        goal = b["stages"]["goal"]
+        assert goal["ever"] == pytest.approx(b["found_curve"][-1])
+        if b["kind"] == "source":  # posterior sampling / the sweep go back to a found goal
+            assert goal["after"] is None or goal["after"] == 1.0
     with pytest.raises(ValueError, match="expected more episodes"):
         csz.run(csz.Args(workdir=str(work / "tiny-darkroom-hard"), window=4, context=4))
     # A curriculum step: the 4-episode window from the finished 2-episode run of its seed,
@@ -672,6 +684,32 @@ def test_search_exploitation_split_by_hand():
     assert got["tasks_after_first"] == 2 and got["final"] == pytest.approx(1 / 3)
     last_only = csplay.split(np.array([[0, 0, 1]], float))
     assert last_only["after_first"] is None and last_only["tasks_after_first"] == 0
+
+
+def test_stage_counts_by_hand():
+    # 3 tasks x 5 episodes; Key-to-Door's door is a return of 2, its key >= 1.
+    r = np.array([[0, 1, 2, 2, 1],
+                  [0, 0, 0, 0, 0],
+                  [1, 1, 1, 2, 0]], float)
+    key, door = csplay.stages("keydoor", r)["key"], csplay.stages("keydoor", r)["door"]
+    assert key["ever"] == pytest.approx(2 / 3)
+    assert key["first"] == 1.5  # episodes 2 and 1
+    assert key["after"] == pytest.approx((3 / 3 + 3 / 4) / 2)
+    # (e, e+1) pairs: row 0 hits at e = 1, 2, 3, each followed by a hit; row 2 at e = 0..3,
+    # followed by 1, 1, 1, 0: 6 of 7. Misses before the end: row 0's e = 0 (then a hit),
+    # row 1's four: 1 of 5.
+    assert key["carry"] == pytest.approx(6 / 7)
+    assert key["fresh"] == pytest.approx(1 / 5)
+    assert key["rate"] == pytest.approx(8 / 15)
+    assert door["ever"] == pytest.approx(2 / 3) and door["first"] == 3.5
+    assert door["after"] == pytest.approx((1 / 2 + 0 / 1) / 2)
+    assert door["carry"] == pytest.approx(1 / 3)
+    assert door["fresh"] == pytest.approx(2 / 9)
+    dark = csplay.stages("darkroom-hard", np.zeros((2, 3)))["goal"]
+    assert dark["ever"] == 0 and dark["first"] is None and dark["after"] is None
+    assert dark["carry"] is None and dark["fresh"] == 0
+    with pytest.raises(ValueError, match="expected returns"):
+        csplay.stage_stats(np.zeros((3, 1)), 1.0)
 
 
 def test_search_phase_and_its_share_of_training_windows_by_hand():

@@ -128,6 +128,12 @@ def test_layout_widths_and_validation():
         TokenLayout((Kind.STATE,), 4, 2, False, n)
 
 
+def _step_fields() -> dict[str, np.ndarray]:
+    """Two STEP tokens' raw fields: a history's first step, then one after action 3."""
+    return dict(obs=np.array([[1.0, 2.0, 3.0], [3.0, 2.0, 3.0]]), prev_action=np.array([-1, 3]),
+                prev_reward=np.array([0.0, 1.0]), new_episode=np.array([1.0, 0.0]))
+
+
 def test_encode_token_hand_computed():
     n = _norm()
     at = at_layout(3, 4, True, n)
@@ -143,13 +149,7 @@ def test_encode_token_hand_computed():
         [[1.5, 1.0, 0, 0]],
     )
     ad = ad_layout(3, 4, True, n)
-    step = ad.encode_token(
-        Kind.STEP,
-        obs=np.array([[1.0, 2.0, 3.0], [3.0, 2.0, 3.0]]),
-        prev_action=np.array([-1, 3]),
-        prev_reward=np.array([0.0, 1.0]),
-        new_episode=np.array([1.0, 0.0]),
-    )
+    step = ad.encode_token(Kind.STEP, **_step_fields())
     np.testing.assert_allclose(step, [[0, 0, 0, 0, 0, 0, 0, 0, 1], [1, 0, 0, 0, 0, 0, 1, 0.5, 0]])
     cont = dt_layout(3, 2, False, n)
     np.testing.assert_allclose(
@@ -171,15 +171,9 @@ def test_step_prev_obs_hand_computed_and_validated():
     assert ad.feature_dim == 3 + 4 + 1 + 1 + 3
     assert ad.required_fields() == ("obs", "prev_action", "prev_reward", "new_episode",
                                     "prev_obs", "has_prev")
-    step = ad.encode_token(
-        Kind.STEP,
-        obs=np.array([[1.0, 2.0, 3.0], [3.0, 2.0, 3.0]]),
-        prev_action=np.array([-1, 3]),
-        prev_reward=np.array([0.0, 1.0]),
-        new_episode=np.array([1.0, 0.0]),
-        prev_obs=np.array([[9.0, 9.0, 9.0], [3.0, 6.0, 3.5]]),
-        has_prev=np.array([0.0, 1.0]),
-    )
+    step = ad.encode_token(Kind.STEP, **_step_fields(),
+                           prev_obs=np.array([[9.0, 9.0, 9.0], [3.0, 6.0, 3.5]]),
+                           has_prev=np.array([0.0, 1.0]))
     np.testing.assert_allclose(step, [[0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0],
                                       [1, 0, 0, 0, 0, 0, 1, 0.5, 0, 1, 1, 1]])
     # Without the new-episode flag the previous observation follows the reward.

@@ -530,6 +530,19 @@ def test_determinism_hosts_and_resume(which):
     bad = cls(store, type(cfg)(**{**cfg.__dict__, "seed": 5}), norm=ID)
     with pytest.raises(ValueError, match="saved config .* differs"):
         bad.load_state_dict(state)
+    # A state saved before an option existed (the option at its default) still resumes;
+    # one whose option is on does not match a state without it.
+    field = ("step_prev_obs" if hasattr(cfg, "step_prev_obs") else
+             next(f.name for f in dataclasses.fields(cfg)
+                  if f.default is not dataclasses.MISSING and getattr(cfg, f.name) == f.default))
+    older = {**state, "config": {k: v for k, v in state["config"].items() if k != field}}
+    again = cls(store, cfg, norm=ID)
+    again.load_state_dict(older)
+    assert_batches_equal(again.next_batch(), ahead)
+    if hasattr(cfg, "step_prev_obs"):
+        on = cls(store, type(cfg)(**{**cfg.__dict__, "step_prev_obs": True}), norm=ID)
+        with pytest.raises(ValueError, match="saved config .* differs"):
+            on.load_state_dict(older)
 
     # Prefetching yields the same batches and its state counts only what was consumed.
     fresh = cls(store, cfg, norm=ID)

@@ -224,10 +224,20 @@ class Sampler:
                 f"load_state_dict: format is {state.get('format')!r}, expected {STATE_FORMAT!r}"
             )
         mine = self.state_dict()
+        saved = dict(state)
+        if isinstance(saved.get("config"), dict):
+            # An option added after the state was saved, left at its default, is the stream
+            # the state describes.
+            defaults = {f.name: f.default for f in dataclasses.fields(self.config)
+                        if f.default is not dataclasses.MISSING}
+            added = {k: v for k, v in mine["config"].items()
+                     if k not in saved["config"] and k in defaults
+                     and jsonable(defaults[k]) == v}
+            saved["config"] = {**saved["config"], **added}
         for key in ("sampler", "config", "store"):
-            if state.get(key) != mine[key]:
+            if saved.get(key) != mine[key]:
                 raise ValueError(
-                    f"load_state_dict: saved {key} {state.get(key)!r} differs from this sampler's "
+                    f"load_state_dict: saved {key} {saved.get(key)!r} differs from this sampler's "
                     f"{mine[key]!r}; resuming would give a different stream"
                 )
         step = state.get("step")

@@ -387,6 +387,14 @@ def source_histories(cfg: ScalingConfig, learner: str, tasks: list[int], seed: i
                              noise=NoiseSchedule(start=p, end=p) if p else None)
 
 
+def source_returns(cfg: ScalingConfig, learner: str, tasks: list[int], seed: int) -> np.ndarray:
+    """``[tasks, eval_episodes]`` returns of one ``learner`` history per held-out task (the
+    sources' own in-context curve, beside a model's evaluation)."""
+    store = cfg.replace(history_episodes=cfg.eval_episodes)
+    hist = source_histories(store, learner, tasks, seed=seed)
+    return hist.episode_returns.reshape(len(tasks), cfg.eval_episodes)
+
+
 def ad_data(cfg: ScalingConfig, tasks: list[int]):
     """Learning histories of the sources, ``cfg.histories`` split evenly between them; with
     ``cfg.solved_weight`` != 1 the episode extra ``loss_weight``: 1 on search episodes
@@ -767,10 +775,8 @@ def baselines(cfg: ScalingConfig, workdir: Path) -> dict[str, Any]:
     tasks, optimal = heldout_tasks(cfg), optimal_returns(cfg)
     out = {}
     for i, learner in enumerate(cfg.learners):
-        store = cfg.replace(history_episodes=cfg.eval_episodes)
-        hist = source_histories(store, learner, tasks, seed=cfg.seed + 1000 + i)
-        out[learner] = return_summary(
-            hist.episode_returns.reshape(len(tasks), cfg.eval_episodes), optimal)
+        out[learner] = return_summary(source_returns(cfg, learner, tasks, cfg.seed + 1000 + i),
+                                      optimal)
     trials = min(cfg.eval_episodes, RANDOM_EPISODES)
     report = grid_evaluate(cfg, None, workdir / "baseline_random", trials)
     out["random"] = return_summary(report_returns(report, tasks, trials), optimal)

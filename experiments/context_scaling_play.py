@@ -143,13 +143,7 @@ def baselines(folder: Path, seed: int = 0) -> list[dict[str, Any]]:
     tasks = cs.heldout_tasks(cfg)
     out = []
     for i, learner in enumerate(cfg.learners):
-        store = cs.source_histories(cfg.replace(history_episodes=cfg.eval_episodes), learner,
-                                    tasks, seed=seed + 5000 + 101 * i)
-        x = store.episode_extras
-        order = np.lexsort((np.asarray(x["episode_in_history"]).reshape(-1),
-                            np.asarray(x["history_id"]).reshape(-1)))
-        returns = np.asarray(store.episode_returns, np.float64)[order].reshape(
-            len(tasks), cfg.eval_episodes)
+        returns = cs.source_returns(cfg, learner, tasks, seed + 5000 + 101 * i)
         out.append({"name": learner, "kind": "source", **split(returns),
                     "stages": stages(cfg.env, returns)})
     random_report = folder / "baseline_random" / "report.json"

@@ -61,6 +61,8 @@ from typing import Any, Literal  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from envs.learners.history import SHADOWS  # noqa: E402
+
 RESULTS = "context_scaling"
 BANDIT_ENVS = ("bandit-hard", "bandit-gauss")
 GRID_ENVS = ("darkroom-hard", "keydoor")
@@ -82,7 +84,7 @@ DAGGER_DATA_FIELDS = ("env", "learners", "histories", "history_episodes", "sourc
                       "seed")
 """What the sources' histories of a DAgger round's data depend on, which the next round
 must share (:func:`dagger_run`)."""
-SHADOW_LEARNERS = ("posterior", "optimistic", "noisy_oracle")
+SHADOW_LEARNERS = ("posterior", "optimistic", "noisy_oracle", *SHADOWS)
 """Grids: the sources that can label a DAgger step's rollouts
 (:attr:`ScalingConfig.dagger_learners`)."""
 RANDOM_EPISODES = 16
@@ -1290,8 +1292,10 @@ def run(cfg: ScalingConfig, agents_: list[str], seeds: int, workdir: Path, out: 
             t0 = time.perf_counter()
             store = plan.data(cfg, tasks)
             store.save(data_dir, overwrite=True)
+            hist = store.episode_extras.get("history_id")
+            n_hist = len(np.unique(hist)) if hist is not None else cfg.histories
             log(f"{agent}: {store.num_episodes} episodes ({store.num_steps} steps) in "
-                f"{cfg.histories} histories on {len(tasks)} training tasks "
+                f"{n_hist} histories on {len(tasks)} training tasks "
                 f"({time.perf_counter() - t0:.1f} s)")
         for w in cfg.windows:
             if w in (cfg.windows if cfg.memory_windows is None else cfg.memory_windows):

@@ -24,10 +24,11 @@ from rl_ring.eval import RandomPolicy
 STEP = {0: (0, 0), 1: (0, 1), 2: (0, -1), 3: (-1, 0), 4: (1, 0)}
 
 
+@pytest.mark.parametrize("learners", [("posterior", "optimistic"),
+                                      ("posterior-aligned", "optimistic-aligned")])
 @pytest.mark.parametrize("env_id", ["keydoor", "darkroom-hard"])
-def test_labels_are_the_sources_actions_on_the_policys_transitions(env_id):
+def test_labels_are_the_sources_actions_on_the_policys_transitions(env_id, learners):
     tasks = envs.task_split(env_id, "train")[:5]
-    learners = ("posterior", "optimistic")
     store = labelled_rollouts(RandomPolicy(gym.spaces.Discrete(5)), env_id, tasks, learners,
                               episodes=3, seed=4, rows=2)  # 3 batches of rows
     x = store.episode_extras

@@ -177,6 +177,51 @@ def test_posterior_sampling_keydoor_finds_key_then_door():
     np.testing.assert_array_equal(lengths[k + 1:], 6 + 10)  # centre -> key -> door
 
 
+@pytest.mark.parametrize("name", ["posterior-aligned", "optimistic-aligned"])
+def test_aligned_shadow_reaims_where_the_agents_move_heads(name):
+    size = 17
+    learner = make_learner(name, 5, 4, seed=2, env_id="darkroom-hard")
+    here = np.array([8.0, 8.0], np.float32)
+    learner.act(here)
+    target = learner.target
+    # A move towards the target keeps it; so does a move that stays put (a wall, no-op).
+    toward = gw.move((8, 8), step_towards((8, 8), target, np.random.default_rng(0)), size)
+    nxt = np.array(toward, np.float32)
+    learner.update(here, 1, 0.0, nxt, False, False)
+    assert learner.target == target
+    learner.update(nxt, 0, 0.0, nxt, False, False)
+    assert learner.target == target
+    # A move away: re-aimed at a cell not ruled out that the move brought closer.
+    was = toward
+    away = next(a for a in (1, 2, 3, 4)
+                if gw.manhattan(gw.move(was, a, size), target) > gw.manhattan(was, target))
+    pos = gw.move(was, away, size)
+    learner.update(np.array(was, np.float32), away, 0.0, np.array(pos, np.float32), False, False)
+    new = learner.target
+    assert new != target and gw.manhattan(pos, new) < gw.manhattan(was, new)
+    ruled_out = {(8, 8), was, pos}
+    assert new not in ruled_out
+    if name == "optimistic-aligned":  # the nearest of those cells
+        pool = [gw.cell_xy(c, size) for c in range(size * size)]
+        pool = [c for c in pool if c not in ruled_out
+                and gw.manhattan(pos, c) < gw.manhattan(was, c)]
+        assert gw.manhattan(pos, new) == min(gw.manhattan(pos, c) for c in pool)
+    # Its next label continues the walk.
+    learner.act(np.array(pos, np.float32))
+    assert gw.manhattan(gw.move(pos, learner.intended, size), new) < gw.manhattan(pos, new)
+
+
+@pytest.mark.parametrize("plain", ["posterior", "optimistic"])
+def test_aligned_shadow_acting_alone_plays_as_the_plain_learner(plain):
+    tasks = envs.task_split("darkroom-hard", "train")[:3]
+    a = collect_histories("darkroom-hard", plain, tasks=tasks, episodes_per_history=30,
+                          histories=3, seed=1)
+    b = collect_histories("darkroom-hard", f"{plain}-aligned", tasks=tasks,
+                          episodes_per_history=30, histories=3, seed=1)
+    np.testing.assert_array_equal(np.asarray(a.actions), np.asarray(b.actions))
+    assert a.episode_returns.sum() > 0
+
+
 def test_make_learner_errors_name_what_is_missing():
     with pytest.raises(ValueError, match="needs env_id"):
         make_learner("posterior", 5, 10, 0)

@@ -18,6 +18,14 @@ Q-learner of :mod:`envs.learners.qlearning`:
 * ``PosteriorSampling(nearest=True)`` ("optimistic"): the same learner, but it walks to the
   nearest cell not ruled out (ties drawn at random), as an optimistic model-based learner
   (R-max with the room's dynamics known) would: a systematic sweep instead of random targets.
+* ``PosteriorSampling(aligned=True)`` ("posterior-aligned", "optimistic-aligned"): a
+  *shadow* for DAgger labels (:mod:`envs.learners.dagger`), where another policy acts and
+  the learner only observes. Its target is its own hidden draw, which the acting policy's
+  moves do not reveal, so its labels point at cells no context can tell; the aligned
+  learner re-aims after every move that did not bring the agent closer to its target, at a
+  cell not ruled out that the move did bring it closer to (drawn as its rule draws: any
+  such cell, or the nearest), so its labels continue the walk the context shows. Acting
+  alone without noise it never re-aims, and plays as the plain learner does.
 
 Both follow the learner protocol of :mod:`envs.learners.history` (``act``, ``update``,
 ``end_episode``, ``epsilon``), and after each ``act`` say in ``intended`` which action they
@@ -162,6 +170,9 @@ class PosteriorSampling(_Noisy):
         seed: seed of the target draws and of the noise stream.
         noise: optional random-action probability per episode (default: none).
         nearest: walk to the nearest cell not ruled out instead of a uniformly drawn one.
+        aligned: after a move that did not bring the agent closer to the target, re-aim
+            at a cell not ruled out that it did bring the agent closer to (see the module
+            docstring; for labelling another policy's moves).
     """
 
     def __init__(
@@ -173,9 +184,11 @@ class PosteriorSampling(_Noisy):
         noise: NoiseSchedule | None = None,
         *,
         nearest: bool = False,
+        aligned: bool = False,
     ) -> None:
         _check_env(env_id, "PosteriorSampling")
         self.nearest = nearest
+        self.aligned = aligned
         super().__init__(episodes, noise or NoiseSchedule(start=0.0, end=0.0), seed)
         self.env_id = env_id
         self.num_actions = num_actions
@@ -189,10 +202,15 @@ class PosteriorSampling(_Noisy):
     def _stage(self, obs: np.ndarray) -> int:
         return int(self.env_id == "keydoor" and obs[2] > 0.5)
 
-    def _draw(self, stage: int, pos: tuple[int, int]) -> tuple[int, int] | None:
+    def _draw(self, stage: int, pos: tuple[int, int],
+              came_from: tuple[int, int] | None = None) -> tuple[int, int] | None:
+        """The next target: the found cell, else a cell not ruled out (with ``came_from``
+        only the cells the move ``came_from`` -> ``pos`` brought closer; None if none)."""
         if self.found[stage] is not None:
             return self.found[stage]
         pool = [gw.cell_xy(c, self.size) for c in sorted(self.candidates[stage])]
+        if came_from is not None:
+            pool = [c for c in pool if gw.manhattan(pos, c) < gw.manhattan(came_from, c)]
         if self.nearest and pool:
             dist = np.array([gw.manhattan(pos, c) for c in pool])
             pool = [c for c, d in zip(pool, dist, strict=True) if d == dist.min()]
@@ -223,11 +241,13 @@ class PosteriorSampling(_Noisy):
         del action, truncated
         if self.env_id == "darkroom":
             self._learn(0, obs, reward > 0)
+            self._align(obs, next_obs)
             return
         if self.env_id == "darkroom-hard":
             # Rewarded on arrival, and only the first time in an episode: a cell arrived on
             # without reward is ruled out unless it is the goal already found.
             self._learn(0, next_obs, reward > 0)
+            self._align(obs, next_obs)
             return
         # Key-to-Door: the reward belongs to the cell arrived on; the key is the first
         # reward, the door the reward that ends the episode while the key is held.
@@ -236,6 +256,21 @@ class PosteriorSampling(_Noisy):
         self._learn(stage, next_obs, got_key if stage == 0 else bool(terminated and reward > 0))
         if got_key:
             self.target = None
+        elif not terminated:
+            self._align(obs, next_obs)
+
+    def _align(self, obs: np.ndarray, next_obs: np.ndarray) -> None:
+        """The aligned learner's re-aim after a move away from (or not towards) its target
+        while it searches; a move that stayed put (no-op, wall) says nothing and keeps it."""
+        stage = self._stage(next_obs)
+        if not self.aligned or self.target is None or self.found[stage] is not None:
+            return
+        was, pos = (int(obs[0]), int(obs[1])), (int(next_obs[0]), int(next_obs[1]))
+        if pos == was or gw.manhattan(pos, self.target) < gw.manhattan(was, self.target):
+            return
+        target = self._draw(stage, pos, came_from=was)
+        if target is not None:
+            self.target = target
 
     def _learn(self, stage: int, obs: np.ndarray, rewarded: bool) -> None:
         cell = (int(obs[0]), int(obs[1]))

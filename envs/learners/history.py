@@ -23,6 +23,10 @@ from envs.registry import make, space_dict, task_split
 from rl_ring.data import EpisodeStore
 
 LEARNERS = ("qlearning", "ucb", "thompson", "noisy_oracle", "posterior", "optimistic")
+SHADOWS = ("posterior-aligned", "optimistic-aligned")
+"""Grid learners that only label another policy's moves (DAgger's shadows,
+:mod:`envs.learners.dagger`): :class:`envs.learners.grid.PosteriorSampling` with
+``aligned=True``."""
 
 
 class Learner(Protocol):
@@ -46,9 +50,9 @@ def make_learner(
     task: int | None = None,
     noise: NoiseSchedule | None = None,
 ) -> Learner:
-    """A fresh source learner by name (see :data:`LEARNERS`).
+    """A fresh source learner by name (see :data:`LEARNERS`; or a shadow, :data:`SHADOWS`).
 
-    ``noisy_oracle``, ``posterior`` and ``optimistic`` (:mod:`envs.learners.grid`) need
+    ``noisy_oracle``, ``posterior``, ``optimistic`` and the shadows (:mod:`envs.learners.grid`) need
     ``env_id``; the oracle also the ``task``. ``noise`` is their random-action schedule
     (default: the oracle's 1 -> 0 over half the history, none for the other two).
     """
@@ -58,16 +62,17 @@ def make_learner(
         # The family's reward distribution picks Beta-Bernoulli or Gaussian Thompson sampling.
         params = _bandit_params(env_id, num_actions)
         return learner_for(name, num_actions, seed, params)
-    if name in ("noisy_oracle", "posterior", "optimistic") and env_id is None:
+    if name in ("noisy_oracle", "posterior", "optimistic", *SHADOWS) and env_id is None:
         raise ValueError(f"learner {name!r} needs env_id")
     if name == "noisy_oracle":
         if task is None:
             raise ValueError("learner 'noisy_oracle' knows its task: pass task=")
         return NoisyOracle(env_id, task, num_actions, episodes, seed, noise)
-    if name in ("posterior", "optimistic"):
+    if name in ("posterior", "optimistic", *SHADOWS):
         return PosteriorSampling(env_id, num_actions, episodes, seed, noise,
-                                 nearest=name == "optimistic")
-    raise ValueError(f"unknown learner {name!r}; expected one of {LEARNERS}")
+                                 nearest=name.startswith("optimistic"),
+                                 aligned=name in SHADOWS)
+    raise ValueError(f"unknown learner {name!r}; expected one of {LEARNERS + SHADOWS}")
 
 
 def _bandit_params(env_id: str | None, num_actions: int):

@@ -197,6 +197,9 @@ class ScalingConfig:
     """The shadow sources that label the rollouts, history ``h`` by the ``h % n``-th (empty:
     ``learners``, the sources of the data). The model's tokens do not say which shadow
     labels a history, so with several its targets are their mixture."""
+    dagger_memory: int = 0
+    """Episodes the shadows remember, the current one included (0: the whole history): with
+    the model's window, targets a context of that many episodes can explain."""
     memory_batch: int = 16
     """Batch of the training step compiled for the memory table."""
     memory_windows: tuple[int, ...] | None = None
@@ -261,6 +264,9 @@ class ScalingConfig:
         if self.dagger_learners and not self.dagger_from:
             raise ValueError(f"--dagger-learners {' '.join(self.dagger_learners)}: the shadow "
                              f"sources label a DAgger step's rollouts; give --dagger-from")
+        if self.dagger_memory < 0 or (self.dagger_memory and not self.dagger_from):
+            raise ValueError(f"--dagger-memory {self.dagger_memory}: expected episodes >= 0, "
+                             f"and a DAgger step (--dagger-from) whose shadows forget")
         bad = [x for x in self.dagger_learners if x not in SHADOW_LEARNERS]
         if bad:
             raise ValueError(f"--dagger-learners {' '.join(bad)}: expected grid sources, one "
@@ -479,11 +485,14 @@ def dagger_rollouts(cfg: ScalingConfig, tasks: list[int]):
     shadows = cfg.dagger_learners or cfg.learners
     store = labelled_rollouts(policy, cfg.env, rows, shadows,
                               episodes=cfg.dagger_episodes,
-                              seed=cfg.seed + 31 * dagger_round(cfg))
+                              seed=cfg.seed + 31 * dagger_round(cfg),
+                              memory=cfg.dagger_memory)
     meant = store.extras["intended_actions"] != np.asarray(store.actions)
     log(f"dagger: {src.name} played {len(rows)} histories of {cfg.dagger_episodes} episodes "
         f"({store.num_steps} steps, mean return {store.episode_returns.mean():.3f}; the "
-        f"shadows ({'+'.join(shadows)}) would have acted otherwise at {meant.mean():.1%} of "
+        f"shadows ({'+'.join(shadows)}"
+        f"{f', remembering {cfg.dagger_memory} episodes' if cfg.dagger_memory else ''}) "
+        f"would have acted otherwise at {meant.mean():.1%} of "
         f"the steps) in "
         f"{time.perf_counter() - t0:.0f} s")
     return store
@@ -584,7 +593,8 @@ def config_suffix(cfg: ScalingConfig, base: ScalingConfig) -> str:
     intended actions), ``-prevobs`` (AD's STEP tokens with the previous observation),
     ``-dagger<W>[r<K>]`` (DAgger round K from that window's model) and
     ``-dh<H>x<E>`` (its rollouts, if not as configured) and ``-dl<L>[+<L>]`` (its shadow
-    sources, if not the data's) for each that differs ("" as configured).
+    sources, if not the data's) and ``-dm<M>`` (the shadows' memory in episodes) for each
+    that differs ("" as configured).
     Other trainings are other models: their runs live apart, so a reduced or longer run
     never meets the finished runs of another."""
     parts = [f"-steps{cfg.steps}" if cfg.steps != base.steps else "",
@@ -610,7 +620,8 @@ def config_suffix(cfg: ScalingConfig, base: ScalingConfig) -> str:
              if cfg.dagger_window and (cfg.dagger_histories, cfg.dagger_episodes)
              != (base.dagger_histories, base.dagger_episodes) else "",
              "-dl" + "+".join(cfg.dagger_learners)
-             if cfg.dagger_learners and cfg.dagger_learners != cfg.learners else ""]
+             if cfg.dagger_learners and cfg.dagger_learners != cfg.learners else "",
+             f"-dm{cfg.dagger_memory}" if cfg.dagger_memory else ""]
     return "".join(parts)
 
 
@@ -1411,6 +1422,10 @@ class Args:
     """The shadow sources labelling a DAgger step's rollouts, in turn (default: the data's
     sources); likewise ``-dl<L>[+<L>]``. One shadow makes the targets a function of the
     tokens; several, a mixture the model cannot tell apart."""
+    dagger_memory: int = 0
+    """Episodes the shadows remember, the current one included (0: the whole history;
+    likewise ``-dm<M>``): the model's window, so that no target rests on what its context
+    cannot show."""
     finished_only: bool = False
     """Train nothing: summarise the runs of the grid that have finished (a configuration
     keeps the seeds it has; an error when none has)."""
@@ -1466,6 +1481,7 @@ def main(argv: list[str] | None = None) -> int:
                           dagger_histories=args.dagger_histories,
                           dagger_episodes=args.dagger_episodes,
                           dagger_learners=tuple(args.dagger_learners),
+                          dagger_memory=args.dagger_memory,
                           step_prev_obs=args.step_prev_obs)
         name, workdir = destinations(cfg, args)
 

@@ -24,13 +24,14 @@ from rl_ring.eval import RandomPolicy
 STEP = {0: (0, 0), 1: (0, 1), 2: (0, -1), 3: (-1, 0), 4: (1, 0)}
 
 
-@pytest.mark.parametrize("learners", [("posterior", "optimistic"),
-                                      ("posterior-aligned", "optimistic-aligned")])
+@pytest.mark.parametrize("learners,memory", [(("posterior", "optimistic"), 0),
+                                             (("posterior-aligned", "optimistic-aligned"), 0),
+                                             (("posterior", "optimistic-aligned"), 2)])
 @pytest.mark.parametrize("env_id", ["keydoor", "darkroom-hard"])
-def test_labels_are_the_sources_actions_on_the_policys_transitions(env_id, learners):
+def test_labels_are_the_sources_actions_on_the_policys_transitions(env_id, learners, memory):
     tasks = envs.task_split(env_id, "train")[:5]
     store = labelled_rollouts(RandomPolicy(gym.spaces.Discrete(5)), env_id, tasks, learners,
-                              episodes=3, seed=4, rows=2)  # 3 batches of rows
+                              episodes=3, seed=4, rows=2, memory=memory)  # 3 batches of rows
     x = store.episode_extras
     assert store.num_episodes == 15 and store.metadata["histories"] == 5
     np.testing.assert_array_equal(x["history_id"], np.repeat(np.arange(5), 3))
@@ -40,7 +41,7 @@ def test_labels_are_the_sources_actions_on_the_policys_transitions(env_id, learn
     assert 0.5 < (meant != took).mean() < 0.95  # random moves, the sources' own are not
     for h, task in enumerate(tasks):
         learner = make_learner(learners[h % 2], 5, 3, episode_seed(4, h, tag=2),
-                               env_id=env_id, task=task)
+                               env_id=env_id, task=task, memory=memory)
         env = envs.make(env_id, task=task, seed=0)
         for e in range(3):
             ep = store.episode(3 * h + e)

@@ -222,6 +222,38 @@ def test_aligned_shadow_acting_alone_plays_as_the_plain_learner(plain):
     assert a.episode_returns.sum() > 0
 
 
+def test_posterior_sampling_with_a_memory_forgets_older_episodes():
+    size, goal = 17, (3, 5)
+    here = np.array([8.0, 8.0], np.float32)
+
+    def arrive(learner, cell, reward):
+        learner.update(here, 1, reward, np.array(cell, np.float32), False, False)
+
+    short, whole = (make_learner("optimistic", 5, 10, seed=0, env_id="darkroom-hard",
+                                 memory=m) for m in (2, 0))
+    for learner in (short, whole):
+        arrive(learner, (8, 9), 0.0)          # episode 0: (8, 9) ruled out
+        learner.end_episode()
+        arrive(learner, goal, 1.0)            # episode 1: the goal found...
+        arrive(learner, goal, 0.0)            # ...and arrived on again without reward
+        arrive(learner, (8, 7), 0.0)          # (8, 7) ruled out
+        learner.end_episode()                 # episode 2 remembers episodes 1-2
+    cell = lambda xy: gw.cell_id(*xy, size)  # noqa: E731
+    assert short.found[0] == whole.found[0] == goal
+    assert cell((8, 9)) in short.candidates[0] and cell((8, 9)) not in whole.candidates[0]
+    assert cell((8, 7)) not in short.candidates[0]
+    short.end_episode()                       # episode 3 remembers 2-3: the goal is forgotten
+    whole.end_episode()
+    assert short.found[0] is None and whole.found[0] == goal
+    # forgotten, but never ruled out: the goal cell is a candidate again, (8, 7) too
+    assert {cell(goal), cell((8, 7)), cell((8, 9))} <= short.candidates[0]
+    assert len(short.candidates[0]) == size * size - 1
+    short.act(here)
+    assert gw.manhattan((8, 8), short.target) == 1  # the nearest cells, none ruled out
+    with pytest.raises(ValueError, match="memory=3 is for posterior sampling"):
+        make_learner("noisy_oracle", 5, 10, seed=0, env_id="darkroom-hard", task=1, memory=3)
+
+
 def test_make_learner_errors_name_what_is_missing():
     with pytest.raises(ValueError, match="needs env_id"):
         make_learner("posterior", 5, 10, 0)

@@ -41,6 +41,7 @@ def labelled_rollouts(
     seed: int = 0,
     rows: int = 256,
     progress: Callable[[int], None] | None = None,
+    memory: int = 0,
 ) -> EpisodeStore:
     """``policy``'s learning histories on ``tasks``, labelled by shadow source learners.
 
@@ -56,6 +57,8 @@ def labelled_rollouts(
             the shadow learners.
         rows: histories played side by side.
         progress: called with the number of episodes just finished.
+        memory: the shadows remember only the last ``memory`` episodes, the current one
+            included (0: the whole history; :class:`envs.learners.grid.PosteriorSampling`).
 
     Returns:
         An EpisodeStore of the policy's episodes, history after history, with the per-step
@@ -74,12 +77,13 @@ def labelled_rollouts(
     histories: list[list[dict[str, np.ndarray]]] = []
     for lo in range(0, len(tasks), rows):
         histories += _play(policy, env_id, tasks, range(lo, min(len(tasks), lo + rows)),
-                           learners, episodes, seed, progress)
+                           learners, episodes, seed, progress, memory)
     eps = [ep for hist in histories for ep in hist]
     n = len(tasks)
     env = make(env_id)
     try:
         meta = {"env_id": env_id, "policy": "rollouts+" + "+".join(learners), "seed": seed,
+                "shadow_memory": memory,
                 "action_space": space_dict(env.action_space),
                 "observation_space": space_dict(env.observation_space),
                 "episodes_per_history": episodes, "histories": n}
@@ -93,13 +97,15 @@ def labelled_rollouts(
 
 
 def _play(policy: Policy, env_id: str, tasks: list[int], hs: range, learners: Sequence[str],
-          episodes: int, seed: int, progress) -> list[list[dict[str, np.ndarray]]]:
+          episodes: int, seed: int, progress,
+          memory: int = 0) -> list[list[dict[str, np.ndarray]]]:
     """Histories ``hs`` side by side: one row each, ``episodes`` episodes in one context."""
     envs = [make(env_id, task=tasks[h], seed=env_seed(seed, h)) for h in hs]
     n = len(envs)
     num_actions = int(envs[0].action_space.n)
     shadows = [make_learner(learners[h % len(learners)], num_actions, episodes,
-                            episode_seed(seed, h, tag=2), env_id=env_id, task=tasks[h])
+                            episode_seed(seed, h, tag=2), env_id=env_id, task=tasks[h],
+                            memory=memory)
                for h in hs]
     policy.reset(n, seeds=[policy_seed(seed, h) for h in hs])
     out: list[list[dict[str, np.ndarray]]] = [[] for _ in range(n)]

@@ -26,6 +26,12 @@ Q-learner of :mod:`envs.learners.qlearning`:
   cell not ruled out that the move did bring it closer to (drawn as its rule draws: any
   such cell, or the nearest), so its labels continue the walk the context shows. Acting
   alone without noise it never re-aims, and plays as the plain learner does.
+* ``PosteriorSampling(memory=M)``: a shadow that remembers only the last ``M`` episodes (the
+  current one included): cells it ruled out and goals it found in older episodes are
+  forgotten. A model whose context holds ``W`` episodes cannot see what happened before
+  them; a shadow with the whole history labels states with knowledge no window shows (a
+  goal found 40 episodes ago, cells swept 100 episodes ago), targets the model can only
+  average. With ``M = W`` the labels are what a searcher that sees the window would do.
 
 Both follow the learner protocol of :mod:`envs.learners.history` (``act``, ``update``,
 ``end_episode``, ``epsilon``), and after each ``act`` say in ``intended`` which action they
@@ -173,6 +179,9 @@ class PosteriorSampling(_Noisy):
         aligned: after a move that did not bring the agent closer to the target, re-aim
             at a cell not ruled out that it did bring the agent closer to (see the module
             docstring; for labelling another policy's moves).
+
+        memory: remember only the last ``memory`` episodes, the current one included (0:
+            the whole history; see the module docstring).
     """
 
     def __init__(
@@ -185,10 +194,15 @@ class PosteriorSampling(_Noisy):
         *,
         nearest: bool = False,
         aligned: bool = False,
+        memory: int = 0,
     ) -> None:
         _check_env(env_id, "PosteriorSampling")
+        if memory < 0:
+            raise ValueError(f"PosteriorSampling: memory={memory}: expected episodes >= 0 "
+                             f"(0: the whole history)")
         self.nearest = nearest
         self.aligned = aligned
+        self.memory = memory
         super().__init__(episodes, noise or NoiseSchedule(start=0.0, end=0.0), seed)
         self.env_id = env_id
         self.num_actions = num_actions
@@ -198,6 +212,11 @@ class PosteriorSampling(_Noisy):
         self.candidates = [set(cells), set(cells)]
         self.found: list[tuple[int, int] | None] = [None, None]
         self.target: tuple[int, int] | None = None
+        # With a memory: the last episode each cell was ruled out, and when each found cell
+        # last gave its reward.
+        self._ruled_at = [np.full(self.size * self.size, -1, np.int64) for _ in range(2)]
+        self._found_cell: list[tuple[int, int] | None] = [None, None]
+        self._found_at = [-1, -1]
 
     def _stage(self, obs: np.ndarray) -> int:
         return int(self.env_id == "keydoor" and obs[2] > 0.5)
@@ -275,13 +294,23 @@ class PosteriorSampling(_Noisy):
     def _learn(self, stage: int, obs: np.ndarray, rewarded: bool) -> None:
         cell = (int(obs[0]), int(obs[1]))
         if rewarded:
-            self.found[stage] = cell
+            self.found[stage] = self._found_cell[stage] = cell
+            self._found_at[stage] = self.episode
         else:
             self.candidates[stage].discard(gw.cell_id(*cell, self.size))
+            if cell != self._found_cell[stage]:
+                self._ruled_at[stage][gw.cell_id(*cell, self.size)] = self.episode
 
     def end_episode(self) -> None:
         self.episode += 1
         self.target = None
+        if self.memory:
+            oldest = self.episode - self.memory + 1  # the oldest episode still remembered
+            for stage in (0, 1):
+                self.candidates[stage] = {c for c in goal_ids(self.size)
+                                          if self._ruled_at[stage][c] < oldest}
+                self.found[stage] = (self._found_cell[stage]
+                                     if self._found_at[stage] >= oldest else None)
 
 
 def step_towards(pos: tuple[int, int], target: tuple[int, int], rng: np.random.Generator) -> int:

@@ -49,13 +49,18 @@ def make_learner(
     env_id: str | None = None,
     task: int | None = None,
     noise: NoiseSchedule | None = None,
+    memory: int = 0,
 ) -> Learner:
     """A fresh source learner by name (see :data:`LEARNERS`; or a shadow, :data:`SHADOWS`).
 
     ``noisy_oracle``, ``posterior``, ``optimistic`` and the shadows (:mod:`envs.learners.grid`) need
     ``env_id``; the oracle also the ``task``. ``noise`` is their random-action schedule
     (default: the oracle's 1 -> 0 over half the history, none for the other two).
+    ``memory`` (episodes, 0: all): posterior sampling that forgets older episodes.
     """
+    if memory and name not in ("posterior", "optimistic", *SHADOWS):
+        raise ValueError(f"learner {name!r}: memory={memory} is for posterior sampling "
+                         f"(posterior, optimistic and their aligned shadows)")
     if name == "qlearning":
         return QLearner(num_actions, episodes, qlearning or QLearningConfig(), seed)
     if name in ("ucb", "thompson"):
@@ -71,7 +76,7 @@ def make_learner(
     if name in ("posterior", "optimistic", *SHADOWS):
         return PosteriorSampling(env_id, num_actions, episodes, seed, noise,
                                  nearest=name.startswith("optimistic"),
-                                 aligned=name in SHADOWS)
+                                 aligned=name in SHADOWS, memory=memory)
     raise ValueError(f"unknown learner {name!r}; expected one of {LEARNERS + SHADOWS}")
 
 

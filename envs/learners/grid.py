@@ -179,7 +179,6 @@ class PosteriorSampling(_Noisy):
         aligned: after a move that did not bring the agent closer to the target, re-aim
             at a cell not ruled out that it did bring the agent closer to (see the module
             docstring; for labelling another policy's moves).
-
         memory: remember only the last ``memory`` episodes, the current one included (0:
             the whole history; see the module docstring).
     """

@@ -100,6 +100,12 @@ def test_dagger_step_end_to_end(tmp_path, capsys):
                                / "data-ad")
     assert second.num_episodes == store.num_episodes + 8
     np.testing.assert_array_equal(second.actions[:store.num_steps], store.actions)
+    # aligned, forgetting shadows: named in the run folder
+    step = cs.tiny_config("keydoor").replace(
+        dagger_from=str(first), dagger_window=2, dagger_memory=16,
+        dagger_learners=("posterior-aligned", "optimistic-aligned"))
+    assert cs.config_suffix(step, cs.tiny_config("keydoor")) == (
+        "-dagger2-dlposterior-aligned+optimistic-aligned-dm16")
     assert cs.dagger_round(cs.tiny_config("keydoor").replace(
         dagger_from="w/keydoor-dagger16r2", dagger_window=16)) == 3
     # a folder without that run, a renamed round, other sources' data: refused before
@@ -118,6 +124,9 @@ def test_dagger_step_end_to_end(tmp_path, capsys):
                          (["--dagger-from", str(first), "--dagger-window", "2",
                            "--dagger-episodes", "0"], "expected >= 1"),
                          (["--dagger-learners", "optimistic"], "give --dagger-from"),
+                         (["--dagger-memory", "4"], "--dagger-memory 4: expected episodes"),
+                         (["--dagger-from", str(first), "--dagger-window", "2",
+                           "--dagger-memory", "-1"], "--dagger-memory -1: expected"),
                          (["--dagger-from", str(first), "--dagger-window", "2",
                            "--dagger-learners", "ucb"], "--dagger-learners ucb: expected")):
         assert cs.main(base[:-4] + extra + ["--out", str(tmp_path / "o3"), "--workdir",

@@ -27,6 +27,8 @@ SHADOWS = ("posterior-aligned", "optimistic-aligned")
 """Grid learners that only label another policy's moves (DAgger's shadows,
 :mod:`envs.learners.dagger`): :class:`envs.learners.grid.PosteriorSampling` with
 ``aligned=True``."""
+POSTERIOR_LEARNERS = ("posterior", "optimistic", *SHADOWS)
+"""The names :class:`envs.learners.grid.PosteriorSampling` plays."""
 
 
 class Learner(Protocol):
@@ -53,12 +55,12 @@ def make_learner(
 ) -> Learner:
     """A fresh source learner by name (see :data:`LEARNERS`; or a shadow, :data:`SHADOWS`).
 
-    ``noisy_oracle``, ``posterior``, ``optimistic`` and the shadows (:mod:`envs.learners.grid`) need
+    ``noisy_oracle`` and :data:`POSTERIOR_LEARNERS` (:mod:`envs.learners.grid`) need
     ``env_id``; the oracle also the ``task``. ``noise`` is their random-action schedule
     (default: the oracle's 1 -> 0 over half the history, none for the other two).
     ``memory`` (episodes, 0: all): posterior sampling that forgets older episodes.
     """
-    if memory and name not in ("posterior", "optimistic", *SHADOWS):
+    if memory and name not in POSTERIOR_LEARNERS:
         raise ValueError(f"learner {name!r}: memory={memory} is for posterior sampling "
                          f"(posterior, optimistic and their aligned shadows)")
     if name == "qlearning":
@@ -67,13 +69,13 @@ def make_learner(
         # The family's reward distribution picks Beta-Bernoulli or Gaussian Thompson sampling.
         params = _bandit_params(env_id, num_actions)
         return learner_for(name, num_actions, seed, params)
-    if name in ("noisy_oracle", "posterior", "optimistic", *SHADOWS) and env_id is None:
+    if name in ("noisy_oracle", *POSTERIOR_LEARNERS) and env_id is None:
         raise ValueError(f"learner {name!r} needs env_id")
     if name == "noisy_oracle":
         if task is None:
             raise ValueError("learner 'noisy_oracle' knows its task: pass task=")
         return NoisyOracle(env_id, task, num_actions, episodes, seed, noise)
-    if name in ("posterior", "optimistic", *SHADOWS):
+    if name in POSTERIOR_LEARNERS:
         return PosteriorSampling(env_id, num_actions, episodes, seed, noise,
                                  nearest=name.startswith("optimistic"),
                                  aligned=name in SHADOWS, memory=memory)

@@ -158,9 +158,16 @@ class ContextPolicy:
         self.last_action[mask] = out[mask]
         return out
 
-    def observe(self, reward, terminated, truncated, env_mask) -> None:
-        """Outcome of the last action of the rows in ``env_mask``."""
+    def observe(self, reward, terminated, truncated, env_mask, *, actions=None) -> None:
+        """Outcome of the last action of the rows in ``env_mask``; ``actions``: the actions
+        they executed if not those :meth:`act` returned (the context records these)."""
         mask = np.asarray(env_mask, bool)
+        if actions is not None:
+            executed = np.asarray(actions, self.last_action.dtype)
+            if executed.shape != self.last_action.shape:
+                raise ValueError(f"{type(self).__name__}.observe: actions of shape "
+                                 f"{executed.shape}, expected {self.last_action.shape}")
+            self.last_action[mask] = executed[mask]
         ended = np.asarray(terminated, bool) | np.asarray(truncated, bool)
         self._append(self.encoder.after_action(self.last_action, reward, ended, mask), mask)
 

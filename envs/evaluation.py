@@ -132,8 +132,8 @@ class ScriptedPolicy:
             out[i] = self._rows[i](obs[i])
         return out
 
-    def observe(self, reward, terminated, truncated, env_mask) -> None:
-        del reward, terminated, truncated, env_mask
+    def observe(self, reward, terminated, truncated, env_mask, *, actions=None) -> None:
+        del reward, terminated, truncated, env_mask, actions
 
 
 def baseline_policy(policy: str, env_id: str | None = None, *,

@@ -200,6 +200,11 @@ class ScalingConfig:
     dagger_memory: int = 0
     """Episodes the shadows remember, the current one included (0: the whole history): with
     the model's window, targets a context of that many episodes can explain."""
+    dagger_withhold: int = 0
+    """Dark Room families: each rollout history's goal is withheld for its first ``W``
+    episodes, ``W`` uniform in ``[0, dagger_withhold]`` (its moves onto the goal replaced;
+    :func:`envs.learners.dagger.labelled_rollouts`), so the data hold long fruitless searches
+    and the shadows' labels after them. 0: never."""
     memory_batch: int = 16
     """Batch of the training step compiled for the memory table."""
     memory_windows: tuple[int, ...] | None = None
@@ -267,6 +272,11 @@ class ScalingConfig:
         if self.dagger_memory < 0 or (self.dagger_memory and not self.dagger_from):
             raise ValueError(f"--dagger-memory {self.dagger_memory}: expected episodes >= 0, "
                              f"and a DAgger step (--dagger-from) whose shadows forget")
+        if self.dagger_withhold < 0 or (self.dagger_withhold and not (
+                self.dagger_from and self.env.startswith("darkroom"))):
+            raise ValueError(f"--dagger-withhold {self.dagger_withhold}: expected episodes "
+                             f">= 0, and a DAgger step (--dagger-from) on a Dark Room family "
+                             f"(here {self.env}) when > 0")
         bad = [x for x in self.dagger_learners if x not in SHADOW_LEARNERS]
         if bad:
             raise ValueError(f"--dagger-learners {' '.join(bad)}: expected grid sources, one "
@@ -486,16 +496,32 @@ def dagger_rollouts(cfg: ScalingConfig, tasks: list[int]):
     store = labelled_rollouts(policy, cfg.env, rows, shadows,
                               episodes=cfg.dagger_episodes,
                               seed=cfg.seed + 31 * dagger_round(cfg),
-                              memory=cfg.dagger_memory)
+                              memory=cfg.dagger_memory, withhold=cfg.dagger_withhold)
     meant = store.extras["intended_actions"] != np.asarray(store.actions)
     log(f"dagger: {src.name} played {len(rows)} histories of {cfg.dagger_episodes} episodes "
         f"({store.num_steps} steps, mean return {store.episode_returns.mean():.3f}; the "
         f"shadows ({'+'.join(shadows)}"
         f"{f', remembering {cfg.dagger_memory} episodes' if cfg.dagger_memory else ''}) "
         f"would have acted otherwise at {meant.mean():.1%} of "
-        f"the steps) in "
+        f"the steps"
+        f"{withheld_summary(store) if cfg.dagger_withhold else ''}) in "
         f"{time.perf_counter() - t0:.0f} s")
     return store
+
+
+def withheld_summary(store) -> str:
+    """How the rollouts fared once their goal came back: the share of episodes withheld,
+    and of the histories it was withheld from, how many found it in the next episode and
+    how many by their end."""
+    x = store.episode_extras
+    held = np.asarray(x["goal_withheld"], bool)
+    hist, ret = np.asarray(x["history_id"]), store.episode_returns
+    late = [h for h in np.unique(hist) if held[hist == h].any()]
+    first = sum(ret[(hist == h) & ~held][:1].sum() > 0 for h in late)
+    ever = sum(ret[(hist == h) & ~held].sum() > 0 for h in late)
+    return (f"; goal withheld in {held.mean():.1%} of the episodes; of the {len(late)} "
+            f"histories it was withheld from, {first} found it in the next episode and "
+            f"{ever} by their end")
 
 
 def random_grid_data(cfg: ScalingConfig, tasks: list[int]):
@@ -545,7 +571,8 @@ def concat_stores(stores):
     extras = {k: np.concatenate([s.extras[k] for s in stores]) for k in stores[0].extras
               if all(k in s.extras for s in stores)}
     ep_extras = {k: np.concatenate([s.episode_extras[k] for s in stores])
-                 for k in stores[0].episode_extras if k != "history_id"}
+                 for k in stores[0].episode_extras
+                 if k != "history_id" and all(k in s.episode_extras for s in stores)}
     meta = dict(stores[0].metadata, policy="+".join(s.metadata["policy"] for s in stores),
                 histories=hist_offset)
     return EpisodeStore(**core, episode_starts=np.concatenate(starts), extras=extras,
@@ -593,8 +620,9 @@ def config_suffix(cfg: ScalingConfig, base: ScalingConfig) -> str:
     intended actions), ``-prevobs`` (AD's STEP tokens with the previous observation),
     ``-dagger<W>[r<K>]`` (DAgger round K from that window's model) and
     ``-dh<H>x<E>`` (its rollouts, if not as configured) and ``-dl<L>[+<L>]`` (its shadow
-    sources, if not the data's) and ``-dm<M>`` (the shadows' memory in episodes) for each
-    that differs ("" as configured).
+    sources, if not the data's) and ``-dm<M>`` (the shadows' memory in episodes) and
+    ``-dw<N>`` (goals withheld up to that many episodes) for each that differs ("" as
+    configured).
     Other trainings are other models: their runs live apart, so a reduced or longer run
     never meets the finished runs of another."""
     parts = [f"-steps{cfg.steps}" if cfg.steps != base.steps else "",
@@ -621,7 +649,8 @@ def config_suffix(cfg: ScalingConfig, base: ScalingConfig) -> str:
              != (base.dagger_histories, base.dagger_episodes) else "",
              "-dl" + "+".join(cfg.dagger_learners)
              if cfg.dagger_learners and cfg.dagger_learners != cfg.learners else "",
-             f"-dm{cfg.dagger_memory}" if cfg.dagger_memory else ""]
+             f"-dm{cfg.dagger_memory}" if cfg.dagger_memory else "",
+             f"-dw{cfg.dagger_withhold}" if cfg.dagger_withhold else ""]
     return "".join(parts)
 
 
@@ -1426,6 +1455,9 @@ class Args:
     """Episodes the shadows remember, the current one included (0: the whole history;
     likewise ``-dm<M>``): the model's window, so that no target rests on what its context
     cannot show."""
+    dagger_withhold: int = 0
+    """Dark Room: withhold each rollout history's goal for its first W episodes, W uniform
+    in [0, N] (likewise ``-dw<N>``): long fruitless searches, labelled by the shadows."""
     finished_only: bool = False
     """Train nothing: summarise the runs of the grid that have finished (a configuration
     keeps the seeds it has; an error when none has)."""
@@ -1482,6 +1514,7 @@ def main(argv: list[str] | None = None) -> int:
                           dagger_episodes=args.dagger_episodes,
                           dagger_learners=tuple(args.dagger_learners),
                           dagger_memory=args.dagger_memory,
+                          dagger_withhold=args.dagger_withhold,
                           step_prev_obs=args.step_prev_obs)
         name, workdir = destinations(cfg, args)
 

@@ -106,6 +106,9 @@ def test_dagger_step_end_to_end(tmp_path, capsys):
         dagger_learners=("posterior-aligned", "optimistic-aligned"))
     assert cs.config_suffix(step, cs.tiny_config("keydoor")) == (
         "-dagger2-dlposterior-aligned+optimistic-aligned-dm16")
+    held = cs.tiny_config("darkroom-hard").replace(dagger_from=str(first), dagger_window=2,
+                                                   dagger_withhold=64)
+    assert cs.config_suffix(held, cs.tiny_config("darkroom-hard")) == "-dagger2-dw64"
     assert cs.dagger_round(cs.tiny_config("keydoor").replace(
         dagger_from="w/keydoor-dagger16r2", dagger_window=16)) == 3
     # a folder without that run, a renamed round, other sources' data: refused before
@@ -128,7 +131,85 @@ def test_dagger_step_end_to_end(tmp_path, capsys):
                          (["--dagger-from", str(first), "--dagger-window", "2",
                            "--dagger-memory", "-1"], "--dagger-memory -1: expected"),
                          (["--dagger-from", str(first), "--dagger-window", "2",
-                           "--dagger-learners", "ucb"], "--dagger-learners ucb: expected")):
+                           "--dagger-learners", "ucb"], "--dagger-learners ucb: expected"),
+                         (["--dagger-from", str(first), "--dagger-window", "2",
+                           "--dagger-withhold", "8"], "on a Dark Room family (here keydoor)"),
+                         (["--dagger-withhold", "8"], "--dagger-withhold 8: expected")):
         assert cs.main(base[:-4] + extra + ["--out", str(tmp_path / "o3"), "--workdir",
                                             str(tmp_path / "w3")]) == 2
         assert match in capsys.readouterr().err
+
+
+class _GoalSeeker:
+    """Walks straight to each row's goal (told by the test); keeps the actions the driver
+    reports executing, as a context policy's context does."""
+
+    def __init__(self, goals):
+        self.goals, self.executed = goals, []
+
+    def reset(self, num_envs, *, seeds):
+        del seeds
+        self.n = num_envs
+
+    def begin_trial(self, env_mask):
+        self.episode = [[] for _ in range(self.n)]
+        self.executed.append(self.episode)
+
+    def act(self, obs, env_mask):
+        from envs.gridworld import step_towards
+
+        return np.array([step_towards((int(o[0]), int(o[1])), g) if m else 0
+                         for o, g, m in zip(obs, self.goals, env_mask, strict=True)])
+
+    def observe(self, reward, terminated, truncated, env_mask, *, actions=None):
+        del reward, terminated, truncated
+        assert actions is not None  # a driver that overrides moves says so
+        for i in np.flatnonzero(env_mask):
+            self.episode[i].append(int(actions[i]))
+
+
+def test_withheld_goal_stays_unfound_and_the_context_takes_the_executed_moves():
+    env_id, episodes = "darkroom-hard", 6
+    tasks = envs.task_split(env_id, "train")[:4]
+    goals = [(t % 17, t // 17) for t in tasks]
+    policy = _GoalSeeker(goals)
+    store = labelled_rollouts(policy, env_id, tasks, ["posterior-aligned"], episodes=episodes,
+                              seed=3, withhold=4)
+    x = store.episode_extras
+    held = np.asarray(x["goal_withheld"], bool).reshape(4, episodes)
+    drawn = [np.random.default_rng(episode_seed(3, h, tag=3)).integers(5) for h in range(4)]
+    np.testing.assert_array_equal(held.sum(1), drawn)  # W_h uniform in [0, 4], a prefix
+    assert (held[:, :-1] >= held[:, 1:]).all() and 0 < held.sum() < held.size
+    ret = store.episode_returns.reshape(4, episodes)
+    # the seeker finds its goal in every episode it is not withheld from, none other
+    np.testing.assert_array_equal(ret, np.where(held, 0.0, 1.0))
+    for h in range(4):
+        for e in range(episodes):
+            ep = store.episode(h * episodes + e)
+            cells = {tuple(np.rint(o).astype(int)) for o in ep["next_observations"]}
+            assert (goals[h] in cells) != held[h, e]
+            # the record and the policy's context hold the moves executed, not the ones meant
+            assert policy.executed[e][h] == ep["actions"].tolist()
+            if held[h, e]:
+                assert (ep["actions"] != ep["intended_actions"]).any()
+    # a fresh shadow fed the recorded (executed) moves gives the same labels, and never
+    # rules out a withheld goal
+    for h, task in enumerate(tasks):
+        shadow = make_learner("posterior-aligned", 5, episodes, episode_seed(3, h, tag=2),
+                              env_id=env_id, task=task)
+        for e in range(episodes):
+            ep = store.episode(h * episodes + e)
+            for t in range(len(ep["actions"])):
+                shadow.act(ep["observations"][t])
+                assert ep["intended_actions"][t] == shadow.intended
+                shadow.update(ep["observations"][t], int(ep["actions"][t]),
+                              float(ep["rewards"][t]), ep["next_observations"][t], False,
+                              bool(ep["timeouts"][t]))
+            shadow.end_episode()
+            if held[h, e]:
+                assert task in shadow.candidates[0]
+    for bad in ({"withhold": -1}, {"withhold": 2, "env_id": "keydoor"}):
+        kw = {"env_id": env_id, **bad}
+        with pytest.raises(ValueError, match="withhold="):
+            labelled_rollouts(policy, kw.pop("env_id"), tasks, ["posterior"], episodes=2, **kw)
+

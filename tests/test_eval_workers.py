@@ -57,8 +57,8 @@ class CountingPolicy:
             self.on_act(len(self.masks))
         return self.inner.act(obs, env_mask)
 
-    def observe(self, reward, terminated, truncated, env_mask):
-        self.inner.observe(reward, terminated, truncated, env_mask)
+    def observe(self, reward, terminated, truncated, env_mask, *, actions=None):
+        self.inner.observe(reward, terminated, truncated, env_mask, actions=actions)
 
 
 @pytest.mark.parametrize("mode", ["inprocess", "subprocess"])

@@ -53,9 +53,11 @@ def make_pair(name: str, discrete: bool, context_steps: int, **options):
 
 
 def drive(policies, *, steps: int, n: int = 3, episode_lengths=(4, 3, 5), seed: int = 5,
-          discrete: bool):
+          discrete: bool, override: bool = False):
     """Plays the policies side by side on the same random observations and outcomes;
-    row 1 idles at steps 2-3, row 2 from step 9 on. Returns every step's actions."""
+    row 1 idles at steps 2-3, row 2 from step 9 on. With ``override`` every other step's
+    executed actions are random ones, passed to ``observe(..., actions=)``. Returns every
+    step's actions."""
     rng = np.random.default_rng(seed)
     for p in policies:
         p.reset(n, seeds=list(range(n)))
@@ -69,8 +71,12 @@ def drive(policies, *, steps: int, n: int = 3, episode_lengths=(4, 3, 5), seed: 
         history.append((mask, actions))
         reward = rng.random(n).astype(np.float32)
         ended = (t_row + 1 == np.asarray(episode_lengths)) & mask
+        executed = None
+        if override and step % 2:
+            executed = (rng.integers(0, 3, n) if discrete
+                        else rng.uniform(-1, 1, (n, 2)).astype(np.float32))
         for p in policies:
-            p.observe(reward, ended, np.zeros(n, bool), mask)
+            p.observe(reward, ended, np.zeros(n, bool), mask, actions=executed)
             p.begin_trial(ended)
         t_row = np.where(mask, t_row + 1, t_row)
         t_row[ended] = 0
@@ -105,6 +111,29 @@ def test_cached_policy_acts_like_the_oracle(name, discrete):
     assert cached.decoder.compilations["decode"] <= 1
     assert cached.decoder.compilations["prefill"] <= len({refill_bucket(r, n)
                                                           for r in range(1, n + 1)})
+
+
+@pytest.mark.parametrize("name, discrete", [("ad", True), ("at", False)])
+def test_executed_actions_replace_the_sampled_ones_in_both_contexts(name, discrete):
+    # A driver that overrides moves (a withheld goal): the context records what was
+    # executed, in the oracle and the cache alike, and the later actions depend on it.
+    oracle, cached = make_pair(name, discrete, context_steps=5)
+    history = drive([oracle, cached], steps=10, discrete=discrete, override=True)
+    assert_same_actions(history, discrete)
+    plain, _ = make_pair(name, discrete, context_steps=5)
+    kept = drive([plain], steps=10, discrete=discrete)
+    late = [not np.array_equal(a[0], b[0]) for (_, a), (_, b) in zip(history, kept,
+                                                                       strict=True)]
+    assert not late[0] and not late[1] and any(late[2:])
+    oracle.act(np.zeros((3, 3), np.float32), np.ones(3, bool))
+    executed = (np.array([2, 0, 1]) if discrete
+                else np.array([[0.5, -0.5], [0.0, 0.1], [1.0, 1.0]], np.float32))
+    oracle.observe(np.zeros(3), np.zeros(3, bool), np.zeros(3, bool),
+                   np.array([True, False, True]), actions=executed)
+    np.testing.assert_array_equal(oracle.last_action[[0, 2]], executed[[0, 2]])
+    with pytest.raises(ValueError, match="actions of shape"):
+        oracle.observe(np.zeros(3), np.zeros(3, bool), np.zeros(3, bool), np.ones(3, bool),
+                       actions=executed[:2])
 
 
 def test_long_context_is_decoded_without_refills_and_one_compilation():

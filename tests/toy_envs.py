@@ -126,8 +126,10 @@ class ArmSearchPolicy:
         self.last = np.where(env_mask, self.next_arm, self.last)
         return self.last.copy()
 
-    def observe(self, reward, terminated, truncated, env_mask) -> None:
+    def observe(self, reward, terminated, truncated, env_mask, *, actions=None) -> None:
         del terminated, truncated
+        if actions is not None:
+            self.last = np.where(env_mask, actions, self.last)
         paid = env_mask & (np.asarray(reward) > 0)
         self.found |= paid
         self.next_arm = np.where(env_mask & ~self.found, self.last + 1, self.next_arm)

@@ -14,6 +14,16 @@ makes to a *shadow* learner of that row: the learner observes the policy's steps
 its own, and at each state records the action it would take (``intended_actions``). The
 tokens of a training window are the policy's own (its actions and rewards), the targets the
 shadow's actions (``HistoryOptions.label_key="intended_actions"``).
+
+A policy that finds most goals early leaves few histories that search long in vain, and a
+model with a long window then has nothing to learn what to do after many fruitless
+episodes from. With ``withhold`` (Dark Room), history ``h`` draws a number of episodes
+``W_h`` uniformly in ``[0, withhold]``; in its first ``W_h`` episodes every move of the
+policy onto the goal cell is replaced by a move drawn uniformly among those that do not
+reach it, so the goal stays unfound however the policy searches. The environment, the
+record and the policy's context (``Policy.observe(..., actions=)``) all take the executed
+move; the shadow observes it too, so it never rules the goal out and its labels go on
+pointing at the cells not yet searched, the goal among them.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from envs import gridworld as gw
 from envs.learners.history import make_learner
 from envs.recording import episode_seed
 from envs.registry import make, space_dict
@@ -42,6 +53,7 @@ def labelled_rollouts(
     rows: int = 256,
     progress: Callable[[int], None] | None = None,
     memory: int = 0,
+    withhold: int = 0,
 ) -> EpisodeStore:
     """``policy``'s learning histories on ``tasks``, labelled by shadow source learners.
 
@@ -59,31 +71,42 @@ def labelled_rollouts(
         progress: called with the number of episodes just finished.
         memory: the shadows remember only the last ``memory`` episodes, the current one
             included (0: the whole history; :class:`envs.learners.grid.PosteriorSampling`).
+        withhold: Dark Room families: the goal is withheld from history ``h`` for its first
+            ``W_h`` episodes, ``W_h`` uniform in ``[0, withhold]`` (module docstring; 0:
+            never). The policy must accept ``observe(..., actions=)``.
 
     Returns:
         An EpisodeStore of the policy's episodes, history after history, with the per-step
         extra ``intended_actions`` (the shadow learner's action at every state) and the
-        per-episode extras ``history_id``, ``task_id``, ``episode_in_history`` and
-        ``policy_noise`` (0: the policy's own sampling is its exploration).
+        per-episode extras ``history_id``, ``task_id``, ``episode_in_history``,
+        ``policy_noise`` (0: the policy's own sampling is its exploration) and
+        ``goal_withheld`` (whether the goal was withheld in that episode).
 
     Raises:
-        ValueError: no tasks, no learners, fewer than one episode or row.
+        ValueError: no tasks, no learners, fewer than one episode or row; a negative
+            ``withhold``, or one on a family other than Dark Room.
     """
     tasks = [int(t) for t in tasks]
     if not tasks or not learners or episodes < 1 or rows < 1:
         raise ValueError(f"labelled_rollouts: expected tasks, learners, episodes >= 1 and "
                          f"rows >= 1; got {len(tasks)} tasks, learners {list(learners)}, "
                          f"episodes={episodes}, rows={rows}")
+    if withhold < 0 or (withhold and not env_id.startswith("darkroom")):
+        raise ValueError(f"labelled_rollouts: withhold={withhold} on {env_id!r}: expected "
+                         f"episodes >= 0, and a Dark Room family (its goal is one cell) "
+                         f"when > 0")
+    held = np.array([np.random.default_rng(episode_seed(seed, h, tag=3)).integers(withhold + 1)
+                     for h in range(len(tasks))], np.int64)
     histories: list[list[dict[str, np.ndarray]]] = []
     for lo in range(0, len(tasks), rows):
         histories += _play(policy, env_id, tasks, range(lo, min(len(tasks), lo + rows)),
-                           learners, episodes, seed, progress, memory)
+                           learners, episodes, seed, progress, memory, held)
     eps = [ep for hist in histories for ep in hist]
     n = len(tasks)
     env = make(env_id)
     try:
         meta = {"env_id": env_id, "policy": "rollouts+" + "+".join(learners), "seed": seed,
-                "shadow_memory": memory,
+                "shadow_memory": memory, "withhold": withhold,
                 "action_space": space_dict(env.action_space),
                 "observation_space": space_dict(env.observation_space),
                 "episodes_per_history": episodes, "histories": n}
@@ -93,16 +116,22 @@ def labelled_rollouts(
         "history_id": np.repeat(np.arange(n, dtype=np.int64), episodes),
         "task_id": np.repeat(np.asarray(tasks, np.int64), episodes),
         "episode_in_history": np.tile(np.arange(episodes, dtype=np.int64), n),
-        "policy_noise": np.zeros(n * episodes, np.float32)}, metadata=meta)
+        "policy_noise": np.zeros(n * episodes, np.float32),
+        "goal_withheld": (np.arange(episodes)[None, :] < held[:, None]).reshape(-1)},
+        metadata=meta)
 
 
 def _play(policy: Policy, env_id: str, tasks: list[int], hs: range, learners: Sequence[str],
           episodes: int, seed: int, progress,
-          memory: int = 0) -> list[list[dict[str, np.ndarray]]]:
-    """Histories ``hs`` side by side: one row each, ``episodes`` episodes in one context."""
+          memory: int, held: np.ndarray) -> list[list[dict[str, np.ndarray]]]:
+    """Histories ``hs`` side by side: one row each, ``episodes`` episodes in one context;
+    history ``h``'s goal withheld for its first ``held[h]`` episodes."""
     envs = [make(env_id, task=tasks[h], seed=env_seed(seed, h)) for h in hs]
     n = len(envs)
     num_actions = int(envs[0].action_space.n)
+    override = bool(held[list(hs)].any())
+    # The replacement moves' streams, one per history (drawn only when a move is replaced).
+    swap_rngs = [np.random.default_rng(episode_seed(seed, h, tag=4)) for h in hs]
     shadows = [make_learner(learners[h % len(learners)], num_actions, episodes,
                             episode_seed(seed, h, tag=2), env_id=env_id, task=tasks[h],
                             memory=memory)
@@ -118,10 +147,14 @@ def _play(policy: Policy, env_id: str, tasks: list[int], hs: range, learners: Se
                                     "timeouts", "next_observations", "intended_actions")}
                    for _ in range(n)]
             policy.begin_trial(active.copy())
+            withheld = np.array([e < held[h] for h in hs])
             while active.any():
-                actions = np.asarray(policy.act(obs, active.copy()))
+                actions = np.asarray(policy.act(obs, active.copy())).copy()
                 reward, term, trunc = np.zeros(n), np.zeros(n, bool), np.zeros(n, bool)
                 for i in np.flatnonzero(active):
+                    if withheld[i]:
+                        actions[i] = _avoid_goal(envs[i].unwrapped, obs[i], int(actions[i]),
+                                                 swap_rngs[i])
                     shadow, a = shadows[i], int(actions[i])
                     shadow.act(obs[i])  # the source's choice in the policy's state
                     o, r, te, tr, _ = envs[i].step(a)
@@ -133,7 +166,10 @@ def _play(policy: Policy, env_id: str, tasks: list[int], hs: range, learners: Se
                                  ("intended_actions", shadow.intended)):
                         rec[i][k].append(v)
                     obs[i], reward[i], term[i], trunc[i] = o, r, te, tr
-                policy.observe(reward, term, trunc, active.copy())
+                if override:
+                    policy.observe(reward, term, trunc, active.copy(), actions=actions)
+                else:
+                    policy.observe(reward, term, trunc, active.copy())
                 active &= ~(term | trunc)
             for i in range(n):
                 shadows[i].end_episode()
@@ -149,6 +185,16 @@ def _play(policy: Policy, env_id: str, tasks: list[int], hs: range, learners: Se
         for env in envs:
             env.close()
     return out
+
+
+def _avoid_goal(env, obs: np.ndarray, action: int, rng: np.random.Generator) -> int:
+    """``action``, or if it reaches ``env``'s goal from cell ``obs`` a move drawn uniformly
+    among those that do not."""
+    pos, size = (int(round(obs[0])), int(round(obs[1]))), env.size
+    if gw.move(pos, action, size) != env.goal:
+        return action
+    others = [a for a in range(gw.NUM_ACTIONS) if gw.move(pos, a, size) != env.goal]
+    return others[int(rng.integers(len(others)))]
 
 
 __all__ = ["labelled_rollouts"]

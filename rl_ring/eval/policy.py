@@ -12,6 +12,11 @@ next trial at once, while the other rows carry on. The evaluator calls, per seed
         policy.observe(reward, terminated, truncated, mask)
         policy.begin_trial(mask2)           # rows that finished and have trials left
 
+A driver that executes other actions than ``act`` returned (a rollout that overrides some
+moves, as :func:`envs.learners.dagger.labelled_rollouts` does when it withholds a goal)
+passes them as ``observe(..., actions=executed)``, so that a policy's context records the
+action the environment took. The evaluator never does; every policy must accept it.
+
 Every argument is a full ``[N, ...]`` array plus a boolean ``[N]`` mask: rows outside the
 mask hold stale values, their outputs are ignored, and the policy must not advance their
 state. A fixed batch shape suits a KV-cached transformer (row ``i`` of the cache is row ``i``
@@ -55,8 +60,12 @@ class Policy(Protocol):
         terminated: np.ndarray,
         truncated: np.ndarray,
         env_mask: np.ndarray,
+        *,
+        actions: np.ndarray | None = None,
     ) -> None:
-        """Outcome of the last action of the rows in ``env_mask`` (each ``[N]``)."""
+        """Outcome of the last action of the rows in ``env_mask`` (each ``[N]``);
+        ``actions`` ``[N, ...]``: the actions those rows executed when the driver overrode
+        what :meth:`act` returned (None: :meth:`act`'s)."""
         ...
 
 
@@ -117,8 +126,8 @@ class RandomPolicy:
             return start + int(rng.integers(int(self.action_space.n)))
         return rng.uniform(self._low, self._high).astype(np.float32)
 
-    def observe(self, reward, terminated, truncated, env_mask) -> None:
-        del reward, terminated, truncated, env_mask
+    def observe(self, reward, terminated, truncated, env_mask, *, actions=None) -> None:
+        del reward, terminated, truncated, env_mask, actions
 
 
 class RowPolicy:
@@ -146,5 +155,5 @@ class RowPolicy:
             out[i] = self.fn(obs[i])
         return out
 
-    def observe(self, reward, terminated, truncated, env_mask) -> None:
-        del reward, terminated, truncated, env_mask
+    def observe(self, reward, terminated, truncated, env_mask, *, actions=None) -> None:
+        del reward, terminated, truncated, env_mask, actions

@@ -205,6 +205,10 @@ class ScalingConfig:
     episodes, ``W`` uniform in ``[0, dagger_withhold]`` (its moves onto the goal replaced;
     :func:`envs.learners.dagger.labelled_rollouts`), so the data hold long fruitless searches
     and the shadows' labels after them. 0: never."""
+    dagger_withhold_turns: int = 0
+    """With ``dagger_withhold``: the goal comes back once the model has been turned away
+    from it in this many episodes (0: only after ``W``), so that it does not hover at a cell
+    it can never enter."""
     memory_batch: int = 16
     """Batch of the training step compiled for the memory table."""
     memory_windows: tuple[int, ...] | None = None
@@ -277,6 +281,10 @@ class ScalingConfig:
             raise ValueError(f"--dagger-withhold {self.dagger_withhold}: expected episodes "
                              f">= 0, and a DAgger step (--dagger-from) on a Dark Room family "
                              f"(here {self.env}) when > 0")
+        if self.dagger_withhold_turns < 0 or (self.dagger_withhold_turns
+                                              and not self.dagger_withhold):
+            raise ValueError(f"--dagger-withhold-turns {self.dagger_withhold_turns}: expected "
+                             f"episodes >= 0, and --dagger-withhold when > 0")
         bad = [x for x in self.dagger_learners if x not in SHADOW_LEARNERS]
         if bad:
             raise ValueError(f"--dagger-learners {' '.join(bad)}: expected grid sources, one "
@@ -496,7 +504,8 @@ def dagger_rollouts(cfg: ScalingConfig, tasks: list[int]):
     store = labelled_rollouts(policy, cfg.env, rows, shadows,
                               episodes=cfg.dagger_episodes,
                               seed=cfg.seed + 31 * dagger_round(cfg),
-                              memory=cfg.dagger_memory, withhold=cfg.dagger_withhold)
+                              memory=cfg.dagger_memory, withhold=cfg.dagger_withhold,
+                              withhold_turns=cfg.dagger_withhold_turns)
     meant = store.extras["intended_actions"] != np.asarray(store.actions)
     log(f"dagger: {src.name} played {len(rows)} histories of {cfg.dagger_episodes} episodes "
         f"({store.num_steps} steps, mean return {store.episode_returns.mean():.3f}; the "
@@ -621,8 +630,8 @@ def config_suffix(cfg: ScalingConfig, base: ScalingConfig) -> str:
     ``-dagger<W>[r<K>]`` (DAgger round K from that window's model) and
     ``-dh<H>x<E>`` (its rollouts, if not as configured) and ``-dl<L>[+<L>]`` (its shadow
     sources, if not the data's) and ``-dm<M>`` (the shadows' memory in episodes) and
-    ``-dw<N>`` (goals withheld up to that many episodes) for each that differs ("" as
-    configured).
+    ``-dw<N>[t<M>]`` (goals withheld up to that many episodes [or M turns away]) for each
+    that differs ("" as configured).
     Other trainings are other models: their runs live apart, so a reduced or longer run
     never meets the finished runs of another."""
     parts = [f"-steps{cfg.steps}" if cfg.steps != base.steps else "",
@@ -650,7 +659,9 @@ def config_suffix(cfg: ScalingConfig, base: ScalingConfig) -> str:
              "-dl" + "+".join(cfg.dagger_learners)
              if cfg.dagger_learners and cfg.dagger_learners != cfg.learners else "",
              f"-dm{cfg.dagger_memory}" if cfg.dagger_memory else "",
-             f"-dw{cfg.dagger_withhold}" if cfg.dagger_withhold else ""]
+             (f"-dw{cfg.dagger_withhold}" + (f"t{cfg.dagger_withhold_turns}"
+                                             if cfg.dagger_withhold_turns else ""))
+             if cfg.dagger_withhold else ""]
     return "".join(parts)
 
 
@@ -1458,6 +1469,9 @@ class Args:
     dagger_withhold: int = 0
     """Dark Room: withhold each rollout history's goal for its first W episodes, W uniform
     in [0, N] (likewise ``-dw<N>``): long fruitless searches, labelled by the shadows."""
+    dagger_withhold_turns: int = 0
+    """With --dagger-withhold: the goal comes back once the model has been turned away from
+    it in this many episodes (0: only after W; likewise ``-dw<N>t<M>``)."""
     finished_only: bool = False
     """Train nothing: summarise the runs of the grid that have finished (a configuration
     keeps the seeds it has; an error when none has)."""
@@ -1515,6 +1529,7 @@ def main(argv: list[str] | None = None) -> int:
                           dagger_learners=tuple(args.dagger_learners),
                           dagger_memory=args.dagger_memory,
                           dagger_withhold=args.dagger_withhold,
+                          dagger_withhold_turns=args.dagger_withhold_turns,
                           step_prev_obs=args.step_prev_obs)
         name, workdir = destinations(cfg, args)
 

@@ -109,6 +109,8 @@ def test_dagger_step_end_to_end(tmp_path, capsys):
     held = cs.tiny_config("darkroom-hard").replace(dagger_from=str(first), dagger_window=2,
                                                    dagger_withhold=64)
     assert cs.config_suffix(held, cs.tiny_config("darkroom-hard")) == "-dagger2-dw64"
+    assert cs.config_suffix(held.replace(dagger_withhold_turns=2),
+                            cs.tiny_config("darkroom-hard")) == "-dagger2-dw64t2"
     assert cs.dagger_round(cs.tiny_config("keydoor").replace(
         dagger_from="w/keydoor-dagger16r2", dagger_window=16)) == 3
     # a folder without that run, a renamed round, other sources' data: refused before
@@ -134,7 +136,9 @@ def test_dagger_step_end_to_end(tmp_path, capsys):
                            "--dagger-learners", "ucb"], "--dagger-learners ucb: expected"),
                          (["--dagger-from", str(first), "--dagger-window", "2",
                            "--dagger-withhold", "8"], "on a Dark Room family (here keydoor)"),
-                         (["--dagger-withhold", "8"], "--dagger-withhold 8: expected")):
+                         (["--dagger-withhold", "8"], "--dagger-withhold 8: expected"),
+                         (["--dagger-withhold-turns", "1"],
+                          "--dagger-withhold-turns 1: expected")):
         assert cs.main(base[:-4] + extra + ["--out", str(tmp_path / "o3"), "--workdir",
                                             str(tmp_path / "w3")]) == 2
         assert match in capsys.readouterr().err
@@ -208,8 +212,17 @@ def test_withheld_goal_stays_unfound_and_the_context_takes_the_executed_moves():
             shadow.end_episode()
             if held[h, e]:
                 assert task in shadow.candidates[0]
-    for bad in ({"withhold": -1}, {"withhold": 2, "env_id": "keydoor"}):
+    # turned away once, the goal comes back in the next episode: the seeker is turned away
+    # in every withheld episode, so it is withheld from one episode at most
+    again = labelled_rollouts(_GoalSeeker(goals), env_id, tasks, ["posterior-aligned"],
+                              episodes=episodes, seed=3, withhold=4, withhold_turns=1)
+    once = np.asarray(again.episode_extras["goal_withheld"], bool).reshape(4, episodes)
+    np.testing.assert_array_equal(once, held & (np.arange(episodes) < 1))
+    np.testing.assert_array_equal(again.episode_returns.reshape(4, episodes),
+                                  np.where(once, 0.0, 1.0))
+    for bad in ({"withhold": -1}, {"withhold": 2, "env_id": "keydoor"},
+                {"withhold_turns": 1}, {"withhold": 2, "withhold_turns": -1}):
         kw = {"env_id": env_id, **bad}
-        with pytest.raises(ValueError, match="withhold="):
+        with pytest.raises(ValueError, match="withhold(_turns)?="):
             labelled_rollouts(policy, kw.pop("env_id"), tasks, ["posterior"], episodes=2, **kw)
 

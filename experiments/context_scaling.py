@@ -154,6 +154,9 @@ class ScalingConfig:
     (its parameters; optimiser and data order fresh); "" trains from scratch."""
     init_window: int = 0
     """The window (episodes) of the ``init_from`` runs; 0 with ``init_from`` unset."""
+    init_seed: int = -1
+    """A curriculum step: the seed of the ``init_from`` run every seed starts from (-1: each
+    seed from its own), so that training seeds of one step measure that step's spread."""
     dpt_source: str = "histories"
     """Grids, DPT: its in-context data. "histories": windows of the sources' learning
     histories (AD's data; the search is under 5% of their steps on Dark Room hard);
@@ -293,6 +296,9 @@ class ScalingConfig:
             raise ValueError(f"--init-from {self.init_from!r} --init-window "
                              f"{self.init_window}: a curriculum step takes both (a run "
                              f"folder and a window > 0 of its runs), a fresh run neither")
+        if self.init_seed < -1 or (self.init_seed >= 0 and not self.init_from):
+            raise ValueError(f"--init-seed {self.init_seed}: expected a seed >= 0 of the "
+                             f"--init-from runs (or -1: each seed from its own)")
 
     def replace(self, **changes) -> ScalingConfig:
         return dataclasses.replace(self, **changes)
@@ -623,7 +629,7 @@ def data_suffix(cfg: ScalingConfig, agent: str) -> str:
 def config_suffix(cfg: ScalingConfig, base: ScalingConfig) -> str:
     """What the command line's changes to the configured experiment ``base`` add to the names
     of the run folder and the results: ``-steps<N>``, ``-batch<N>``, ``-lr<LR>``,
-    ``-warmup<N>``, ``-solved<W>``, ``-dpt<SOURCE>``, ``-anyshortest``, ``-init<W>``,
+    ``-warmup<N>``, ``-solved<W>``, ``-dpt<SOURCE>``, ``-anyshortest``, ``-init<W>[s<S>]``,
     ``-hist<N>`` (episodes per history), ``-histories<N>``, ``-eval<N>`` (held-out tasks),
     ``-noise<P>`` (the sources' random actions), ``-intended`` (AD's targets the sources'
     intended actions), ``-prevobs`` (AD's STEP tokens with the previous observation),
@@ -642,7 +648,8 @@ def config_suffix(cfg: ScalingConfig, base: ScalingConfig) -> str:
              f"-dpt{cfg.dpt_source}" if cfg.dpt_source != base.dpt_source else "",
              f"-{cfg.dpt_labels.replace('-', '')}" if cfg.dpt_labels != base.dpt_labels
              else "",
-             f"-init{cfg.init_window}" if cfg.init_window != base.init_window else "",
+             (f"-init{cfg.init_window}" + (f"s{cfg.init_seed}" if cfg.init_seed >= 0 else ""))
+             if cfg.init_window != base.init_window else "",
              f"-hist{cfg.history_episodes}" if cfg.history_episodes != base.history_episodes
              else "",
              f"-histories{cfg.histories}" if cfg.histories != base.histories else "",
@@ -961,6 +968,7 @@ def train_config(cfg: ScalingConfig, agent: str, window: int, seed: int, data: s
 
 def init_run(cfg: ScalingConfig, agent: str, seed: int) -> Path:
     """The finished run a curriculum step of ``agent`` / ``seed`` starts from."""
+    seed = cfg.init_seed if cfg.init_seed >= 0 else seed
     src = Path(cfg.init_from) / run_name(agent, cfg.init_window, seed)
     if not (src / "record.json").exists():
         raise ValueError(f"--init-from {cfg.init_from}: no finished run {src.name} there "
@@ -1084,6 +1092,10 @@ def same_run(saved: dict[str, Any], key: dict[str, Any]) -> bool:
 
 
 def run_key(cfg: ScalingConfig, agent: str, window: int, seed: int) -> dict[str, Any]:
+    """What makes one run: the configuration, agent, window and seed (a run started from its
+    own seed's run is keyed so whether or not ``init_seed`` names that seed)."""
+    if cfg.init_seed == seed:
+        cfg = cfg.replace(init_seed=-1)
     return {"config": dataclasses.asdict(cfg), "agent": agent, "window": window, "seed": seed}
 
 
@@ -1419,6 +1431,10 @@ class Args:
     <workdir>/<env>...-init<W>."""
     init_window: int = 0
     """The window (episodes) of the --init-from runs."""
+    init_seed: int = -1
+    """Every seed starts from the --init-from run of this seed (-1: each from its own), to
+    measure one curriculum step's spread over training seeds; the runs go to
+    <workdir>/<env>...-init<W>s<S>."""
     dpt_source: Literal["histories", "random"] = "histories"
     """Grids, DPT: windows of the sources' learning histories, or uniformly random actions
     on the same tasks (the DPT paper's data); likewise ``-dptrandom``."""
@@ -1519,7 +1535,8 @@ def main(argv: list[str] | None = None) -> int:
 
         init = str(Path(args.init_from).absolute()) if args.init_from else ""
         cfg = cfg.replace(solved_weight=args.solved_weight, init_from=init,
-                          init_window=args.init_window, dpt_source=args.dpt_source,
+                          init_window=args.init_window, init_seed=args.init_seed,
+                          dpt_source=args.dpt_source,
                           dpt_labels=args.dpt_labels, source_labels=args.source_labels,
                           dagger_from=(str(Path(args.dagger_from).absolute())
                                        if args.dagger_from else ""),

@@ -119,6 +119,8 @@ def test_other_trainings_live_apart_and_finished_runs_are_never_deleted(tmp_path
                             base) == "-steps300-batch4-solved0.1"
     assert cs.config_suffix(base.replace(lr=1e-4, warmup_steps=10, init_from="f",
                                          init_window=16), base) == "-lr0.0001-warmup10-init16"
+    assert cs.config_suffix(base.replace(init_from="f", init_window=16, init_seed=0),
+                            base) == "-init16s0"
     assert cs.config_suffix(base.replace(windows=(16,), seed=base.seed), base) == ""
     assert cs.config_suffix(base.replace(history_episodes=128, histories=2000, eval_tasks=9),
                             base) == "-hist128-histories2000-eval9"
@@ -582,6 +584,17 @@ def test_tiny_grid_end_to_end(tmp_path):
     assert cs.finished_training(dataclasses.replace(tcfg, seed=1), run) is None
     (run / "train" / "checkpoints" / "2").rename(run / "last")
     assert cs.finished_training(tcfg, run) is None
+    # every seed from seed 0's run (one step's spread over training seeds); no seed-1 run
+    assert cs.init_run(cfg.replace(init_from=str(src), init_window=2, init_seed=0), "ad",
+                       1) == src / "ad-w2-seed0"
+    with pytest.raises(ValueError, match="no finished run ad-w2-seed1"):
+        cs.init_run(cfg.replace(init_from=str(src), init_window=2), "ad", 1)
+    from_0 = cfg.replace(init_from=str(src), init_window=2, init_seed=0)
+    assert cs.run_key(from_0, "ad", 0, 0) == cs.run_key(from_0.replace(init_seed=-1), "ad", 0, 0)
+    assert cs.run_key(from_0, "ad", 0, 1) != cs.run_key(from_0.replace(init_seed=-1), "ad", 0, 1)
+    for bad in ({"init_seed": -2}, {"init_seed": 0, "init_from": "", "init_window": 0}):
+        with pytest.raises(ValueError, match="--init-seed"):
+            cfg.replace(init_from=str(src), init_window=2).replace(**bad)
     assert cs.main([*step[:-1], "64"]) == 2  # no 64-episode run to start from
     assert not (work / "tiny-darkroom-hard-steps2-init64").exists()  # no folder made
     for bad in ({"lr": -1.0}, {"lr": float("inf")}, {"warmup_steps": -2}):
